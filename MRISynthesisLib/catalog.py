@@ -1,0 +1,105 @@
+"""The model catalog: ``Resources/Models.json`` lists the models that ship with MRISynthesis.
+
+Each entry: ``id``, ``title``, ``direction`` (t1-to-t2 / t2-to-t1), ``file`` (relative to the
+Resources folder), ``sha256`` of that file, ``description`` and ``default`` (true for the model
+used when none is named). The Resources folder is found next to the ``MRISynthesisLib`` package
+(source checkout or Slicer extension), or where the environment variable
+``MRISYNTHESIS_RESOURCES`` points.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from .checkpoint import DIRECTIONS, file_sha256
+from .errors import CheckpointError, InputError
+
+CATALOG_NAME = "Models.json"
+
+
+@dataclass(frozen=True)
+class CatalogEntry:
+    id: str
+    title: str
+    direction: str
+    file: str
+    sha256: str
+    description: str = ""
+    default: bool = False
+    size_mb: float = 0.0
+
+    def path(self, resources: Path | None = None) -> Path:
+        return (resources or resources_dir()) / self.file
+
+
+def resources_dir() -> Path:
+    """The folder holding ``Models.json`` and the shipped weights."""
+    env = os.environ.get("MRISYNTHESIS_RESOURCES")
+    if env:
+        return Path(env)
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent / "Resources", here / "Resources", here.parent / "MRISynthesis" / "Resources"):
+        if (candidate / CATALOG_NAME).is_file():
+            return candidate
+    return here.parent / "Resources"
+
+
+def list_models(direction: str | None = None, resources: Path | None = None) -> list[CatalogEntry]:
+    """Catalog entries, optionally only those of one direction (in catalog order)."""
+    if direction is not None and direction not in DIRECTIONS:
+        raise InputError(f"unknown direction '{direction}'; expected one of {', '.join(DIRECTIONS)}")
+    folder = resources or resources_dir()
+    path = folder / CATALOG_NAME
+    if not path.is_file():
+        return []
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        entries = [CatalogEntry(**{k: v for k, v in item.items() if k in CatalogEntry.__dataclass_fields__})
+                   for item in data.get("models", [])]
+    except (json.JSONDecodeError, TypeError) as error:
+        raise CheckpointError(f"model catalog {path} is malformed: {error}") from None
+    return [e for e in entries if direction is None or e.direction == direction]
+
+
+def default_model(direction: str, resources: Path | None = None) -> CatalogEntry:
+    entries = list_models(direction, resources)
+    for entry in entries:
+        if entry.default:
+            return entry
+    if entries:
+        return entries[0]
+    raise InputError(f"no model for {direction} ships with this installation; name a checkpoint with --model PATH")
+
+
+def resolve_model(model: str | None, direction: str | None = None, resources: Path | None = None,
+                  verify: bool = True) -> Path:
+    """Path of the checkpoint for a catalog id, a file path, or (``None``) the default of ``direction``.
+
+    Catalog files are checked against their SHA-256 (``verify``); a mismatch is refused.
+    """
+    folder = resources or resources_dir()
+    if model is None:
+        if direction is None:
+            raise InputError("name a model (catalog id or checkpoint file) or a direction")
+        entry = default_model(direction, folder)
+    else:
+        candidate = Path(model).expanduser()
+        if candidate.suffix == ".safetensors" or os.sep in str(model) or candidate.exists():
+            if not candidate.is_file():
+                raise CheckpointError(f"checkpoint not found: {candidate}")
+            return candidate
+        matches = [e for e in list_models(None, folder) if e.id == model]
+        if not matches:
+            known = ", ".join(e.id for e in list_models(None, folder)) or "none installed"
+            raise InputError(f"unknown model '{model}'; catalog ids: {known}; or give a .safetensors file")
+        entry = matches[0]
+    path = entry.path(folder)
+    if not path.is_file():
+        raise CheckpointError(f"model '{entry.id}' is listed in the catalog but its file is missing: {path}")
+    if verify and entry.sha256 and file_sha256(path) != entry.sha256:
+        raise CheckpointError(f"model '{entry.id}': file {path.name} does not match the catalog's SHA-256 "
+                              "(corrupted download or altered file)")
+    return path

@@ -1,0 +1,238 @@
+"""The ``mrisynthesis`` command line: synthesize, evaluate, models, train.
+
+Every error a user can cause is printed as one line (``error: ...``) with exit status 2
+(bad input/option) or 1 (failed run); nothing is written and no input is modified.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from . import __version__
+from .errors import Cancelled, MRISynthesisError
+
+DIRECTION_ALIASES = {"t1-to-t2": "t1-to-t2", "t2-to-t1": "t2-to-t1", "t1t2": "t1-to-t2", "t2t1": "t2-to-t1"}
+NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mrisynthesis",
+        description=f"Synthesize a missing MRI contrast (T1w <-> T2w). {NOT_FOR_DIAGNOSIS}")
+    parser.add_argument("--version", action="version", version=f"mrisynthesis {__version__}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    syn = commands.add_parser("synthesize", help="synthesize the other contrast of a NIfTI volume",
+                              description="Synthesize a T2w volume from a T1w volume (or the reverse). The output "
+                                          "has exactly the input's grid and orientation; values are normalised "
+                                          f"units (0 background, 1 = 99.5th brain percentile). {NOT_FOR_DIAGNOSIS}")
+    syn.add_argument("input", help="input NIfTI file (.nii or .nii.gz), 3D")
+    syn.add_argument("-o", "--output", required=True, help="output NIfTI file; never the input")
+    syn.add_argument("--model", default=None,
+                     help="catalog id (see 'mrisynthesis models') or a .safetensors checkpoint; "
+                          "default: the shipped default model of --direction")
+    syn.add_argument("--direction", default=None, choices=sorted(DIRECTION_ALIASES),
+                     help="t1-to-t2 (default when no model is named) or t2-to-t1; must match the model")
+    syn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                     help="auto: CUDA, then Apple MPS, then CPU (default: auto)")
+    syn.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default: 8)")
+    syn.add_argument("--mask", default=None, help="optional brain/foreground mask NIfTI on the input's grid")
+    syn.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
+    syn.add_argument("--uncertainty", default=None, metavar="PATH",
+                     help="also write a per-voxel standard deviation map (VAE models only)")
+    syn.add_argument("--preview", default=None, metavar="PNG",
+                     help="also write a PNG preview (input | synthetic, middle axial slices)")
+    syn.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    ev = commands.add_parser("evaluate", help="compare a synthetic volume with the real one",
+                             description="MAE, MSE, PSNR, SSIM, mutual information inside a mask and on whole "
+                                         "slices; every number is printed with its conventions.")
+    ev.add_argument("--pred", required=True, help="synthetic volume (NIfTI)")
+    ev.add_argument("--ref", required=True, help="real reference volume (NIfTI) on the same grid")
+    ev.add_argument("--mask", default=None, help="brain mask (NIfTI); default: the reference's foreground mask (preprocessing.brain_mask)")
+    ev.add_argument("--normalisation", default="percentile", choices=["percentile", "minmax", "zscore", "none"],
+                    help="intensity normalisation of both volumes before the metrics (default: percentile "
+                         "0.5-99.5 inside the mask -> [0, 1])")
+    ev.add_argument("--per-slice", action="store_true", help="also report per-slice values")
+    ev.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
+
+    md = commands.add_parser("models", help="list the models in the catalog")
+    md.add_argument("--direction", default=None, choices=sorted(DIRECTION_ALIASES), help="only this direction")
+    md.add_argument("--json", action="store_true", help="print JSON")
+
+    commands.add_parser("train", help="train a model (see 'mrisynthesis train --help')", add_help=False)
+    return parser
+
+
+def main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "train":
+        from Training.cli import main as train_main  # lazy: the core never needs Training
+
+        return train_main(argv[1:])
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return {"synthesize": _synthesize, "evaluate": _evaluate, "models": _models}[args.command](args)
+    except Cancelled as error:
+        print(f"cancelled: {error}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:
+        print("interrupted; nothing was written", file=sys.stderr)
+        return 130
+    except MRISynthesisError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; try a smaller --batch-size", file=sys.stderr)
+        return 1
+
+
+def _synthesize(args) -> int:
+    from . import catalog
+    from .checkpoint import read_metadata
+    from .errors import InputError
+    from .io import check_output_path, load_volume, save_volume
+
+    direction = DIRECTION_ALIASES.get(args.direction) if args.direction else None
+    outputs = [p for p in (args.output, args.uncertainty) if p]
+    for path in outputs:
+        check_output_path(path, inputs=[args.input, args.mask])
+    if args.preview and not str(args.preview).lower().endswith(".png"):
+        raise InputError(f"preview '{args.preview}' must end in .png")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model_path = catalog.resolve_model(args.model, direction or ("t1-to-t2" if args.model is None else None))
+    metadata = read_metadata(model_path)
+    if direction and metadata.direction != direction:
+        raise InputError(f"model '{metadata.model_id}' synthesizes {metadata.direction}, not {direction}")
+    volume = load_volume(args.input)
+    mask = load_volume(args.mask).array > 0 if args.mask else None
+    if mask is not None and mask.shape != volume.shape:
+        raise InputError(f"mask shape {mask.shape} does not match the input's shape {volume.shape}")
+
+    from .synthesis import Synthesizer
+
+    synthesizer = Synthesizer(model_path, device=args.device, batch_size=args.batch_size, flip_tta=args.tta)
+    progress, close = _progress_bar(args.quiet, "synthesizing")
+    try:
+        if args.uncertainty:
+            result, std = synthesizer.synthesize_with_uncertainty(volume, progress=progress, mask=mask)
+        else:
+            result, std = synthesizer.synthesize(volume, progress=progress, mask=mask), None
+    finally:
+        close()
+    written = [save_volume(result, args.output, inputs=[args.input])]
+    if std is not None:
+        written.append(save_volume(std, args.uncertainty, inputs=[args.input]))
+    if args.preview:
+        from .preview import write_preview
+
+        written.append(write_preview(volume, result, args.preview,
+                                     titles=(f"input {metadata.source_contrast}",
+                                             f"synthetic {metadata.target_contrast}")))
+    print(f"model: {metadata.model_id} ({metadata.architecture}, {metadata.source_contrast} -> "
+          f"{metadata.target_contrast}) on {synthesizer.device}", file=sys.stderr)
+    for path in written:
+        print(f"wrote {path}", file=sys.stderr)
+    print(NOT_FOR_DIAGNOSIS, file=sys.stderr)
+    return 0
+
+
+def _progress_bar(quiet: bool, label: str):
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bars = []  # created at the first report, so input errors print no empty bar
+
+    def update(done, total):
+        if not bars:
+            bars.append(tqdm(total=total, unit="slice", desc=label, file=sys.stderr, dynamic_ncols=True))
+        bars[0].total = total
+        bars[0].n = done
+        bars[0].refresh()
+        return True
+
+    def close():
+        if bars:
+            bars[0].close()
+
+    return update, close
+
+
+def _evaluate(args) -> int:
+    from .errors import InputError
+    from .io import check_output_path, load_volume
+    from .metrics import evaluate, format_table
+
+    if args.json:
+        if not str(args.json).lower().endswith(".json"):
+            raise InputError(f"--json path '{args.json}' must end in .json")
+        folder = Path(args.json).parent
+        if not folder.is_dir():
+            raise InputError(f"folder of --json does not exist: {folder}")
+    pred, ref = load_volume(args.pred), load_volume(args.ref)
+    if pred.shape != ref.shape:
+        raise InputError(f"--pred has shape {pred.shape} but --ref has {ref.shape}; they must share one grid")
+    mask = None
+    if args.mask:
+        mask_volume = load_volume(args.mask)
+        if mask_volume.shape != ref.shape:
+            raise InputError(f"--mask has shape {mask_volume.shape}, expected {ref.shape}")
+        mask = mask_volume.array > 0
+    from .orientation import to_canonical_slices
+
+    # Metrics are computed on canonical axial slices, so "per slice" means axial whatever the storage.
+    pred_stack, _ = to_canonical_slices(pred.array, pred.affine)
+    ref_stack, _ = to_canonical_slices(ref.array, ref.affine)
+    if mask is not None:
+        mask_stack = to_canonical_slices(mask, ref.affine)[0]
+    else:
+        from .preprocessing import brain_mask
+
+        mask_stack = brain_mask(ref_stack)
+    result = evaluate(pred_stack, ref_stack, mask_stack, normalisation=args.normalisation,
+                      slice_axis=0, per_slice=args.per_slice)
+    print(format_table(result))
+    if args.json:
+        _write_json_atomic(Path(args.json), result)
+        print(f"wrote {args.json}", file=sys.stderr)
+    return 0
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    import os
+    import tempfile
+
+    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=str(path.parent))
+    with os.fdopen(handle, "w", encoding="utf-8") as out:
+        json.dump(data, out, indent=2, default=float)
+    os.replace(tmp, path)
+
+
+def _models(args) -> int:
+    from . import catalog
+
+    direction = DIRECTION_ALIASES.get(args.direction) if args.direction else None
+    entries = catalog.list_models(direction)
+    if args.json:
+        print(json.dumps([e.__dict__ for e in entries], indent=2))
+        return 0
+    if not entries:
+        print("no models installed (catalog: %s)" % (catalog.resources_dir() / catalog.CATALOG_NAME))
+        return 0
+    print(f"{'id':32} {'direction':10} {'default':7} title")
+    for e in entries:
+        print(f"{e.id:32} {e.direction:10} {'yes' if e.default else '':7} {e.title}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

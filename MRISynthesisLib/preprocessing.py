@@ -1,0 +1,168 @@
+"""Preprocessing shared by inference and training: masks, intensity normalisation, slice fitting.
+
+All functions take canonical slice stacks (see :mod:`MRISynthesisLib.orientation`) or plain
+arrays; none of them knows about files, Slicer or training.
+
+Intensity convention
+--------------------
+Inputs are scaled so that the ``low`` and ``high`` percentiles (0.5 and 99.5 by default) of the
+voxels inside the foreground mask map to 0 and 1, clipped to [0, 1]; the model sees ``2*x - 1``
+in [-1, 1]. Synthetic outputs are returned in the same normalised units: 0 is background and 1 is
+the target contrast's 99.5th percentile inside the brain ("T2-like units", 0..1, float32).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from scipy import ndimage
+
+from .errors import InputError
+
+#: Fraction of exactly-zero voxels above which a volume is treated as skull-stripped / masked.
+ZERO_BACKGROUND_FRACTION = 0.05
+#: A slice is synthesised when at least this fraction of its voxels is foreground.
+MIN_SLICE_FOREGROUND = 0.001
+
+
+def brain_mask(array: np.ndarray) -> np.ndarray:
+    """Foreground mask of a 3D (or 2D) image.
+
+    Skull-stripped data (many voxels exactly 0, or slightly negative from interpolation) gives
+    ``array > 0``. Otherwise a robust threshold: half of Otsu's threshold computed on the
+    intensities clipped to their 1st..99th percentiles, followed by a hole fill and removal of
+    specks smaller than 64 voxels, which gives a solid head mask. Returns a boolean array of the
+    input's shape.
+    """
+    array = np.asarray(array, dtype=np.float32)
+    if array.size == 0:
+        raise InputError("cannot compute a mask of an empty array")
+    nonpositive = np.count_nonzero(array <= 0) / array.size
+    if nonpositive > ZERO_BACKGROUND_FRACTION:
+        mask = array > 0
+    else:
+        from skimage.filters import threshold_otsu
+
+        lo, hi = np.percentile(array, [1, 99])
+        if hi <= lo:
+            return array > lo
+        threshold = 0.5 * threshold_otsu(np.clip(array, lo, hi))
+        mask = array > threshold
+        mask = ndimage.binary_fill_holes(mask)
+        labels, count = ndimage.label(mask)
+        if count > 1:
+            sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
+            keep = np.flatnonzero(sizes >= 64) + 1
+            mask = np.isin(labels, keep)
+    return mask
+
+
+def percentile_normalise(array: np.ndarray, mask: np.ndarray, low: float = 0.5, high: float = 99.5
+                         ) -> tuple[np.ndarray, tuple[float, float]]:
+    """Scale so the ``low``/``high`` percentiles inside ``mask`` become 0/1; clip to [0, 1]; 0 outside.
+
+    Returns the float32 array and the (lo, hi) intensities used.
+    """
+    array = np.asarray(array, dtype=np.float32)
+    mask = np.asarray(mask, dtype=bool)
+    if not mask.any():
+        raise InputError("the volume has no foreground voxels (it is empty or constant)")
+    lo, hi = (float(v) for v in np.percentile(array[mask], [low, high]))
+    if not hi > lo:
+        raise InputError(f"the volume's foreground is constant (intensity {lo:g}); nothing to synthesise from")
+    out = np.clip((array - lo) / (hi - lo), 0.0, 1.0).astype(np.float32)
+    out[~mask] = 0.0
+    return out, (lo, hi)
+
+
+def normalise_stack(stack: np.ndarray, mask_stack: np.ndarray | None = None, low: float = 0.5,
+                    high: float = 99.5) -> tuple[np.ndarray, np.ndarray]:
+    """Canonical stack -> model input in [-1, 1] (background -1) and its foreground mask.
+
+    The one place where inference and training turn raw intensities into model values: the mask
+    is :func:`brain_mask` unless given, then :func:`percentile_normalise`, then ``2*x - 1``.
+    """
+    if mask_stack is None:
+        mask_stack = brain_mask(stack)
+    normalised, _ = percentile_normalise(stack, mask_stack, low, high)
+    return normalised * 2.0 - 1.0, mask_stack
+
+
+def foreground_slices(mask_stack: np.ndarray, min_fraction: float = MIN_SLICE_FOREGROUND) -> np.ndarray:
+    """Indices of the slices (axis 0) whose foreground fraction is at least ``min_fraction``."""
+    per_slice = mask_stack.reshape(mask_stack.shape[0], -1).mean(axis=1)
+    return np.flatnonzero(per_slice >= max(min_fraction, 1e-12))
+
+
+def gather_context(stack: np.ndarray, indices: np.ndarray, context: int) -> np.ndarray:
+    """Slices ``indices`` of ``stack`` with ``context`` neighbours on each side as channels.
+
+    Returns ``(len(indices), 2*context+1, rows, cols)``; neighbours beyond the ends repeat the
+    edge slice. ``context=0`` gives single-slice (2D) input.
+    """
+    indices = np.asarray(indices)
+    offsets = np.arange(-context, context + 1)
+    neighbour = np.clip(indices[:, None] + offsets[None, :], 0, stack.shape[0] - 1)
+    return stack[neighbour]
+
+
+@dataclass(frozen=True)
+class SliceGeometry:
+    """Maps canonical slices (rows x cols at ``spacing`` mm) to the model's square grid and back.
+
+    Each slice is resampled in plane to ``model_spacing`` mm (so a brain has about the same size in
+    pixels whatever the scanner's field of view), shrunk further if it would not fit, then centred
+    and padded to ``model_size`` x ``model_size``. ``model_spacing=None`` skips the
+    physical resampling and only fits the slice into the grid.
+    """
+
+    rows: int
+    cols: int
+    spacing: tuple  # (row, col) mm
+    model_size: int
+    model_spacing: float | None = 1.0
+
+    @property
+    def resized_shape(self) -> tuple[int, int]:
+        if self.model_spacing is None:
+            scale_r = scale_c = 1.0
+        else:
+            scale_r = self.spacing[0] / self.model_spacing
+            scale_c = self.spacing[1] / self.model_spacing
+        r, c = self.rows * scale_r, self.cols * scale_c
+        shrink = min(1.0, self.model_size / max(r, c))
+        return max(1, int(round(r * shrink))), max(1, int(round(c * shrink)))
+
+    def _pads(self):
+        rr, cc = self.resized_shape
+        top, left = (self.model_size - rr) // 2, (self.model_size - cc) // 2
+        return top, left
+
+    def to_model(self, slices):
+        """``(n, C, rows, cols)`` torch tensor -> ``(n, C, model_size, model_size)``, background -1."""
+        import torch
+        import torch.nn.functional as F
+
+        rr, cc = self.resized_shape
+        x = slices
+        if (rr, cc) != (self.rows, self.cols):
+            x = F.interpolate(x, size=(rr, cc), mode="bilinear", align_corners=False,
+                              antialias=rr < self.rows or cc < self.cols)
+        top, left = self._pads()
+        out = torch.full((x.shape[0], x.shape[1], self.model_size, self.model_size), -1.0,
+                         dtype=x.dtype, device=x.device)
+        out[:, :, top:top + rr, left:left + cc] = x
+        return out
+
+    def from_model(self, slices):
+        """``(n, C, model_size, model_size)`` -> ``(n, C, rows, cols)`` (inverse of :meth:`to_model`)."""
+        import torch.nn.functional as F
+
+        rr, cc = self.resized_shape
+        top, left = self._pads()
+        x = slices[:, :, top:top + rr, left:left + cc]
+        if (rr, cc) != (self.rows, self.cols):
+            x = F.interpolate(x, size=(self.rows, self.cols), mode="bilinear", align_corners=False,
+                              antialias=self.rows < rr or self.cols < cc)
+        return x
