@@ -1,0 +1,146 @@
+"""Command line of the training package: ``mrisynthesis train`` and ``python -m Training``.
+
+    mrisynthesis train --config configs/pix2pix.yaml [section.key=value ...]
+    mrisynthesis train --resume runs/NAME [section.key=value ...]
+    mrisynthesis train --config configs/pix2pix.yaml --print-config
+    mrisynthesis train --list-options
+    torchrun --nproc_per_node 4 -m Training --config configs/pix2pix.yaml
+
+Errors a user can cause (bad configuration, missing data, unwritable or existing run folder, ...)
+are printed as one line and the exit status is 2; an interrupted run exits with 130 and can be
+continued with ``--resume``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+from MRISynthesisLib.errors import MRISynthesisError, OutputError
+
+from . import config as config_module
+from . import distributed
+
+USAGE_EXAMPLES = """examples:
+  mrisynthesis train --config configs/supervised.yaml data.root=../shared/data/paired train.epochs=5
+  mrisynthesis train --resume runs/supervised-demo
+  mrisynthesis train --config configs/pix2pix.yaml --print-config
+  torchrun --nproc_per_node 2 -m Training --config configs/pix2pix.yaml name=ddp-run
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="mrisynthesis train", description="Train a T1<->T2 synthesis model (headless).",
+        epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", help="YAML or JSON configuration file (defaults are used for missing keys)")
+    parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last saved state "
+                        "(its config.yaml is used; overrides such as train.epochs=20 still apply)")
+    parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
+    parser.add_argument("--list-options", action="store_true", help="list every option with its default and help")
+    parser.add_argument("overrides", nargs="*", metavar="section.key=value", help="configuration overrides")
+    return parser
+
+
+def resolve_config(args) -> tuple[config_module.Config, Path | None]:
+    """The effective configuration and, with --resume, the run folder to continue."""
+    if args.resume:
+        run_dir = Path(args.resume)
+        if not (run_dir / "config.yaml").is_file():
+            raise MRISynthesisError(f"cannot resume {run_dir}: it has no config.yaml (not a run folder)")
+        if args.config:
+            raise MRISynthesisError("--resume uses the run's own config.yaml; pass overrides instead of --config")
+        config = config_module.load_config(run_dir / "config.yaml", args.overrides)
+        return config, run_dir
+    return config_module.load_config(args.config, args.overrides), None
+
+
+def check_new_run_folder(config) -> Path:
+    """``output_dir/name`` must not exist yet (no silent overwrite) and ``output_dir`` must be writable."""
+    output_dir = Path(config.output_dir)
+    run_dir = output_dir / config.name
+    if run_dir.exists():
+        raise OutputError(f"run folder {run_dir} already exists; continue it with --resume {run_dir} "
+                          f"or choose another name (name=...)")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=str(output_dir))
+        os.close(handle)
+        os.remove(probe)
+    except OSError as error:
+        raise OutputError(f"output folder {output_dir} is not writable: {error.strerror or error}") from None
+    return run_dir
+
+
+def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
+    """Run (or resume) training; returns the summary. ``stop_at_step`` interrupts (tests)."""
+    from .logs import RunLogger, write_report
+    from .trainers import TRAINERS
+    from .trainers.base import seed_everything
+    from .trainers.data_setup import prepare_data
+
+    context = distributed.setup(config.device)
+    try:
+        if config.train.threads:
+            import torch
+            torch.set_num_threads(config.train.threads)
+        seed_everything(config.seed + context.rank, config.deterministic)
+        if resume_dir is None:
+            run_dir = check_new_run_folder(config)
+            distributed.barrier(context)
+            if context.is_main:
+                run_dir.mkdir(parents=True)
+                (run_dir / "config.yaml").write_text(config_module.to_yaml(config), encoding="utf-8")
+        else:
+            run_dir = Path(resume_dir)
+            if context.is_main:
+                (run_dir / "config.yaml").write_text(config_module.to_yaml(config), encoding="utf-8")
+        distributed.barrier(context)
+        data = prepare_data(config, run_dir, context, resume=resume_dir is not None, log=log)
+        logger = RunLogger(run_dir, enabled=context.is_main)
+        trainer = TRAINERS[config.family](config, run_dir, data, context, logger)
+        if resume_dir is not None:
+            trainer.resume()
+            if context.is_main:
+                log(f"resuming {run_dir} at epoch {trainer.epoch}, step {trainer.global_step}")
+        try:
+            summary = trainer.fit(stop_at_step=stop_at_step)
+        finally:
+            logger.close()
+        if context.is_main:
+            summary["conventions_text"] = ("reference = target percentile-normalised to [0, 1] in its brain mask; "
+                                           "MAE/PSNR/SSIM in the mask, SSIM 2D on axial slices, mean over subjects")
+            write_report(run_dir, config_module.to_yaml(config), summary)
+            log(f"done: {run_dir}  best {summary.get('best')}  (report: {run_dir / 'report.md'})")
+        return summary
+    finally:
+        distributed.cleanup(context)
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        if args.list_options:
+            for key, default, help_text in config_module.describe_fields():
+                print(f"{key} = {default!r}\n    {help_text}")
+            return 0
+        config, resume_dir = resolve_config(args)
+        if args.print_config:
+            print(config_module.to_yaml(config), end="")
+            return 0
+        train(config, resume_dir)
+        return 0
+    except MRISynthesisError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted; continue with --resume <run folder>", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,379 @@
+"""The training configuration: nested dataclasses, every field with a default and a help text.
+
+A configuration is read from YAML or JSON (:func:`load_config`), then ``section.key=value``
+overrides from the command line are applied (values are parsed as YAML, so ``3``, ``true``,
+``[0.5, 0.5, 0]`` and ``null`` work). Unknown sections or keys are an error, so a typo never
+silently falls back to a default. ``mrisynthesis train --print-config`` prints the effective
+configuration; :func:`describe_fields` lists every field with its help text.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from MRISynthesisLib.errors import InputError
+
+FAMILIES = ("pix2pix", "cyclegan", "vae", "unit", "supervised", "baseline")
+DIRECTIONS = ("t1-to-t2", "t2-to-t1")
+GAN_MODES = ("vanilla", "lsgan", "hinge", "wgan-gp")
+LR_POLICIES = ("linear", "step", "cosine", "constant")
+UNIT_PRESETS = ("nips2017", "munit-master")
+DATA_MODES = ("paired", "unpaired")
+VALIDATION_METRICS = ("mae", "psnr", "ssim")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+
+#: Generator and discriminator a family uses when ``model.generator`` is left empty.
+DEFAULT_GENERATORS = {"pix2pix": "unet_256", "cyclegan": "resnet_9blocks", "vae": "vae", "unit": "unit",
+                      "supervised": "unet_256", "baseline": "baseline"}
+
+
+class ConfigError(InputError):
+    """The configuration file or an override is invalid."""
+
+
+def _f(default, help, **kwargs):
+    """A dataclass field with a help text (mutable defaults are copied per instance)."""
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda: json.loads(json.dumps(default)), metadata={"help": help}, **kwargs)
+    return field(default=default, metadata={"help": help}, **kwargs)
+
+
+@dataclass
+class DataConfig:
+    root: str = _f("../shared/data/paired", "folder of subject folders (paired mode); relative paths are "
+                   "resolved from the current folder")
+    manifest: str = _f("", "CSV manifest (subject,t1,t2[,mask]) used instead of scanning 'root' when set")
+    mode: str = _f("paired", "'paired' (T1 and T2 of the same subject, same grid) or 'unpaired' (cyclegan/unit "
+                   "only: t1_dir and t2_dir are independent folders)")
+    t1_dir: str = _f("", "unpaired mode: folder of T1 volumes")
+    t2_dir: str = _f("", "unpaired mode: folder of T2 volumes")
+    direction: str = _f("t1-to-t2", "'t1-to-t2' or 't2-to-t1': which contrast is synthesised")
+    max_subjects: int = _f(0, "use only the first N discovered subjects (sorted by name); 0 = all")
+    split: list = _f([0.8, 0.1, 0.1], "train/validation/test fractions of the subjects (subject-level split)")
+    split_seed: int = _f(42, "random seed of the subject split")
+    slice_size: int = _f(256, "model slice size in pixels (square); unet_256 needs 256, unet_128 128")
+    pixel_spacing_mm: float = _f(1.0, "in-plane pixel spacing of the model grid in mm (null: no resampling)")
+    context_slices: int = _f(0, "neighbouring slices on each side given as extra input channels (2.5D)")
+    low_percentile: float = _f(0.5, "intensity percentile (in the brain mask) mapped to 0")
+    high_percentile: float = _f(99.5, "intensity percentile (in the brain mask) mapped to 1")
+    min_foreground: float = _f(0.05, "skip slices whose brain-mask fraction is below this")
+    max_slices_per_subject: int = _f(0, "keep at most N slices per subject (evenly spaced); 0 = all")
+    cache_dir: str = _f("", "slice cache folder; empty = <run>/cache (built once, memory-mapped)")
+    augment: bool = _f(True, "random flips, small affine, gamma and bias-field augmentation")
+    batch_size: int = _f(4, "slices per optimisation step (per process in distributed runs)")
+    num_workers: int = _f(0, "DataLoader worker processes (0 = load in the main process)")
+    pin_memory: bool = _f(True, "pinned host memory for faster GPU copies (ignored on CPU)")
+
+
+@dataclass
+class ModelConfig:
+    generator: str = _f("", "registry name of the generator; empty = the family's default (pix2pix/supervised: "
+                        "unet_256, cyclegan: resnet_9blocks, vae: vae, unit: unit, baseline: baseline)")
+    generator_options: dict = _f({}, "options passed to build_model for the generator, e.g. {ngf: 32}; "
+                                 "in/out channels and image_size are set from the data config")
+    discriminator: str = _f("patchgan", "registry name of the discriminator (GAN families)")
+    discriminator_options: dict = _f({}, "options passed to build_model for the discriminator(s), e.g. {ndf: 32}")
+    spectral_norm: bool = _f(False, "spectral normalisation on every discriminator convolution (implies "
+                             "discriminator norm 'none')")
+
+
+@dataclass
+class LossConfig:
+    gan_mode: str = _f("", "'vanilla', 'lsgan', 'hinge' or 'wgan-gp'; empty = family default (pix2pix vanilla, "
+                       "cyclegan/unit lsgan)")
+    gradient_penalty: float = _f(10.0, "wgan-gp: weight of the gradient penalty (applied in every D step)")
+    l1: float = _f(100.0, "pix2pix: weight of the L1 loss to the target")
+    cycle: float = _f(10.0, "cyclegan: weight of each cycle-consistency L1 loss")
+    identity: float = _f(0.5, "cyclegan: identity loss weight, relative to 'cycle' (0 disables)")
+    pool_size: int = _f(50, "cyclegan: image pool of past synthetic images shown to D (0 disables)")
+    supervised: bool = _f(False, "cyclegan: add an L1 loss to the ground truth (= CycleGAN_s; paired data only)")
+    supervised_weight: float = _f(10.0, "cyclegan: weight of the supervised L1 loss")
+    beta: float = _f(0.001, "vae: weight of the KL divergence (KL summed over latent dims, mean over batch) "
+                     "next to the per-pixel MSE")
+    unit_preset: str = _f("nips2017", "unit loss weights: 'nips2017' (gan 10, recon 100, kl 0.1, cycle 100, "
+                          "cycle kl 0.1; Liu et al. 2017 and GAN-MRI) or 'munit-master' (1, 10, 0.01, 10, 0.01)")
+
+
+@dataclass
+class OptimConfig:
+    lr: float = _f(2e-4, "Adam learning rate (unit presets use 1e-4 when this is left at 2e-4)")
+    beta1: float = _f(0.5, "Adam beta1")
+    beta2: float = _f(0.999, "Adam beta2")
+    weight_decay: float = _f(0.0, "Adam weight decay")
+    lr_policy: str = _f("linear", "'linear' (constant, then linear decay to 0 over decay_epochs; pix2pix), "
+                        "'step' (x gamma every step_epochs), 'cosine' (to 0 at the end) or 'constant'")
+    decay_epochs: float = _f(-1.0, "linear policy: epochs of linear decay at the end; -1 = half of the epochs")
+    step_epochs: float = _f(50.0, "step policy: epochs between decays")
+    gamma: float = _f(0.1, "step policy: factor per decay")
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = _f(10, "number of epochs")
+    steps_per_epoch: int = _f(0, "optimisation steps per epoch; 0 = one pass over the training slices")
+    checkpoint_every: int = _f(200, "save the resumable state every N steps (and always at epoch end); 0 = epoch end only")
+    log_every: int = _f(10, "write training losses every N steps")
+    precision: str = _f("auto", "'auto' (bf16/fp16 autocast on CUDA, fp32 on CPU), 'fp32', 'bf16' (also on CPU) "
+                        "or 'fp16' (CUDA, with a GradScaler)")
+    channels_last: bool = _f(False, "channels-last memory format (faster convolutions on recent hardware)")
+    compile: bool = _f(False, "torch.compile the generator(s) (slow first steps, faster later)")
+    threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
+
+
+@dataclass
+class ValidationConfig:
+    every_epochs: int = _f(1, "validate every N epochs (and after the last one)")
+    metric: str = _f("mae", "metric that selects the 'best' checkpoint: 'mae' (lower is better), 'psnr' or 'ssim'")
+    max_subjects: int = _f(0, "validate on at most N validation subjects; 0 = all")
+    batch_size: int = _f(8, "slices per forward pass during validation")
+
+
+@dataclass
+class Config:
+    name: str = _f("run", "run name: outputs go to <output_dir>/<name>")
+    output_dir: str = _f("runs", "parent folder of the run folders")
+    family: str = _f("pix2pix", f"model family: {', '.join(FAMILIES)}")
+    seed: int = _f(0, "random seed of weights, sampling and augmentation")
+    deterministic: bool = _f(False, "deterministic algorithms (bit-identical resumes; slower)")
+    device: str = _f("auto", "'auto', 'cpu', 'cuda' or 'mps' (distributed runs use their local GPU)")
+    data: DataConfig = field(default_factory=DataConfig, metadata={"help": "data discovery, split, slices"})
+    model: ModelConfig = field(default_factory=ModelConfig, metadata={"help": "networks"})
+    loss: LossConfig = field(default_factory=LossConfig, metadata={"help": "objectives and their weights"})
+    optim: OptimConfig = field(default_factory=OptimConfig, metadata={"help": "optimiser and learning rate"})
+    train: TrainConfig = field(default_factory=TrainConfig, metadata={"help": "loop, checkpoints, speed"})
+    validation: ValidationConfig = field(default_factory=ValidationConfig, metadata={"help": "validation"})
+
+    # -- derived values ---------------------------------------------------------------------
+
+    @property
+    def generator_name(self) -> str:
+        return self.model.generator or DEFAULT_GENERATORS[self.family]
+
+    @property
+    def gan_mode(self) -> str:
+        return self.loss.gan_mode or ("vanilla" if self.family == "pix2pix" else "lsgan")
+
+    @property
+    def in_channels(self) -> int:
+        return 2 * self.data.context_slices + 1
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+def _sections(cls):
+    return {f.name: f for f in dataclasses.fields(cls)}
+
+
+def from_dict(data: dict, source: str = "configuration") -> Config:
+    """Build a :class:`Config` from a nested dict; unknown keys and wrong types are errors."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: expected a mapping of sections, got {type(data).__name__}")
+    return _build(Config, data, source, "")
+
+
+def _build(cls, data, source, prefix):
+    fields = _sections(cls)
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise ConfigError(f"{source}: unknown key(s) {', '.join(prefix + k for k in unknown)}; "
+                          f"valid keys here: {', '.join(prefix + k for k in fields)}")
+    values = {}
+    for name, value in data.items():
+        f = fields[name]
+        sub = _resolve(f)
+        if sub is not None:
+            if not isinstance(value, dict):
+                raise ConfigError(f"{source}: '{prefix + name}' must be a section (mapping), got {value!r}")
+            values[name] = _build(sub, value, source, f"{prefix}{name}.")
+        else:
+            values[name] = _coerce(value, _default(f), f"{prefix}{name}", source)
+    return cls(**values)
+
+
+def _resolve(f):
+    """The section dataclass of field ``f``, or None for a plain value."""
+    return {"DataConfig": DataConfig, "ModelConfig": ModelConfig, "LossConfig": LossConfig,
+            "OptimConfig": OptimConfig, "TrainConfig": TrainConfig,
+            "ValidationConfig": ValidationConfig}.get(f.type if isinstance(f.type, str) else f.type.__name__)
+
+
+def _default(f):
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default
+
+
+def _coerce(value, default, key, source):
+    """``value`` converted to the type of ``default``; ConfigError when it cannot be."""
+    def fail(expected):
+        raise ConfigError(f"{source}: '{key}' must be {expected}; got {value!r}")
+
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            fail("true or false")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, bool) or not isinstance(value, int):
+            fail("an integer")
+        return value
+    if isinstance(default, float):
+        if key == "data.pixel_spacing_mm" and value is None:
+            return None
+        if isinstance(value, str):  # YAML 1.1 reads '1e-4' (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                fail("a number")
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            fail("a number")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            fail("a string")
+        return value
+    if isinstance(default, list):
+        if not isinstance(value, (list, tuple)):
+            fail("a list")
+        return list(value)
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            fail("a mapping")
+        return dict(value)
+    return value
+
+
+def validate(config: Config) -> Config:
+    """Check values that are wrong whatever the data (ConfigError); returns ``config``."""
+    def check(ok, message):
+        if not ok:
+            raise ConfigError(message)
+
+    check(config.family in FAMILIES, f"family {config.family!r} is not one of {', '.join(FAMILIES)}")
+    check(config.data.direction in DIRECTIONS, f"data.direction {config.data.direction!r} is not one of "
+          f"{', '.join(DIRECTIONS)}")
+    check(config.data.mode in DATA_MODES, f"data.mode {config.data.mode!r} is not one of {', '.join(DATA_MODES)}")
+    check(config.data.mode == "paired" or config.family in ("cyclegan", "unit"),
+          f"data.mode 'unpaired' needs family cyclegan or unit; {config.family} learns from pairs")
+    check(not (config.data.mode == "unpaired" and config.loss.supervised),
+          "loss.supervised (CycleGAN_s) needs paired data; set data.mode: paired")
+    check(config.gan_mode in GAN_MODES, f"loss.gan_mode {config.gan_mode!r} is not one of {', '.join(GAN_MODES)}")
+    check(config.optim.lr_policy in LR_POLICIES,
+          f"optim.lr_policy {config.optim.lr_policy!r} is not one of {', '.join(LR_POLICIES)}")
+    check(config.loss.unit_preset in UNIT_PRESETS,
+          f"loss.unit_preset {config.loss.unit_preset!r} is not one of {', '.join(UNIT_PRESETS)}")
+    check(config.validation.metric in VALIDATION_METRICS,
+          f"validation.metric {config.validation.metric!r} is not one of {', '.join(VALIDATION_METRICS)}")
+    check(config.train.precision in PRECISIONS,
+          f"train.precision {config.train.precision!r} is not one of {', '.join(PRECISIONS)}")
+    split = config.data.split
+    check(len(split) == 3 and all(isinstance(v, (int, float)) and v >= 0 for v in split)
+          and math.isclose(sum(split), 1.0, abs_tol=1e-6) and split[0] > 0 and split[1] > 0,
+          f"data.split must be three fractions (train, validation, test) summing to 1 with train and "
+          f"validation > 0; got {split}")
+    for key, value, minimum in (("data.slice_size", config.data.slice_size, 16),
+                                ("data.batch_size", config.data.batch_size, 1),
+                                ("data.num_workers", config.data.num_workers, 0),
+                                ("data.context_slices", config.data.context_slices, 0),
+                                ("data.max_subjects", config.data.max_subjects, 0),
+                                ("train.epochs", config.train.epochs, 1),
+                                ("train.steps_per_epoch", config.train.steps_per_epoch, 0),
+                                ("train.checkpoint_every", config.train.checkpoint_every, 0),
+                                ("train.log_every", config.train.log_every, 1),
+                                ("validation.every_epochs", config.validation.every_epochs, 1),
+                                ("loss.pool_size", config.loss.pool_size, 0)):
+        check(value >= minimum, f"{key} must be >= {minimum}; got {value}")
+    check(config.optim.lr > 0, f"optim.lr must be > 0; got {config.optim.lr}")
+    check(bool(config.name) and "/" not in config.name and config.name not in (".", ".."),
+          f"name must be a plain folder name; got {config.name!r}")
+    return config
+
+
+def parse_override(text: str) -> tuple[list[str], object]:
+    """``'optim.lr=1e-4'`` -> ``(['optim', 'lr'], 0.0001)``; the value is parsed as YAML."""
+    import yaml
+
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} must look like section.key=value")
+    key, raw = text.split("=", 1)
+    path = [part for part in key.strip().split(".") if part]
+    if not path:
+        raise ConfigError(f"override {text!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return path, value
+
+
+def apply_overrides(data: dict, overrides) -> dict:
+    """Set each ``section.key=value`` of ``overrides`` in the nested dict ``data`` (in place)."""
+    for text in overrides or ():
+        path, value = parse_override(text)
+        target = data
+        for part in path[:-1]:
+            if not isinstance(target.get(part, {}), dict):
+                raise ConfigError(f"override {text!r}: '{part}' is not a section")
+            target = target.setdefault(part, {})
+        target[path[-1]] = value
+    return data
+
+
+def read_file(path) -> dict:
+    """The mapping in a YAML (.yaml/.yml) or JSON (.json) configuration file."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"configuration file not found: {path}")
+    try:
+        text = path.read_text(encoding="utf-8")
+        data = json.loads(text) if path.suffix.lower() == ".json" else yaml.safe_load(text)
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise ConfigError(f"cannot read configuration {path}: {first}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"configuration {path} must contain a mapping of sections, got {type(data).__name__}")
+    return data
+
+
+def load_config(path=None, overrides=()) -> Config:
+    """Defaults, updated by the file at ``path`` (optional), then by ``overrides``; validated."""
+    data = read_file(path) if path else {}
+    data = _merge(Config().to_dict(), data, str(path or "configuration"))
+    apply_overrides(data, overrides)
+    return validate(from_dict(data, source=f"{path or 'configuration'} + overrides" if overrides else
+                              str(path or "configuration")))
+
+
+def _merge(base: dict, update: dict, source: str) -> dict:
+    """``base`` updated recursively with ``update``; free-form dict fields are replaced, not merged."""
+    for key, value in update.items():
+        if isinstance(value, dict) and isinstance(base.get(key), dict) and key not in (
+                "generator_options", "discriminator_options"):
+            _merge(base[key], value, source)
+        else:
+            base[key] = value
+    return base
+
+
+def to_yaml(config: Config) -> str:
+    import yaml
+
+    return yaml.safe_dump(config.to_dict(), sort_keys=False, default_flow_style=None)
+
+
+def describe_fields(cls=Config, prefix="") -> list[tuple[str, object, str]]:
+    """``(dotted key, default, help)`` for every field, in declaration order."""
+    rows = []
+    for f in dataclasses.fields(cls):
+        sub = _resolve(f)
+        if sub is not None:
+            rows += describe_fields(sub, f"{prefix}{f.name}.")
+        else:
+            rows.append((prefix + f.name, _default(f), f.metadata.get("help", "")))
+    return rows

@@ -1,0 +1,33 @@
+"""Supervised generators without a discriminator: "Generators_s" (L1 only) and the 1x1 baseline.
+
+``supervised``: any registry generator (U-Net by default) trained with L1 to the target only, as
+the supervised generators of Welander et al. 2018. ``baseline``: the per-pixel intensity mapping
+(1x1 convolutions, a few hundred parameters) trained the same way: the floor every real model
+must beat.
+"""
+
+import torch.nn.functional as F
+
+from .base import Trainer
+
+
+class SupervisedTrainer(Trainer):
+    family = "supervised"
+
+    def build(self):
+        self.networks = {"g": self.generator(self.config.in_channels, 1)}
+        self.optimizers = {"g": self.adam(self.networks["g"])}
+
+    def train_step(self, batch):
+        with self.autocast():
+            fake = self.wrapped("g")(batch["source"])
+            loss = F.l1_loss(fake, batch["target"])
+        self.update(self.optimizers["g"], loss)
+        return {"loss_l1": loss.item()}
+
+    def exports(self):
+        return [(self.config.data.direction, self.networks["g"])]
+
+
+class BaselineTrainer(SupervisedTrainer):
+    family = "baseline"
