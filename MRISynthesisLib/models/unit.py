@@ -35,17 +35,20 @@ class UNITGenerator(nn.Module):
     W / 2 ** n_downsample)``. As in UNIT the posterior is ``N(mean, I)``: ``encode`` returns the
     mean, ``sample_latent`` adds unit Gaussian noise for training.
 
-    ``forward(x)`` translates domain ``'a'`` to ``'b'`` through the latent mean (no noise), so
-    it maps ``(N, in_channels, H, W)`` in [-1, 1] to ``(N, out_channels, H, W)`` in [-1, 1]
-    deterministically in eval mode. ``H`` and ``W`` must be multiples of
+    ``forward(x)`` translates domain ``source_domain`` (``'a'`` by default) to the other one
+    through the latent mean (no noise), so with the default it maps ``(N, in_channels, H, W)``
+    in [-1, 1] to ``(N, out_channels, H, W)`` in [-1, 1] deterministically in eval mode; the
+    same weights with ``source_domain='b'`` give the reverse direction's inference model. ``H`` and ``W`` must be multiples of
     ``2 ** n_downsample`` and at least ``max(4, 2 ** (n_downsample + 1))`` pixels (reflection
     padding); 256x256 is usual.
     """
 
     def __init__(self, *, in_channels=1, out_channels=1, ngf=32, n_downsample=2, n_res=3,
-                 n_shared=1, norm="instance"):
+                 n_shared=1, norm="instance", source_domain="a"):
         super().__init__()
         check_norm(norm)
+        _check_domain(source_domain)
+        self.source_domain = source_domain
         require_at_least("unit", 1, in_channels=in_channels, out_channels=out_channels, ngf=ngf,
                          n_shared=n_shared)
         require_at_least("unit", 0, n_downsample=n_downsample, n_res=n_res)
@@ -106,8 +109,8 @@ class UNITGenerator(nn.Module):
         return self.decode(self.encode(x, source_domain), target_domain)
 
     def forward(self, x):
-        """Translate domain ``'a'`` (``in_channels``) to ``'b'`` (``out_channels``)."""
-        return self.translate(x, "a")
+        """Translate ``source_domain`` to the other domain (``'a'`` -> ``'b'`` by default)."""
+        return self.translate(x, self.source_domain)
 
 
 def _check_domain(domain):

@@ -6,7 +6,7 @@ import os
 import nibabel as nib
 import numpy as np
 import pytest
-from conftest import affine_for, head_phantom
+from phantoms import affine_for, head_phantom
 
 from MRISynthesisLib.cli import main
 from MRISynthesisLib.io import load_volume

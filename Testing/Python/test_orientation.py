@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import affine_for
+from phantoms import affine_for
 
 from MRISynthesisLib.errors import InputError
 from MRISynthesisLib.orientation import find_axial_axis, from_canonical_slices, to_canonical_slices

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import affine_for, head_phantom
+from phantoms import affine_for, head_phantom
 
 from MRISynthesisLib.errors import Cancelled, InputError
 from MRISynthesisLib.io import load_volume

@@ -18,8 +18,10 @@ cycle 100, cycle_kl 0.1; ``munit-master`` = the current UNIT/MUNIT master config
 import torch.nn.functional as F
 from torch import nn
 
+from MRISynthesisLib.models import build_model
+
 from ..losses import discriminator_loss, generator_adversarial_loss
-from .base import Trainer, set_requires_grad
+from .base import REVERSE, Trainer, set_requires_grad
 
 PRESETS = {
     "nips2017": {"gan": 10.0, "recon": 100.0, "kl": 0.1, "cycle": 100.0, "cycle_kl": 0.1},
@@ -91,5 +93,12 @@ class UNITTrainer(Trainer):
                 "g_cycle": g_cycle.item(), "loss_d": d_loss.item()}
 
     def exports(self):
-        # UNITGenerator.forward translates A -> B only, so only the main direction is exported.
-        return [(self.config.data.direction, self.networks["g"])]
+        direction = self.config.data.direction
+        generator = self.networks["g"]
+        exports = [(direction, generator)]
+        if self.config.in_channels == 1:
+            # The same weights translate B -> A when built with source_domain 'b'.
+            reverse = build_model("unit", **dict(generator.config, source_domain="b")).to(self.device)
+            reverse.load_state_dict(generator.state_dict())
+            exports.append((REVERSE[direction], reverse))
+        return exports

@@ -62,9 +62,10 @@ def test_family_trains_and_exports_a_usable_checkpoint(family, manifest, cache_r
     assert synthetic.shape == volume.shape and np.array_equal(synthetic.affine, volume.affine)
     assert np.isfinite(synthetic.array).all() and synthetic.array.max() > 0
 
-    if family == "cyclegan":  # both directions are exported
+    if family in ("cyclegan", "unit"):  # both directions are exported
         reverse = Synthesizer(run_dir / "checkpoints" / "last-t2-to-t1.safetensors", device="cpu")
         assert reverse.metadata.direction == "t2-to-t1"
+        assert reverse.synthesize(volume).shape == volume.shape
 
 
 def config_subject_t1(manifest):

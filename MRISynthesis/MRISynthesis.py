@@ -1,0 +1,523 @@
+"""MRISynthesis: synthesize a missing MRI contrast (T1 -> T2, T2 -> T1) in 3D Slicer.
+
+A thin shell: the GUI and MRML handling live here and in ``MRISynthesisSlicer/``; models,
+orientation, normalisation and metrics live in the pure-Python core ``MRISynthesisLib``.
+"""
+
+import enum
+import importlib.util
+import logging
+import os
+import sys
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (ScriptedLoadableModule, ScriptedLoadableModuleLogic,
+                                           ScriptedLoadableModuleTest, ScriptedLoadableModuleWidget)
+from slicer.util import VTKObservationMixin
+
+
+def _makeCoreImportable():
+    """Developer mode (``MRISynthesis/`` added to Slicer's additional module paths without a
+    build): MRISynthesisLib sits one folder up, in the repository root, so put that on sys.path.
+    An installed extension ships MRISynthesisLib beside this file and needs nothing."""
+    if importlib.util.find_spec("MRISynthesisLib") is None:
+        repositoryRoot = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+        if os.path.isdir(os.path.join(repositoryRoot, "MRISynthesisLib")):
+            sys.path.insert(0, repositoryRoot)
+
+
+_makeCoreImportable()
+
+#: Python packages MRISynthesisLib needs besides PyTorch (import name -> pip requirement).
+PYTHON_REQUIREMENTS = {"nibabel": "nibabel>=5.0", "skimage": "scikit-image>=0.22", "scipy": "scipy>=1.9",
+                       "safetensors": "safetensors>=0.4"}
+MINIMUM_TORCH_VERSION = "2.1"
+
+
+#
+# MRISynthesis
+#
+
+
+class MRISynthesis(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MRI Synthesis")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Image Synthesis")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MRISynthesis contributors"]
+        self.parent.helpText = _(
+            "Synthesize a missing MRI contrast: a T2-weighted volume from a T1-weighted one, or the reverse, "
+            "with a deep generative model. Pick the input volume, the direction and a model, then click "
+            "Synthesize. The result has exactly the input's geometry and is shown next to it; with a real "
+            "target volume as reference, a difference map and MAE/PSNR/SSIM/MI are shown too.<br><br>"
+            "<b>Synthetic images are not for diagnosis.</b> They are plausible images produced by a model and "
+            "can miss or invent findings (for example lesions).<br><br>"
+            "See the <a href=\"https://github.com/MRISynthesis/SlicerMRISynthesis\">documentation</a>.")
+        self.parent.acknowledgementText = _(
+            "Methods: pix2pix (Isola et al., CVPR 2017), CycleGAN (Zhu et al., ICCV 2017), UNIT (Liu et al., "
+            "NeurIPS 2017), U-Net (Ronneberger et al., MICCAI 2015), and the comparison of GAN-based T1/T2 "
+            "translation by Welander, Karlsson and Eklund (2018). SSIM: Wang et al., IEEE TIP 2004. "
+            "Runs on PyTorch through the SlicerPyTorch extension.")
+
+
+#
+# Parameters
+#
+
+
+class Direction(enum.Enum):
+    T1_TO_T2 = "t1-to-t2"
+    T2_TO_T1 = "t2-to-t1"
+
+    def label(self):
+        return {"t1-to-t2": _("T1 \u2192 T2"), "t2-to-t1": _("T2 \u2192 T1")}[self.value]
+
+    @property
+    def targetContrast(self):
+        return "T2" if self is Direction.T1_TO_T2 else "T1"
+
+
+class Device(enum.Enum):
+    AUTO = "auto"
+    GPU = "cuda"
+    CPU = "cpu"
+
+    def label(self):
+        return {"auto": _("Auto"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}[self.value]
+
+
+@parameterNodeWrapper
+class MRISynthesisParameterNode:
+    """
+    inputVolume - the acquired volume (T1 for T1 -> T2).
+    direction - which contrast to synthesize.
+    model - catalog id (MRISynthesisLib.catalog) or path of a .safetensors checkpoint.
+    device - where the model runs; Auto picks CUDA when available.
+    outputVolume - overwritten with the result; None creates a new volume.
+    referenceVolume - optional real target-contrast volume for the difference map and metrics.
+    batchSize - slices per forward pass (GPU memory grows with it).
+    maskVolume - optional brain mask (labelmap); None uses the automatic brain mask.
+    uncertainty - also compute a standard-deviation map (models that can sample only).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    direction: Direction = Direction.T1_TO_T2
+    model: str = ""
+    device: Device = Device.AUTO
+    outputVolume: vtkMRMLScalarVolumeNode
+    referenceVolume: vtkMRMLScalarVolumeNode
+    batchSize: Annotated[int, WithinRange(1, 64)] = 8
+    maskVolume: vtkMRMLLabelMapVolumeNode
+    uncertainty: bool = False
+
+
+#
+# MRISynthesisWidget
+#
+
+
+class ProcessingState(enum.Enum):
+    IDLE = "idle"
+    RUNNING = "running"
+    CANCELLING = "cancelling"
+    DONE = "done"
+    CANCELLED = "cancelled"
+    FAILED = "failed"
+
+
+class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    LOAD_CHECKPOINT = "load-checkpoint-file"  # item data of the "Load a checkpoint file..." entry
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._state = ProcessingState.IDLE
+        self._cancelRequested = False
+        self._listedDirection = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MRISynthesis.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MRISynthesisLogic()
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        # The model list depends on the catalog and the direction, so it is filled here rather than
+        # bound with SlicerParameterName (the parameter node's Choice would be fixed at import).
+        self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
+        self.ui.resultsCollapsibleButton.visible = False
+        self.initializeParameterNode()
+        self.setProcessingState(ProcessingState.IDLE)
+
+    def cleanup(self) -> None:
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolume = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolume and not firstVolume.IsA("vtkMRMLLabelMapVolumeNode"):
+                self._parameterNode.inputVolume = firstVolume
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
+            self._onParameterNodeModified()
+
+    # -- parameters -> GUI ----------------------------------------------------------------------
+
+    def _onParameterNodeModified(self, caller=None, event=None) -> None:
+        if self._parameterNode is None:
+            return
+        if self._parameterNode.direction != self._listedDirection:
+            self._fillModelComboBox()
+        self._selectModelItem()
+        self._updateApplyButton()
+
+    def _fillModelComboBox(self) -> None:
+        from MRISynthesisLib import catalog
+
+        direction = self._parameterNode.direction
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        try:
+            entries = catalog.list_models(direction.value)
+        except Exception as error:  # a broken catalog must not break the module
+            logging.error(f"MRISynthesis: cannot read the model catalog: {error}")
+            entries = []
+        for entry in entries:
+            combo.addItem(entry.title or entry.id, entry.id)
+            combo.setItemData(combo.count - 1, entry.description, qt.Qt.ToolTipRole)
+        combo.addItem(_("Load a checkpoint file\u2026"), self.LOAD_CHECKPOINT)
+        combo.blockSignals(wasBlocked)
+        self._listedDirection = direction
+        catalogIds = [entry.id for entry in entries]
+        if self._parameterNode.model not in catalogIds and not os.path.isfile(self._parameterNode.model):
+            self._parameterNode.model = catalogIds[0] if catalogIds else ""
+
+    def _selectModelItem(self) -> None:
+        combo = self.ui.modelComboBox
+        model = self._parameterNode.model
+        index = combo.findData(model) if model else -1
+        if index < 0 and model and os.path.isfile(model):
+            combo.insertItem(combo.count - 1, os.path.basename(model), model)
+            combo.setItemData(combo.count - 2, model, qt.Qt.ToolTipRole)
+            index = combo.count - 2
+        wasBlocked = combo.blockSignals(True)
+        combo.currentIndex = index
+        combo.blockSignals(wasBlocked)
+
+    def onModelActivated(self, index) -> None:
+        data = self.ui.modelComboBox.itemData(index)
+        if data == self.LOAD_CHECKPOINT:
+            path = qt.QFileDialog.getOpenFileName(self.parent, _("Load a model checkpoint"), "",
+                                                  _("MRISynthesis checkpoints (*.safetensors)"))
+            if path:
+                self._parameterNode.model = path
+            self._selectModelItem()
+            return
+        self._parameterNode.model = data or ""
+
+    def _missingInputs(self) -> list:
+        p = self._parameterNode
+        missing = []
+        if not p.inputVolume:
+            missing.append(_("select an input volume"))
+        if not p.model:
+            missing.append(_("choose a model (or load a checkpoint file)"))
+        if p.outputVolume and p.outputVolume == p.inputVolume:
+            missing.append(_("choose an output volume other than the input"))
+        if p.referenceVolume and p.referenceVolume in (p.inputVolume, p.outputVolume):
+            missing.append(_("choose a reference other than the input and output volumes"))
+        return missing
+
+    def _updateApplyButton(self) -> None:
+        if self._parameterNode is None:
+            return
+        button = self.ui.applyButton
+        if self._state in (ProcessingState.RUNNING, ProcessingState.CANCELLING):
+            button.text = _("Cancel")
+            button.enabled = self._state == ProcessingState.RUNNING
+            button.toolTip = _("Stop the synthesis; nothing is added to the scene.")
+            return
+        contrast = self._parameterNode.direction.targetContrast
+        button.text = _("Synthesize {contrast}").format(contrast=contrast)
+        missing = self._missingInputs()
+        button.enabled = not missing
+        button.toolTip = (_("To synthesize: ") + "; ".join(missing)) if missing else \
+            _("Synthesize a {contrast}-weighted volume from the input volume.").format(contrast=contrast)
+
+    def setProcessingState(self, state, message="") -> None:
+        """The one place that maps the processing state to buttons, progress bar and status."""
+        self._state = state
+        running = state in (ProcessingState.RUNNING, ProcessingState.CANCELLING)
+        for section in (self.ui.inputsCollapsibleButton, self.ui.outputsCollapsibleButton,
+                        self.ui.advancedCollapsibleButton):
+            section.enabled = not running
+        self.ui.progressBar.visible = running
+        if state == ProcessingState.RUNNING and not message:
+            self.ui.progressBar.value = 0
+        self.ui.statusLabel.text = message
+        self._updateApplyButton()
+
+    # -- running ---------------------------------------------------------------------------------
+
+    def onApplyButton(self) -> None:
+        if self._state == ProcessingState.RUNNING:
+            self._cancelRequested = True
+            self.setProcessingState(ProcessingState.CANCELLING, _("Cancelling\u2026"))
+            return
+        from MRISynthesisLib.errors import Cancelled
+
+        p = self._parameterNode
+        self._cancelRequested = False
+        self.setProcessingState(ProcessingState.RUNNING, _("Loading the model\u2026"))
+        slicer.app.processEvents()
+        try:
+            result = self.logic.process(p.inputVolume, p.outputVolume, p.model, p.direction.value,
+                                        device=p.device.value, referenceVolume=p.referenceVolume,
+                                        progress=self._onProgress, batchSize=p.batchSize,
+                                        maskVolume=p.maskVolume, uncertainty=p.uncertainty)
+        except Cancelled:
+            self.setProcessingState(ProcessingState.CANCELLED, _("Cancelled; the scene was not changed."))
+            return
+        except Exception as error:
+            self.setProcessingState(ProcessingState.FAILED, _("Failed: {error}").format(error=error))
+            import traceback
+
+            slicer.util.errorDisplay(_("Synthesis failed: {error}").format(error=error),
+                                     detailedText=traceback.format_exc())
+            return
+        slicer.util.resetSliceViews()
+        self._showResults(result)
+        self.setProcessingState(ProcessingState.DONE, _("Done in {seconds:.1f} s on {device}.").format(
+            seconds=result.seconds, device=result.device.upper()))
+
+    def _onProgress(self, done, total) -> bool:
+        self.ui.progressBar.maximum = max(total, 1)
+        self.ui.progressBar.value = done
+        if self._state == ProcessingState.RUNNING:
+            self.ui.statusLabel.text = _("Synthesizing: {done} of {total} slices").format(done=done, total=total)
+        slicer.app.processEvents()  # repaint and let the Cancel button be clicked
+        return not self._cancelRequested
+
+    def _showResults(self, result) -> None:
+        picked = _("Auto picked {device}").format(device=result.device.upper()) \
+            if self._parameterNode.device == Device.AUTO else ""
+        self.ui.deviceStatusLabel.text = picked
+        lines = [_("Synthetic volume: {name}").format(name=result.outputVolume.GetName()),
+                 _("Model: {model}; device: {device}; batch size: {batch}").format(
+                     model=result.modelId, device=result.device, batch=result.batchSize)]
+        lines += result.notes
+        if result.differenceVolume is not None:
+            lines.append(_("Difference map (synthetic \u2212 reference): {name}; fade it in with the reference "
+                           "view's foreground slider.").format(name=result.differenceVolume.GetName()))
+        self.ui.resultsLabel.text = "\n".join(lines)
+        self.ui.resultsCollapsibleButton.visible = True
+        hasMetrics = result.metrics is not None
+        self.ui.metricsTable.visible = hasMetrics
+        self.ui.conventionsLabel.visible = hasMetrics
+        if hasMetrics:
+            self._fillMetricsTable(result.metrics)
+
+    def _fillMetricsTable(self, metrics) -> None:
+        rows = [("mae", _("MAE")), ("psnr", _("PSNR (dB)")), ("ssim", _("SSIM")), ("mi_bits", _("MI (bits)"))]
+        table = self.ui.metricsTable
+        table.setRowCount(len(rows))
+        for row, (key, title) in enumerate(rows):
+            table.setItem(row, 0, qt.QTableWidgetItem(title))
+            table.setItem(row, 1, qt.QTableWidgetItem(f"{metrics[key]:.4f}"))
+        c = metrics["conventions"]
+        self.ui.conventionsLabel.text = _(
+            "Inside the brain mask ({voxels} voxels; the reference's automatic brain mask unless a mask is set). "
+            "Each volume scaled to its own {low}\u2013{high}th percentile in the mask; data range {range}. "
+            "SSIM: {ssim}, on axial slices. MI: {mi}. Values are in normalised units, not scanner units."
+        ).format(voxels=c["mask_voxels"], low=0.5, high=99.5, range=c["data_range"], ssim=c["ssim"], mi=c["mi"])
+
+
+#
+# MRISynthesisLogic
+#
+
+
+class MRISynthesisLogic(ScriptedLoadableModuleLogic):
+    """Usable without the GUI (Python console, other modules, tests)::
+
+        logic = slicer.util.getModuleLogic("MRISynthesis")
+        result = logic.process(t1Node, None, "model-id-or-checkpoint.safetensors", "t1-to-t2")
+        result.outputVolume, result.differenceVolume, result.metrics
+
+    The work is done by ``MRISynthesisSlicer.SynthesisLogic``; this class adds the parameter node
+    and makes sure PyTorch and the core's Python packages are installed first.
+    """
+
+    def __init__(self, createSynthesizer=None) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.createSynthesizer = createSynthesizer
+
+    def getParameterNode(self):
+        return MRISynthesisParameterNode(super().getParameterNode())
+
+    def process(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None,
+                progress=None, **options):
+        """See ``MRISynthesisSlicer.SynthesisLogic.SynthesisLogic.process`` (same arguments; extra
+        keywords: batchSize, maskVolume, uncertainty, showResults). Returns a SynthesisResult."""
+        self.ensureDependencies(askConfirmation=not slicer.app.testingEnabled())
+        from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic
+
+        logic = SynthesisLogic(self.createSynthesizer) if self.createSynthesizer else SynthesisLogic()
+        return logic.process(inputVolume, outputVolume, model, direction, device=device,
+                             referenceVolume=referenceVolume, progress=progress, **options)
+
+    def ensureDependencies(self, askConfirmation=True) -> None:
+        """PyTorch through the PyTorch extension (it picks the CUDA build for this computer), then
+        the core's pure-Python packages with pip; the user is asked before anything is installed."""
+        self.importTorch(askConfirmation)
+        missing = [requirement for name, requirement in PYTHON_REQUIREMENTS.items()
+                   if importlib.util.find_spec(name) is None]
+        if not missing:
+            return
+        if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                _("MRI Synthesis needs these Python packages, which will now be downloaded and installed: {packages}")
+                .format(packages=", ".join(missing)), windowTitle=_("Install Python packages")):
+            raise RuntimeError(_("MRI Synthesis cannot run without: {packages}").format(packages=", ".join(missing)))
+        with slicer.util.WaitCursor():
+            slicer.util.pip_install(missing)
+
+    def importTorch(self, askConfirmation=True):
+        """The ``torch`` module; installed through the PyTorch extension when missing."""
+        if importlib.util.find_spec("torch") is not None:
+            import torch
+
+            return torch
+        try:
+            import PyTorchUtils
+        except ImportError:
+            raise RuntimeError(_("PyTorch is not installed. Install the 'PyTorch' extension from the Extensions "
+                                 "Manager, restart Slicer, and try again.")) from None
+        torchLogic = PyTorchUtils.PyTorchUtilsLogic()
+        if not torchLogic.torchInstalled():
+            if askConfirmation and not slicer.util.confirmOkCancelDisplay(
+                    _("MRI Synthesis needs PyTorch (about 1\u20133 GB to download). Install it now?"),
+                    windowTitle=_("Install PyTorch")):
+                raise RuntimeError(_("MRI Synthesis cannot run without PyTorch."))
+            torch = torchLogic.installTorch(askConfirmation=False,
+                                            torchVersionRequirement=f">={MINIMUM_TORCH_VERSION}")
+            if torch is None:
+                raise RuntimeError(_("PyTorch could not be installed; see the Python console for details."))
+            return torch
+        return torchLogic.torch
+
+
+#
+# MRISynthesisTest
+#
+
+
+class MRISynthesisTest(ScriptedLoadableModuleTest):
+    """Runs in Slicer (Reload and Test, the SelfTests module, or ctest ``py_MRISynthesis``).
+
+    Uses Slicer's sample T1 (MRBrainTumor1) and the smallest T1 -> T2 model of the bundled catalog.
+    The MRML details (every orientation, errors, views) are covered by the pytest suite in
+    Testing/Python/slicer, which runs without Slicer.
+    """
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        for test in (self.test_SynthesizeT2FromSampleT1, self.test_CancelLeavesSceneUnchanged,
+                     self.test_ApplyButtonFollowsDirection):
+            self.setUp()
+            test()
+
+    def _sampleT1(self):
+        import SampleData
+
+        return SampleData.downloadSample("MRBrainTumor1")
+
+    def _bundledModel(self):
+        from MRISynthesisLib import catalog
+
+        entries = catalog.list_models("t1-to-t2")
+        self.assertTrue(entries, f"no bundled T1->T2 model in {catalog.resources_dir()}")
+        return min(entries, key=lambda entry: entry.size_mb).id
+
+    def test_SynthesizeT2FromSampleT1(self):
+        import numpy as np
+
+        self.delayDisplay("Synthesizing T2 from the sample T1")
+        t1 = self._sampleT1()
+        t1Before = slicer.util.arrayFromVolume(t1).copy()
+
+        result = MRISynthesisLogic().process(t1, None, self._bundledModel(), "t1-to-t2", device="cpu")
+
+        output = result.outputVolume
+        self.assertEqual(slicer.modules.volumes.logic().CompareVolumeGeometry(output, t1), "")
+        synthetic = slicer.util.arrayFromVolume(output)
+        self.assertEqual(synthetic.shape, t1Before.shape)
+        self.assertEqual(synthetic.dtype, np.float32)
+        self.assertGreaterEqual(float(synthetic.min()), 0.0)
+        self.assertLessEqual(float(synthetic.max()), 1.0)
+        self.assertGreater(float(synthetic.max()), 0.1)
+        self.assertTrue(np.array_equal(slicer.util.arrayFromVolume(t1), t1Before))
+        self.assertIn("synthetic T2", output.GetName())
+        self.delayDisplay("Test passed")
+
+    def test_CancelLeavesSceneUnchanged(self):
+        from MRISynthesisLib.errors import Cancelled
+
+        t1 = self._sampleT1()
+        nodeCount = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(Cancelled):
+            MRISynthesisLogic().process(t1, None, self._bundledModel(), "t1-to-t2", device="cpu",
+                                        progress=lambda done, total: False)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodeCount)
+        self.delayDisplay("Test passed")
+
+    def test_ApplyButtonFollowsDirection(self):
+        widget = slicer.modules.mrisynthesis.widgetRepresentation().self()
+        widget.initializeParameterNode()  # the scene was cleared in setUp
+        parameterNode = widget.logic.getParameterNode()
+        parameterNode.direction = Direction.T2_TO_T1
+        self.assertEqual(widget.ui.applyButton.text, "Synthesize T1")
+        parameterNode.direction = Direction.T1_TO_T2
+        self.assertEqual(widget.ui.applyButton.text, "Synthesize T2")
+        self.delayDisplay("Test passed")

@@ -1,0 +1,90 @@
+"""Naming, provenance attributes, subject-hierarchy placement and display of the module's outputs."""
+
+import numpy as np
+import slicer
+
+#: Node attributes written on every synthetic volume (read them with ``node.GetAttribute``).
+MODEL_ID_ATTRIBUTE = "MRISynthesis.ModelId"
+DIRECTION_ATTRIBUTE = "MRISynthesis.Direction"
+SOURCE_VOLUME_ATTRIBUTE = "MRISynthesis.SourceVolumeID"
+ROLE_ATTRIBUTE = "MRISynthesis.Role"  # "synthetic" or "difference"
+
+#: Target contrast produced by each direction.
+TARGET_CONTRAST = {"t1-to-t2": "T2", "t2-to-t1": "T1"}
+DIFFERENCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
+GREY_COLOR_NODE_ID = "vtkMRMLColorTableNodeGrey"
+
+
+def targetContrast(direction: str) -> str:
+    """'T2' for 't1-to-t2', 'T1' for 't2-to-t1'; ``ValueError`` for anything else."""
+    try:
+        return TARGET_CONTRAST[direction]
+    except KeyError:
+        raise ValueError(f"direction '{direction}' is not one of {sorted(TARGET_CONTRAST)}") from None
+
+
+def syntheticVolumeName(inputName: str, direction: str, modelTitle: str) -> str:
+    """e.g. 'MRBrainT1 synthetic T2 (Baseline U-Net)'."""
+    return f"{inputName} synthetic {targetContrast(direction)} ({modelTitle})"
+
+
+def differenceVolumeName(syntheticName: str) -> str:
+    return f"{syntheticName} minus reference"
+
+
+def placeNextTo(node, siblingNode) -> None:
+    """Put ``node`` in the same subject-hierarchy folder/study as ``siblingNode``.
+
+    Slicer's subject-hierarchy plugins create an item for every data node; plain MRML scenes
+    (``slicer-core``) do not, so a missing item is created here.
+    """
+    scene = node.GetScene()
+    shNode = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    if shNode is None:
+        return
+    invalid = slicer.vtkMRMLSubjectHierarchyNode.GetInvalidItemID()
+    siblingItem = shNode.GetItemByDataNode(siblingNode)
+    parentItem = shNode.GetItemParent(siblingItem) if siblingItem != invalid else invalid
+    if parentItem == invalid:
+        parentItem = shNode.GetSceneItemID()
+    item = shNode.GetItemByDataNode(node)
+    if item == invalid:
+        shNode.CreateItem(parentItem, node)
+    else:
+        shNode.SetItemParent(item, parentItem)
+
+
+def displayRange(arrayKJI: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple:
+    """(min, max) display range: percentiles of the non-zero voxels (the synthetic background is 0)."""
+    values = arrayKJI[arrayKJI != 0]
+    if values.size == 0:
+        return 0.0, 1.0
+    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
+    lo = min(lo, 0.0)  # keep background black
+    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+
+
+def showAsSynthetic(volumeNode) -> None:
+    """Grey colour map, window/level from the synthetic image itself (never the input's)."""
+    volumeNode.CreateDefaultDisplayNodes()
+    displayNode = volumeNode.GetDisplayNode()
+    displayNode.SetAndObserveColorNodeID(GREY_COLOR_NODE_ID)
+    displayNode.AutoWindowLevelOff()
+    displayNode.SetWindowLevelMinMax(*displayRange(slicer.util.arrayFromVolume(volumeNode)))
+
+
+def showAsDifference(volumeNode, maxAbs: float) -> None:
+    """Diverging blue-white-red colour map, symmetric around 0 so white means 'no difference'."""
+    volumeNode.CreateDefaultDisplayNodes()
+    displayNode = volumeNode.GetDisplayNode()
+    displayNode.SetAndObserveColorNodeID(DIFFERENCE_COLOR_NODE_ID)
+    displayNode.AutoWindowLevelOff()
+    maxAbs = float(maxAbs) if maxAbs > 0 else 1.0
+    displayNode.SetWindowLevelMinMax(-maxAbs, maxAbs)
+
+
+def setProvenance(volumeNode, role: str, modelId: str, direction: str, sourceNode) -> None:
+    volumeNode.SetAttribute(ROLE_ATTRIBUTE, role)
+    volumeNode.SetAttribute(MODEL_ID_ATTRIBUTE, modelId)
+    volumeNode.SetAttribute(DIRECTION_ATTRIBUTE, direction)
+    volumeNode.SetAttribute(SOURCE_VOLUME_ATTRIBUTE, sourceNode.GetID())
