@@ -358,6 +358,8 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._fillMetricsTable(result.metrics)
 
     def _fillMetricsTable(self, metrics) -> None:
+        from MRISynthesisLib.metrics import PERCENTILE_HIGH, PERCENTILE_LOW
+
         rows = [("mae", _("MAE")), ("psnr", _("PSNR (dB)")), ("ssim", _("SSIM")), ("mi_bits", _("MI (bits)"))]
         table = self.ui.metricsTable
         table.setRowCount(len(rows))
@@ -369,7 +371,8 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             "Inside the brain mask ({voxels} voxels; the reference's automatic brain mask unless a mask is set). "
             "Each volume scaled to its own {low}\u2013{high}th percentile in the mask; data range {range}. "
             "SSIM: {ssim}, on axial slices. MI: {mi}. Values are in normalised units, not scanner units."
-        ).format(voxels=c["mask_voxels"], low=0.5, high=99.5, range=c["data_range"], ssim=c["ssim"], mi=c["mi"])
+        ).format(voxels=c["mask_voxels"], low=PERCENTILE_LOW, high=PERCENTILE_HIGH, range=c["data_range"],
+                 ssim=c["ssim"], mi=c["mi"])
 
 
 #
@@ -456,7 +459,7 @@ class MRISynthesisTest(ScriptedLoadableModuleTest):
 
     Uses Slicer's sample T1 (MRBrainTumor1) and the smallest T1 -> T2 model of the bundled catalog.
     The MRML details (every orientation, errors, views) are covered by the pytest suite in
-    Testing/Python/slicer, which runs without Slicer.
+    Testing/Python/slicer_module, which runs without Slicer.
     """
 
     def setUp(self):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,7 +42,8 @@ def resources_dir() -> Path:
     if env:
         return Path(env)
     here = Path(__file__).resolve().parent
-    for candidate in (here.parent / "Resources", here / "Resources", here.parent / "MRISynthesis" / "Resources"):
+    installed = Path(sys.prefix) / "share" / "mrisynthesis" / "Resources"
+    for candidate in (here.parent / "Resources", here / "Resources", installed):
         if (candidate / CATALOG_NAME).is_file():
             return candidate
     return here.parent / "Resources"

@@ -12,13 +12,12 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 
 from . import __version__
+from .atomic import atomic_path
 from .errors import CheckpointError, InputError
 
 FORMAT = "mrisynthesis-checkpoint"
@@ -64,14 +63,27 @@ class ModelMetadata:
         return self.direction.split("-to-")[1].upper()
 
     def validate(self) -> None:
+        """Check every field's type and range; raises :class:`CheckpointError` naming the field."""
         if self.direction not in DIRECTIONS:
             raise CheckpointError(f"checkpoint direction '{self.direction}' is not one of {', '.join(DIRECTIONS)}")
+        if not isinstance(self.architecture, str) or not self.architecture:
+            raise CheckpointError("checkpoint metadata 'architecture' must be a model name")
         if not isinstance(self.config, dict):
             raise CheckpointError("checkpoint metadata 'config' must be a JSON object")
-        if int(self.slice_size) < 16:
-            raise CheckpointError(f"checkpoint slice_size {self.slice_size} is too small")
-        if int(self.context_slices) < 0:
-            raise CheckpointError(f"checkpoint context_slices {self.context_slices} is negative")
+        if not _is_int(self.slice_size) or self.slice_size < 16:
+            raise CheckpointError(f"checkpoint slice_size must be an integer >= 16, got {self.slice_size!r}")
+        if not _is_int(self.context_slices) or self.context_slices < 0:
+            raise CheckpointError(f"checkpoint context_slices must be an integer >= 0, got {self.context_slices!r}")
+        spacing = self.pixel_spacing_mm
+        if spacing is not None and (not _is_number(spacing) or not 0 < spacing < 100):
+            raise CheckpointError(f"checkpoint pixel_spacing_mm must be null or a positive number, got {spacing!r}")
+        norm = self.normalisation
+        if not isinstance(norm, dict):
+            raise CheckpointError("checkpoint metadata 'normalisation' must be a JSON object")
+        low, high = norm.get("low", 0.5), norm.get("high", 99.5)
+        if not (_is_number(low) and _is_number(high) and 0 <= low < high <= 100):
+            raise CheckpointError(f"checkpoint normalisation percentiles must satisfy 0 <= low < high <= 100, "
+                                  f"got {low!r}, {high!r}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=True)
@@ -94,6 +106,14 @@ class ModelMetadata:
         metadata = cls(**{k: v for k, v in data.items() if k in known})
         metadata.validate()
         return metadata
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and value == value
 
 
 def content_hash(state: dict) -> str:
@@ -146,14 +166,8 @@ def save_checkpoint(path, model, metadata: ModelMetadata, half: bool = False) ->
     metadata.created = metadata.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     metadata.content_sha256 = content_hash(state)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".safetensors", dir=str(path.parent))
-    os.close(handle)
-    try:
+    with atomic_path(path) as tmp:
         save_file(state, tmp, metadata={METADATA_KEY: metadata.to_json()})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path
 
 
@@ -179,7 +193,6 @@ def load_checkpoint(path, device="cpu"):
     Raises :class:`CheckpointError` for a missing, corrupt, truncated, tampered, unknown or
     mismatched checkpoint. Never unpickles anything.
     """
-    import torch
     from safetensors.torch import load_file
 
     from .models import build_model
@@ -191,7 +204,9 @@ def load_checkpoint(path, device="cpu"):
     except Exception as error:
         raise CheckpointError(f"cannot read the weights in {path.name} (corrupt or truncated?): "
                               f"{_first_line(error)}") from None
-    if metadata.content_sha256 and content_hash(state) != metadata.content_sha256:
+    if not metadata.content_sha256:
+        raise CheckpointError(f"{path.name}: metadata has no content hash, so its weights cannot be verified")
+    if content_hash(state) != metadata.content_sha256:
         raise CheckpointError(f"{path.name}: weights do not match the content hash in its metadata (file corrupted or altered)")
     try:
         model = build_model(metadata.architecture, **metadata.config)

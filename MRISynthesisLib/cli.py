@@ -18,8 +18,15 @@ DIRECTION_ALIASES = {"t1-to-t2": "t1-to-t2", "t2-to-t1": "t2-to-t1", "t1t2": "t1
 NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``error: ... (see --help)`` and exit status 2."""
+
+    def error(self, message):
+        self.exit(2, f"error: {message} (see '{self.prog} --help')\n")
+
+
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="mrisynthesis",
         description=f"Synthesize a missing MRI contrast (T1w <-> T2w). {NOT_FOR_DIAGNOSIS}")
     parser.add_argument("--version", action="version", version=f"mrisynthesis {__version__}")
@@ -101,11 +108,14 @@ def _synthesize(args) -> int:
     from .io import check_output_path, load_volume, save_volume
 
     direction = DIRECTION_ALIASES.get(args.direction) if args.direction else None
-    outputs = [p for p in (args.output, args.uncertainty) if p]
-    for path in outputs:
-        check_output_path(path, inputs=[args.input, args.mask])
-    if args.preview and not str(args.preview).lower().endswith(".png"):
-        raise InputError(f"preview '{args.preview}' must end in .png")
+    outputs = [p for p in (args.output, args.uncertainty, args.preview) if p]
+    for path in (args.output, args.uncertainty):
+        if path:
+            check_output_path(path, inputs=[args.input, args.mask])
+    if args.preview:
+        check_output_path(args.preview, inputs=[args.input, args.mask], suffixes=(".png",))
+    if len({Path(p).resolve() for p in outputs}) < len(outputs):
+        raise InputError("--output, --uncertainty and --preview must be different files")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     model_path = catalog.resolve_model(args.model, direction or ("t1-to-t2" if args.model is None else None))
@@ -113,9 +123,11 @@ def _synthesize(args) -> int:
     if direction and metadata.direction != direction:
         raise InputError(f"model '{metadata.model_id}' synthesizes {metadata.direction}, not {direction}")
     volume = load_volume(args.input)
-    mask = load_volume(args.mask).array > 0 if args.mask else None
-    if mask is not None and mask.shape != volume.shape:
-        raise InputError(f"mask shape {mask.shape} does not match the input's shape {volume.shape}")
+    mask = None
+    if args.mask:
+        mask_volume = load_volume(args.mask)
+        _require_same_grid(mask_volume, volume, "--mask", "the input")
+        mask = mask_volume.array > 0
 
     from .synthesis import Synthesizer
 
@@ -134,9 +146,7 @@ def _synthesize(args) -> int:
     if args.preview:
         from .preview import write_preview
 
-        written.append(write_preview(volume, result, args.preview,
-                                     titles=(f"input {metadata.source_contrast}",
-                                             f"synthetic {metadata.target_contrast}")))
+        written.append(write_preview(volume, result, args.preview))
     print(f"model: {metadata.model_id} ({metadata.architecture}, {metadata.source_contrast} -> "
           f"{metadata.target_contrast}) on {synthesizer.device}", file=sys.stderr)
     for path in written:
@@ -168,24 +178,17 @@ def _progress_bar(quiet: bool, label: str):
 
 
 def _evaluate(args) -> int:
-    from .errors import InputError
     from .io import check_output_path, load_volume
     from .metrics import evaluate, format_table
 
     if args.json:
-        if not str(args.json).lower().endswith(".json"):
-            raise InputError(f"--json path '{args.json}' must end in .json")
-        folder = Path(args.json).parent
-        if not folder.is_dir():
-            raise InputError(f"folder of --json does not exist: {folder}")
+        check_output_path(args.json, inputs=[args.pred, args.ref, args.mask], suffixes=(".json",))
     pred, ref = load_volume(args.pred), load_volume(args.ref)
-    if pred.shape != ref.shape:
-        raise InputError(f"--pred has shape {pred.shape} but --ref has {ref.shape}; they must share one grid")
+    _require_same_grid(pred, ref, "--pred", "--ref")
     mask = None
     if args.mask:
         mask_volume = load_volume(args.mask)
-        if mask_volume.shape != ref.shape:
-            raise InputError(f"--mask has shape {mask_volume.shape}, expected {ref.shape}")
+        _require_same_grid(mask_volume, ref, "--mask", "--ref")
         mask = mask_volume.array > 0
     from .orientation import to_canonical_slices
 
@@ -200,6 +203,8 @@ def _evaluate(args) -> int:
         mask_stack = brain_mask(ref_stack)
     result = evaluate(pred_stack, ref_stack, mask_stack, normalisation=args.normalisation,
                       slice_axis=0, per_slice=args.per_slice)
+    result["conventions"]["mask"] = (f"given ({Path(args.mask).name})" if args.mask
+                                     else "automatic foreground mask of the reference (preprocessing.brain_mask)")
     print(format_table(result))
     if args.json:
         _write_json_atomic(Path(args.json), result)
@@ -207,14 +212,22 @@ def _evaluate(args) -> int:
     return 0
 
 
-def _write_json_atomic(path: Path, data) -> None:
-    import os
-    import tempfile
+def _require_same_grid(volume, other, name: str, other_name: str) -> None:
+    """Refuse volumes on different voxel grids (shape or matrix differ by more than 1e-3 mm)."""
+    from .errors import InputError
 
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=str(path.parent))
-    with os.fdopen(handle, "w", encoding="utf-8") as out:
+    if volume.shape != other.shape:
+        raise InputError(f"{name} has shape {volume.shape} but {other_name} has {other.shape}; they must share one grid")
+    if not volume.same_geometry(other, atol=1e-3):
+        raise InputError(f"{name} and {other_name} have the same shape but different voxel-to-world matrices; "
+                         "resample one onto the other's grid first")
+
+
+def _write_json_atomic(path: Path, data) -> None:
+    from .atomic import atomic_path
+
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
         json.dump(data, out, indent=2, default=float)
-    os.replace(tmp, path)
 
 
 def _models(args) -> int:

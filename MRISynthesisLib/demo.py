@@ -2,7 +2,7 @@
 
     python -m MRISynthesisLib.demo [T1.nii.gz] [--model ID|PATH] [--out-dir DIR]
 
-Without an input it uses the ICBM 2009c T1w template that ships inside the nilearn wheel (install
+Without an input it uses the ICBM 2009a T1w template that ships inside the nilearn wheel (install
 the ``examples`` extra); the output volume and a PNG preview (input | synthetic) are written to
 ``--out-dir`` (default ``demo-output/``). Synthetic images are not for diagnosis.
 """
@@ -20,7 +20,7 @@ TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
 
 def nilearn_t1_template() -> Path | None:
-    """Path of the ICBM 2009c T1w template inside an installed nilearn (no import, no download)."""
+    """Path of the ICBM 2009a T1w template inside an installed nilearn (no import, no download)."""
     spec = importlib.util.find_spec("nilearn")
     if spec is None or not spec.submodule_search_locations:
         return None
@@ -30,7 +30,7 @@ def nilearn_t1_template() -> Path | None:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m MRISynthesisLib.demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("input", nargs="?", help="a T1w NIfTI volume (default: nilearn's ICBM 2009c T1w template)")
+    parser.add_argument("input", nargs="?", help="a T1w NIfTI volume (default: nilearn's ICBM 2009a T1w template)")
     parser.add_argument("--model", default=None, help="catalog id or checkpoint (default: the shipped T1->T2 model)")
     parser.add_argument("--out-dir", default="demo-output", help="folder for the outputs (default: demo-output)")
     args = parser.parse_args(argv)

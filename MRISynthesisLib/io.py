@@ -7,11 +7,11 @@ an input file.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .errors import InputError, OutputError
 from .volume import Volume
 
@@ -58,15 +58,17 @@ def load_volume(path) -> Volume:
         raise InputError(f"{path.name} has shape {image.shape}: a {len(shape)}D image with several "
                          f"volumes/components; expected one 3D volume")
     try:
-        data = np.asarray(image.dataobj, dtype=np.float64).reshape(shape)
+        with np.errstate(over="ignore", invalid="ignore"):
+            data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
     except Exception as error:
         raise InputError(f"cannot read the voxels of {path.name}: {_reason(error)}") from None
     if not np.all(np.isfinite(data)):
+        raw = np.asanyarray(image.dataobj.get_unscaled() if hasattr(image.dataobj, "get_unscaled") else data)
+        if np.issubdtype(raw.dtype, np.integer) or np.all(np.isfinite(raw)):
+            raise InputError(f"{path.name} has values beyond the float32 range (integer overflow or scaling)")
         raise InputError(f"{path.name} contains NaN or infinite values")
-    if np.abs(data).max(initial=0) > np.finfo(np.float32).max:
-        raise InputError(f"{path.name} has values beyond the float32 range")
     affine = np.asarray(image.affine, dtype=np.float64)
-    return Volume(data.astype(np.float32), affine, {"path": str(path), "header": image.header})
+    return Volume(data, affine, {"path": str(path), "header": image.header})
 
 
 def _reason(error: Exception) -> str:
@@ -74,14 +76,15 @@ def _reason(error: Exception) -> str:
     return text[0] if text else type(error).__name__
 
 
-def check_output_path(path, inputs=()) -> Path:
+def check_output_path(path, inputs=(), suffixes=NIFTI_SUFFIXES) -> Path:
     """Validate an output path before any work is done; returns it as a Path.
 
-    Refuses: a non-NIfTI suffix, a path equal to one of ``inputs``, a missing or non-writable folder.
+    Refuses: a suffix not in ``suffixes``, a path equal to one of ``inputs``, a missing or
+    non-writable folder, a path that is a folder.
     """
     path = Path(path)
-    if _suffix(path) not in NIFTI_SUFFIXES:
-        raise OutputError(f"output '{path.name}' must end in .nii or .nii.gz")
+    if _suffix(path) not in suffixes:
+        raise OutputError(f"output '{path.name}' must end in {' or '.join(suffixes)}")
     for source in inputs:
         if source is not None and _same_file(path, Path(source)):
             raise OutputError(f"output {path} is the input file; choose another name (inputs are never overwritten)")
@@ -127,15 +130,9 @@ def save_volume(volume: Volume, path, inputs=()) -> Path:
     image.set_sform(volume.affine, code=sform_code)
     image.set_qform(volume.affine, code=qform_code)
     image.header.set_data_dtype(np.float32)
-    suffix = _suffix(path)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=suffix, dir=str(path.parent))
-    os.close(handle)
     try:
-        nib.save(image, tmp)
-        os.replace(tmp, path)
+        with atomic_path(path, suffix=_suffix(path)) as tmp:
+            nib.save(image, tmp)
     except OSError as error:
         raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -22,6 +22,9 @@ from .errors import InputError
 
 #: Fraction of exactly-zero voxels above which a volume is treated as skull-stripped / masked.
 ZERO_BACKGROUND_FRACTION = 0.05
+#: Skull-stripped data has little foreground on the volume's outer faces (a raw scan's air
+#: covers most of its first and last slices); the largest face fraction must stay below this.
+MAX_FACE_FOREGROUND_IN_STRIPPED = 0.5
 #: A slice is synthesised when at least this fraction of its voxels is foreground.
 MIN_SLICE_FOREGROUND = 0.001
 
@@ -29,33 +32,49 @@ MIN_SLICE_FOREGROUND = 0.001
 def brain_mask(array: np.ndarray) -> np.ndarray:
     """Foreground mask of a 3D (or 2D) image.
 
-    Skull-stripped data (many voxels exactly 0, or slightly negative from interpolation) gives
-    ``array > 0``. Otherwise a robust threshold: half of Otsu's threshold computed on the
-    intensities clipped to their 1st..99th percentiles, followed by a hole fill and removal of
-    specks smaller than 64 voxels, which gives a solid head mask. Returns a boolean array of the
-    input's shape.
+    Two cases, told apart from the data:
+
+    * skull-stripped / masked data: many voxels are exactly 0 (or slightly negative from
+      interpolation) and the positive region stays away from the volume's outer faces (a raw
+      scan's air is positive up to the faces, even when the scanner zero-padded it), so the mask
+      is ``array > 0``;
+    * anything else (raw head scans, including scans zero-padded by the scanner): a threshold at
+      half of Otsu's threshold of the positive intensities (clipped to their 1st..99th
+      percentiles), then hole filling and the largest connected component: a solid head mask.
+
+    Returns a boolean array of the input's shape.
     """
     array = np.asarray(array, dtype=np.float32)
     if array.size == 0:
         raise InputError("cannot compute a mask of an empty array")
-    nonpositive = np.count_nonzero(array <= 0) / array.size
-    if nonpositive > ZERO_BACKGROUND_FRACTION:
-        mask = array > 0
-    else:
-        from skimage.filters import threshold_otsu
+    positive = array > 0
+    values = array[positive]
+    if values.size == 0:
+        return positive
+    zero_background = (array.size - values.size) / array.size > ZERO_BACKGROUND_FRACTION
+    if zero_background and _max_face_fraction(positive) < MAX_FACE_FOREGROUND_IN_STRIPPED:
+        return positive
+    lo, hi = np.percentile(values, [1, 99])
+    if hi <= lo:
+        return positive
+    from skimage.filters import threshold_otsu
 
-        lo, hi = np.percentile(array, [1, 99])
-        if hi <= lo:
-            return array > lo
-        threshold = 0.5 * threshold_otsu(np.clip(array, lo, hi))
-        mask = array > threshold
-        mask = ndimage.binary_fill_holes(mask)
-        labels, count = ndimage.label(mask)
-        if count > 1:
-            sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
-            keep = np.flatnonzero(sizes >= 64) + 1
-            mask = np.isin(labels, keep)
+    threshold = 0.5 * float(threshold_otsu(np.clip(values, lo, hi)))
+    mask = ndimage.binary_fill_holes(array > threshold)
+    labels, count = ndimage.label(mask)
+    if count > 1:
+        sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
+        mask = labels == (int(np.argmax(sizes)) + 1)
     return mask
+
+
+def _max_face_fraction(mask: np.ndarray) -> float:
+    """Largest fraction of ``True`` voxels on any outer face of the array."""
+    fractions = []
+    for axis in range(mask.ndim):
+        for index in (0, -1):
+            fractions.append(float(np.take(mask, index, axis=axis).mean()))
+    return max(fractions)
 
 
 def percentile_normalise(array: np.ndarray, mask: np.ndarray, low: float = 0.5, high: float = 99.5

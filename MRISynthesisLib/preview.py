@@ -1,13 +1,12 @@
-"""A PNG preview (input | synthetic, middle axial slices) so a person can look without a viewer."""
+"""A PNG preview (input | synthetic, one axial slice) so a person can look without a viewer."""
 
 from __future__ import annotations
 
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from .atomic import atomic_path
 from .orientation import to_canonical_slices
 from .volume import Volume
 
@@ -17,19 +16,26 @@ def _display(slice_: np.ndarray) -> np.ndarray:
     return np.clip((slice_ - lo) / max(hi - lo, 1e-6), 0, 1)
 
 
-def write_preview(source: Volume, synthetic: Volume, path, titles=("input", "synthetic"), reference: Volume | None = None) -> Path:
-    """Write a PNG of the central axial slice of each volume side by side (radiological view:
-    patient right on the image's left), aspect-correct for anisotropic voxels. Atomic write."""
-    from skimage.io import imsave
+def write_preview(source: Volume, synthetic: Volume, path, reference: Volume | None = None) -> Path:
+    """Write a PNG of one axial slice of each volume side by side (input | synthetic [| reference]).
+
+    The slice is the synthetic volume's axial slice with the most foreground, the same slice in
+    every panel (all volumes share the input's grid); radiological view (patient right on the
+    image's left), aspect-correct for anisotropic voxels, each panel windowed to its own
+    0.5..99.5 percentiles. Written atomically.
+    """
     from skimage.transform import resize
 
     volumes = [source, synthetic] + ([reference] if reference is not None else [])
+    stacks = [to_canonical_slices(v.array, v.affine) for v in volumes]
+    shapes = {stack.shape for stack, _ in stacks}
+    if len(shapes) != 1:
+        raise ValueError("preview volumes must share one grid")
+    synthetic_stack = stacks[1][0]
+    counts = (synthetic_stack > 0).reshape(synthetic_stack.shape[0], -1).sum(1)
+    index = int(np.argmax(counts)) if counts.any() else synthetic_stack.shape[0] // 2
     panels = []
-    for volume in volumes:
-        stack, transform = to_canonical_slices(volume.array, volume.affine)
-        mask = stack > 0
-        counts = mask.reshape(stack.shape[0], -1).sum(1)
-        index = int(np.argmax(counts)) if counts.any() else stack.shape[0] // 2
+    for stack, transform in stacks:
         image = _display(stack[index].astype(np.float32))
         row_mm, col_mm = transform.canonical_spacing[1:]
         height = max(1, int(round(image.shape[0] * row_mm / min(row_mm, col_mm))))
@@ -42,12 +48,8 @@ def write_preview(source: Volume, synthetic: Volume, path, titles=("input", "syn
         canvas[: panel.shape[0], x: x + panel.shape[1]] = panel
         x += panel.shape[1] + 4
     path = Path(path)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".png", dir=str(path.parent))
-    os.close(handle)
-    try:
+    from skimage.io import imsave
+
+    with atomic_path(path) as tmp:
         imsave(tmp, (canvas * 255).astype(np.uint8), check_contrast=False)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -88,7 +89,8 @@ def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
             import torch
             torch.set_num_threads(config.train.threads)
         seed_everything(config.seed + context.rank, config.deterministic)
-        if resume_dir is None:
+        created = resume_dir is None
+        if created:
             run_dir = check_new_run_folder(config)
             distributed.barrier(context)
             if context.is_main:
@@ -96,16 +98,22 @@ def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
                 (run_dir / "config.yaml").write_text(config_module.to_yaml(config), encoding="utf-8")
         else:
             run_dir = Path(resume_dir)
-            if context.is_main:
-                (run_dir / "config.yaml").write_text(config_module.to_yaml(config), encoding="utf-8")
         distributed.barrier(context)
-        data = prepare_data(config, run_dir, context, resume=resume_dir is not None, log=log)
-        logger = RunLogger(run_dir, enabled=context.is_main)
-        trainer = TRAINERS[config.family](config, run_dir, data, context, logger)
-        if resume_dir is not None:
-            trainer.resume()
-            if context.is_main:
-                log(f"resuming {run_dir} at epoch {trainer.epoch}, step {trainer.global_step}")
+        try:
+            data = prepare_data(config, run_dir, context, resume=not created, log=log)
+            logger = RunLogger(run_dir, enabled=context.is_main)
+            trainer = TRAINERS[config.family](config, run_dir, data, context, logger)
+            if not created:
+                trainer.resume()
+        except MRISynthesisError:
+            # A run that could not even start leaves nothing behind (so the same name works
+            # again); a failed resume leaves the run, and its config.yaml, as they were.
+            if created and context.is_main:
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        if not created and context.is_main:
+            (run_dir / "config.yaml").write_text(config_module.to_yaml(config), encoding="utf-8")
+            log(f"resuming {run_dir} at epoch {trainer.epoch}, step {trainer.global_step}")
         try:
             summary = trainer.fit(stop_at_step=stop_at_step)
         finally:

@@ -13,14 +13,13 @@ leaves either the old or the new complete state, never a truncated one.
 
 from __future__ import annotations
 
-import os
 import random
-import tempfile
 from pathlib import Path
 
 import numpy as np
 import torch
 
+from MRISynthesisLib.atomic import atomic_path
 from MRISynthesisLib.errors import InputError
 
 STATE_FILE = "train_state.pt"
@@ -55,16 +54,8 @@ def save_state(path, state: dict) -> Path:
     """Write ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".pt", dir=str(path.parent))
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            torch.save({"version": STATE_VERSION, **state}, stream)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(path) as tmp:
+        torch.save({"version": STATE_VERSION, **state}, tmp)
     return path
 
 

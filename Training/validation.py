@@ -11,12 +11,13 @@ Conventions (recorded with the numbers in ``metrics.jsonl`` and in exported chec
   the synthetic volume is already in these units, so no further normalisation is applied
   (``metrics.evaluate(..., normalisation='none')``, data range = that of the reference in the mask, ~1).
 - Mask: the subject's brain mask file when discovery found one, else
-  :func:`MRISynthesisLib.preprocessing.brain_mask` of the target; the same mask is given to the
-  synthesiser.
+  :func:`MRISynthesisLib.preprocessing.brain_mask` of the target; it selects the scored voxels.
+  The source is normalised with its own brain mask, as in training and at inference.
 - Metrics: MAE, PSNR and SSIM (2D on canonical axial slices, map averaged in the mask, per-volume
   pooling) from :func:`MRISynthesisLib.metrics.evaluate`; the subject values are averaged
   (unweighted mean over subjects).
-- Baseline: "inverted source" = 1 - the normalised source contrast inside the mask, the trivial
+- Baseline: "inverted source" = 1 - the normalised source contrast (normalised like the model's
+  input) inside the mask, the trivial
   intensity inversion every model must beat; computed once.
 """
 
@@ -81,7 +82,9 @@ class Validator:
         per_subject, conventions, grid = {}, {}, None
         for index, subject in enumerate(self.subjects):
             source, _, mask, reference = self._load(subject)
-            synthetic = synthesizer.synthesize(source, mask=mask).array
+            # No mask argument: the source is normalised with its own brain mask, exactly as in
+            # training (cache) and at inference; ``mask`` only selects the voxels that are scored.
+            synthetic = synthesizer.synthesize(source).array
             per_subject[subject.id], conventions = self._score(synthetic, reference, mask, source.affine)
             if preview and index == 0:
                 grid = self._preview(source, synthetic, reference, mask)
@@ -92,7 +95,7 @@ class Validator:
         per_subject, conventions = {}, {}
         for subject in self.subjects:
             source, _, mask, reference = self._load(subject)
-            normalised, _ = percentile_normalise(source.array, mask, self.low, self.high)
+            normalised, _ = percentile_normalise(source.array, brain_mask(source.array), self.low, self.high)
             inverted = np.where(mask, 1.0 - normalised, 0.0).astype(np.float32)
             per_subject[subject.id], conventions = self._score(inverted, reference, mask, source.affine)
         return ValidationResult(self._mean(per_subject), per_subject, conventions)

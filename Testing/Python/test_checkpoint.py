@@ -125,3 +125,23 @@ def test_pickle_files_are_not_loaded(tmp_path):
     torch.save({"w": np.zeros(2)}, path)
     with pytest.raises(CheckpointError):
         load_checkpoint(path)
+
+
+@pytest.mark.parametrize("field,value,pattern", [
+    ("slice_size", "abc", "slice_size"),
+    ("pixel_spacing_mm", -1, "pixel_spacing_mm"),
+    ("context_slices", 1.5, "context_slices"),
+    ("normalisation", {"low": 99, "high": 1}, "percentiles"),
+])
+def test_metadata_with_wrong_types_is_refused(tmp_path, field, value, pattern):
+    _, path = _unet(tmp_path)
+    bad = _rewrite_metadata(path, tmp_path / "bad.safetensors", lambda m: m.update({field: value}))
+    with pytest.raises(CheckpointError, match=pattern):
+        load_checkpoint(bad)
+
+
+def test_checkpoint_without_content_hash_is_refused(tmp_path):
+    _, path = _unet(tmp_path)
+    bad = _rewrite_metadata(path, tmp_path / "nohash.safetensors", lambda m: m.update(content_sha256=""))
+    with pytest.raises(CheckpointError, match="no content hash"):
+        load_checkpoint(bad)

@@ -168,3 +168,42 @@ def test_corrupt_checkpoint_is_refused(tmp_path, t1, capsys):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{}garbage")
     _fails(capsys, ["synthesize", str(t1), "-o", str(tmp_path / "o.nii"), "--model", str(bad)], "", tmp_path)
+
+
+def test_missing_preview_folder_is_refused_before_anything_is_written(tmp_path, t1, tiny_checkpoint, capsys):
+    _fails(capsys, ["synthesize", str(t1), "-o", str(tmp_path / "o.nii.gz"), "--model", str(tiny_checkpoint),
+                    "--preview", str(tmp_path / "nodir" / "p.png")], "does not exist", tmp_path)
+
+
+def test_output_and_uncertainty_must_differ(tmp_path, t1, tiny_checkpoint, capsys):
+    out = str(tmp_path / "o.nii.gz")
+    _fails(capsys, ["synthesize", str(t1), "-o", out, "--model", str(tiny_checkpoint), "--uncertainty", out],
+           "different files", tmp_path)
+
+
+def test_evaluate_refuses_bad_json_path_and_other_grids(tmp_path, capsys):
+    ref = head_phantom((30, 34, 20))
+    ref_path, pred_path = _write(tmp_path / "ref.nii", ref), _write(tmp_path / "pred.nii", ref)
+    (tmp_path / "adir.json").mkdir()
+    _fails(capsys, ["evaluate", "--pred", str(pred_path), "--ref", str(ref_path), "--json", str(tmp_path / "adir.json")],
+           "is a folder", tmp_path)
+    shifted = affine_for("LPS")
+    shifted[:3, 3] += 5.0
+    other = _write(tmp_path / "other.nii", ref, shifted)
+    _fails(capsys, ["evaluate", "--pred", str(other), "--ref", str(ref_path)], "voxel-to-world", tmp_path)
+
+
+def test_usage_errors_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["synthesize", "in.nii"])  # -o missing
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and "--output" in err[0]
+
+
+def test_outputs_get_normal_file_permissions(tmp_path, t1, tiny_checkpoint):
+    out = tmp_path / "o.nii.gz"
+    assert main(["synthesize", str(t1), "-o", str(out), "--model", str(tiny_checkpoint), "--quiet"]) == 0
+    umask = os.umask(0)
+    os.umask(umask)
+    assert out.stat().st_mode & 0o777 == 0o666 & ~umask

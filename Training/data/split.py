@@ -10,12 +10,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
+from MRISynthesisLib.atomic import atomic_path
 from MRISynthesisLib.errors import InputError, OutputError
 
 SPLIT_NAMES = ("train", "val", "test")
@@ -105,11 +104,9 @@ def write_split(split: dict, path) -> Path:
     _validate(split, str(path))
     data = {name: list(split[name]) for name in SPLIT_NAMES}
     try:
-        handle, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".json", dir=str(path.parent))
-        with os.fdopen(handle, "w") as stream:
+        with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as stream:
             json.dump(data, stream, indent=2)
             stream.write("\n")
-        os.replace(tmp, path)
     except OSError as error:
         raise OutputError(f"cannot write the split to {path}: {error.strerror or error}") from None
     return path

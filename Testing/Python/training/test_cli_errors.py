@@ -29,8 +29,19 @@ def _run(capsys, tmp_path, *overrides):
 
 
 def test_missing_data_folder(capsys, tmp_path):
-    code, err = _run(capsys, tmp_path, f"data.root={tmp_path / 'nowhere'}")
+    code, err = _run(capsys, tmp_path, f"data.root={tmp_path / 'nowhere'}", "name=first")
     assert code == 2 and "nowhere" in err and err.startswith("error:")
+    # a run that could not start leaves no folder behind, so the same name works after the fix
+    assert not (tmp_path / "runs" / "first").exists()
+
+
+def test_failed_resume_leaves_the_run_config_unchanged(capsys, tmp_path):
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: old\nfamily: baseline\n")
+    code, err = main(["--resume", str(run), "family=vae", f"data.root={tmp_path / 'nowhere'}"]), capsys.readouterr().err
+    assert code == 2 and err.startswith("error:")
+    assert (run / "config.yaml").read_text() == "name: old\nfamily: baseline\n"
 
 
 def test_data_folder_that_is_a_file(capsys, tmp_path):
