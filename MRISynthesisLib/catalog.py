@@ -31,6 +31,9 @@ class CatalogEntry:
     description: str = ""
     default: bool = False
     size_mb: float = 0.0
+    architecture: str = ""
+    supports_uncertainty: bool = False
+    card: str = ""  # model card, relative to the Resources folder
 
     def path(self, resources: Path | None = None) -> Path:
         return (resources or resources_dir()) / self.file

@@ -116,3 +116,11 @@ class ImagePool:
         self.size = int(state["size"])
         images = state["images"]
         self.images = [image.unsqueeze(0).to(device) for image in images] if images.numel() else []
+
+
+def l1_loss(prediction, target, mask=None):
+    """Mean absolute error; with ``mask`` (N,1,H,W in {0,1}) only over the masked pixels."""
+    if mask is None:
+        return F.l1_loss(prediction, target)
+    weights = mask.to(prediction.dtype)
+    return ((prediction - target).abs() * weights).sum() / (weights.sum() * prediction.shape[1]).clamp(min=1.0)

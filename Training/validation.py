@@ -62,7 +62,7 @@ class Validator:
         self.batch_size = batch_size
         self._volumes: dict = {}
 
-    def _load(self, subject):
+    def load_subject(self, subject):
         """(source Volume, target Volume, mask [i,j,k], normalised reference [i,j,k]) of a subject."""
         if subject.id not in self._volumes:
             t1, t2 = load_volume(subject.t1), load_volume(subject.t2)
@@ -81,7 +81,7 @@ class Validator:
                                              mixed_precision=False)
         per_subject, conventions, grid = {}, {}, None
         for index, subject in enumerate(self.subjects):
-            source, _, mask, reference = self._load(subject)
+            source, _, mask, reference = self.load_subject(subject)
             # No mask argument: the source is normalised with its own brain mask, exactly as in
             # training (cache) and at inference; ``mask`` only selects the voxels that are scored.
             synthetic = synthesizer.synthesize(source).array
@@ -94,7 +94,7 @@ class Validator:
         """Scores of the trivial baseline 1 - normalised source, inside the mask."""
         per_subject, conventions = {}, {}
         for subject in self.subjects:
-            source, _, mask, reference = self._load(subject)
+            source, _, mask, reference = self.load_subject(subject)
             normalised, _ = percentile_normalise(source.array, brain_mask(source.array), self.low, self.high)
             inverted = np.where(mask, 1.0 - normalised, 0.0).astype(np.float32)
             per_subject[subject.id], conventions = self._score(inverted, reference, mask, source.affine)

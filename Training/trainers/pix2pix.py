@@ -7,9 +7,8 @@ source slice(s) concatenated with the real or synthetic target. GAN mode vanilla
 """
 
 import torch
-import torch.nn.functional as F
 
-from ..losses import discriminator_loss, generator_adversarial_loss
+from ..losses import discriminator_loss, generator_adversarial_loss, l1_loss
 from .base import Trainer, set_requires_grad
 
 
@@ -40,7 +39,7 @@ class Pix2PixTrainer(Trainer):
         set_requires_grad([self.networks["d"]], False)
         with self.autocast():
             g_gan = generator_adversarial_loss(mode, self.networks["d"](torch.cat([source, fake], 1)))
-            g_l1 = F.l1_loss(fake, target)
+            g_l1 = l1_loss(fake, target, batch["mask"] if loss.foreground_l1 else None)
             g_loss = g_gan + loss.l1 * g_l1
         self.update(self.optimizers["g"], g_loss)
         return {"loss_g": g_loss.item(), "g_gan": g_gan.item(), "g_l1": g_l1.item(), "loss_d": d_loss.item(), **parts}

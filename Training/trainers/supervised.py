@@ -6,8 +6,8 @@ the supervised generators of Welander et al. 2018. ``baseline``: the per-pixel i
 must beat.
 """
 
-import torch.nn.functional as F
 
+from ..losses import l1_loss
 from .base import Trainer
 
 
@@ -21,7 +21,8 @@ class SupervisedTrainer(Trainer):
     def train_step(self, batch):
         with self.autocast():
             fake = self.wrapped("g")(batch["source"])
-            loss = F.l1_loss(fake, batch["target"])
+            mask = batch["mask"] if self.config.loss.foreground_l1 else None
+            loss = l1_loss(fake, batch["target"], mask)
         self.update(self.optimizers["g"], loss)
         return {"loss_l1": loss.item()}
 
