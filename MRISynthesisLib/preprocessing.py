@@ -54,6 +54,9 @@ def brain_mask(array: np.ndarray) -> np.ndarray:
     zero_background = (array.size - values.size) / array.size > ZERO_BACKGROUND_FRACTION
     if zero_background and _max_face_fraction(positive) < MAX_FACE_FOREGROUND_IN_STRIPPED:
         return positive
+    # The threshold is a statistic: a regular subsample of at most ~2 M voxels gives the same
+    # value without two more full-volume copies.
+    values = values[:: max(1, values.size // 2_000_000)]
     lo, hi = np.percentile(values, [1, 99])
     if hi <= lo:
         return positive

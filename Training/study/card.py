@@ -122,8 +122,10 @@ Output: 0 background, 1 = the 99.5th percentile of the target contrast in the br
 
 ## Intended use
 Filling in a missing T1-weighted or T2-weighted series for visualisation, registration or as an input to
-tools that need both contrasts, on skull-stripped or whole-head adult brain MRI. Not for measuring lesions,
-not for diagnosis, not validated on children, other organs or other contrasts.
+tools that need both contrasts, on skull-stripped adult brain MRI. Whole-head scans are accepted (the
+foreground mask then covers the head) but the model has only seen skull-stripped brains: outside the brain
+its output is meaningless, so pass a brain mask (`--mask`) where one exists. Not for measuring lesions, not
+for diagnosis, not validated on children, other organs or other contrasts.
 
 ## Test metrics
 Test subjects of the study split (`docs/results.md`), never seen in training or validation; whole volumes
