@@ -78,6 +78,13 @@ def methods(quick: bool = False) -> dict[str, Method]:
                {"optim.lr": 0.01}),
         Method("supervised", "Supervised U-Net, L1 only (Generators_s)", "trained", "supervised", dict(generator)),
         Method("pix2pix", "Pix2Pix (U-Net + PatchGAN, L1 100)", "trained", "pix2pix", {**generator, **disc}),
+        # The recipe of the shipped models (L1 inside the brain mask, no dropout, lr 1e-3), on the study's grid.
+        Method("supervised_fg", "Supervised U-Net, L1 in the brain mask (shipped recipe)", "trained", "supervised",
+               {**generator, "model.generator_options": {"ngf": width, "dropout": False},
+                "loss.foreground_l1": True, "optim.lr": 1e-3}),
+        Method("pix2pix_fg", "Pix2Pix, L1 in the brain mask", "trained", "pix2pix",
+               {**generator, **disc, "model.generator_options": {"ngf": width, "dropout": False},
+                "loss.foreground_l1": True}),
         Method("cyclegan", "CycleGAN (U-Net generators)", "trained", "cyclegan", {**generator, **disc}, two_way=True),
         Method("cyclegan_sn", "CycleGAN + spectral norm on D", "trained", "cyclegan",
                {**generator, **disc, "model.spectral_norm": True}, two_way=True),
