@@ -33,6 +33,8 @@ from MRISynthesisLib.orientation import to_canonical_slices
 from MRISynthesisLib.preprocessing import brain_mask, percentile_normalise
 from MRISynthesisLib.synthesis import Synthesizer
 
+from .study.baselines import inverted_intensities
+
 REPORTED = ("mae", "psnr", "ssim")
 HIGHER_IS_BETTER = {"mae": False, "psnr": True, "ssim": True}
 
@@ -96,7 +98,7 @@ class Validator:
         for subject in self.subjects:
             source, _, mask, reference = self.load_subject(subject)
             normalised, _ = percentile_normalise(source.array, brain_mask(source.array), self.low, self.high)
-            inverted = np.where(mask, 1.0 - normalised, 0.0).astype(np.float32)
+            inverted = inverted_intensities(normalised, mask)
             per_subject[subject.id], conventions = self._score(inverted, reference, mask, source.affine)
         return ValidationResult(self._mean(per_subject), per_subject, conventions)
 
