@@ -18,7 +18,9 @@ ATTRIBUTION = (
     "BraTS, CBICA and GLISTR subjects appear in numbers only.")
 METRIC_TITLES = {"mae": "MAE", "mse": "MSE", "psnr": "PSNR (dB)", "ssim": "SSIM", "mi_bits": "MI (bits)"}
 SHORT_TITLES = {"ceiling": "Real via model grid", "inverted": "Inverted source", "lookup": "Intensity lookup", "baseline1x1": "1x1-conv baseline",
-                "supervised": "Supervised U-Net (L1)", "pix2pix": "Pix2Pix", "cyclegan": "CycleGAN",
+                "supervised": "Supervised U-Net (L1)", "pix2pix": "Pix2Pix",
+                "supervised_fg": "Supervised U-Net (L1 in brain)", "pix2pix_fg": "Pix2Pix (L1 in brain)",
+                "cyclegan": "CycleGAN",
                 "cyclegan_sn": "CycleGAN + SN", "cyclegan_s": "CycleGAN_s", "vae": "VAE", "unit": "UNIT"}
 HIGHER_IS_BETTER = {"mae": False, "mse": False, "psnr": True, "ssim": True, "mi_bits": True}
 
@@ -54,9 +56,9 @@ def protocol_section(settings: protocol.StudySettings, split: dict, subjects: di
 |---|---|---|
 {sides}
 
-- **Preprocessing** (the core's, for every method): canonical axial slices, brain mask (the subject's
-  brain-mask file if present, else the core `brain_mask`), percentile normalisation 0.5..99.5 inside the
-  mask to [0, 1] (model range [-1, 1]), in-plane resampling to **{s.pixel_spacing_mm:g} mm** pixels and
+- **Preprocessing** (the core's, for every method): canonical axial slices; the source is normalised inside
+  its own core `brain_mask` exactly as at inference (the reference inside the subject's brain-mask file
+  if present, else its `brain_mask`); percentile normalisation 0.5..99.5 inside the mask to [0, 1] (model range [-1, 1]), in-plane resampling to **{s.pixel_spacing_mm:g} mm** pixels and
   centre padding to **{s.slice_size} x {s.slice_size}**; slices with under 5 % brain are not trained on.
   The baselines see the same normalised source.
 - **Budget**: every trained run gets the same **{s.minutes_per_model:g} CPU minutes** of training
