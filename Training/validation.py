@@ -33,7 +33,7 @@ from MRISynthesisLib.orientation import to_canonical_slices
 from MRISynthesisLib.preprocessing import brain_mask, percentile_normalise
 from MRISynthesisLib.synthesis import Synthesizer
 
-from .study.baselines import inverted_intensities
+from .baselines import inverted_intensities
 
 REPORTED = ("mae", "psnr", "ssim")
 HIGHER_IS_BETTER = {"mae": False, "psnr": True, "ssim": True}

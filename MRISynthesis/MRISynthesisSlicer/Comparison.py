@@ -5,7 +5,6 @@ map shows the errors that the numbers summarise, not scanner intensity scaling.
 """
 
 import numpy as np
-import slicer
 
 from MRISynthesisLib import metrics, orientation, preprocessing
 

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from MRISynthesisLib.atomic import atomic_path
 from MRISynthesisLib.checkpoint import load_checkpoint, read_metadata, save_checkpoint
 from MRISynthesisLib.errors import MRISynthesisError
 
@@ -179,7 +180,8 @@ def main(argv=None) -> int:
         result = score_checkpoint(args.checkpoint, args.study)
         title = args.title or result["metadata"].title or result["metadata"].model_id
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(card_text(result, title, args.cpu_hours), encoding="utf-8")
+        with atomic_path(args.out) as tmp:  # a shipped resource: never half-written
+            Path(tmp).write_text(card_text(result, title, args.cpu_hours), encoding="utf-8")
     except MRISynthesisError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

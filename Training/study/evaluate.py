@@ -5,7 +5,7 @@ Conventions (the same as the training package's validation, :mod:`Training.valid
 - Reference: the real target contrast percentile-normalised (0.5..99.5 inside the brain mask) to
   [0, 1] by :func:`MRISynthesisLib.preprocessing.percentile_normalise`; synthetic volumes are
   already in these units (trained models through :class:`MRISynthesisLib.synthesis.Synthesizer`,
-  baselines through :mod:`Training.study.baselines`), so :func:`MRISynthesisLib.metrics.evaluate`
+  baselines through :mod:`Training.baselines`), so :func:`MRISynthesisLib.metrics.evaluate`
   is called with ``normalisation='none'``; its data range is that of the reference in the mask (1.0).
 - Brain mask: the subject's brain-mask file when discovery found one, else
   :func:`MRISynthesisLib.preprocessing.brain_mask` of the target; the Synthesizer gets the same mask.
@@ -34,7 +34,7 @@ from MRISynthesisLib.orientation import to_canonical_slices
 from MRISynthesisLib.preprocessing import brain_mask, foreground_slices, percentile_normalise
 from Training.validation import Validator
 
-from .baselines import IntensityLookup, inverted_intensities
+from ..baselines import IntensityLookup, inverted_intensities
 
 METRICS = ("mae", "mse", "psnr", "ssim", "mi_bits")
 GLCM_PROPERTIES = ("contrast", "dissimilarity")

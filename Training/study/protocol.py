@@ -41,7 +41,7 @@ FIGURE_SOURCES = ("MSLUB", "TCGA")
 class Method:
     """One row of the comparison: a fixed rule, a fitted lookup table or a trained model family.
 
-    ``kind``: 'inverted' and 'lookup' (baselines computed by :mod:`Training.study.baselines`),
+    ``kind``: 'inverted' and 'lookup' (baselines computed by :mod:`Training.baselines`),
     'trained' (``family`` + ``overrides`` of the training configuration), or 'ceiling': the real
     target itself sent through the model grid (resampling to the study's pixel spacing and back),
     the best any model on that grid could score, to separate resolution loss from model error. ``two_way`` trained

@@ -29,7 +29,7 @@ from MRISynthesisLib.errors import InputError
 from Training.data import check_pair, discover_subjects
 
 from . import budget, evaluate, protocol
-from .baselines import IntensityLookup
+from ..baselines import IntensityLookup
 
 EVAL_VERSION = 1
 

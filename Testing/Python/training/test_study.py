@@ -9,7 +9,7 @@ import pytest
 from MRISynthesisLib.errors import InputError
 from Training.data import Subject
 from Training.study import evaluate, protocol
-from Training.study.baselines import IntensityLookup, inverted_intensities
+from Training.baselines import IntensityLookup, inverted_intensities
 
 PAIRED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "paired"
 SOURCES = {"BraTS": 2, "TCGA": 2, "MSLUB": 2, "CBICA": 8, "GLISTR": 1}
