@@ -7,13 +7,13 @@ may be drawn; :func:`comparison_grid` refuses others. Images are canonical axial
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
 from MRISynthesisLib.errors import InputError
 
+from ..logs import read_records
 from .protocol import FIGURE_SOURCES
 
 PANEL_INCHES = 1.05
@@ -85,8 +85,7 @@ def _save(figure, path, plt) -> Path:
 
 def read_curves(run_dir) -> dict:
     """``{'train': [(step, loss name, value)], 'val': [(step, mae)], 'seconds_per_step'}`` of a run folder."""
-    run_dir = Path(run_dir)
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    records = read_records(run_dir)
     train = [r for r in records if r["kind"] == "train"]
     loss_name = next((k for k in (train[0] if train else {}) if k not in ("kind", "epoch", "step", "lr")), None)
     return {"train": [(r["step"], r[loss_name]) for r in train if loss_name in r], "loss_name": loss_name,
