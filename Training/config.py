@@ -25,6 +25,7 @@ UNIT_PRESETS = ("nips2017", "munit-master")
 DATA_MODES = ("paired", "unpaired")
 VALIDATION_METRICS = ("mae", "psnr", "ssim")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+AUGMENT_PRESETS = ("basic", "strong")
 
 #: Generator and discriminator a family uses when ``model.generator`` is left empty.
 DEFAULT_GENERATORS = {"pix2pix": "unet_256", "cyclegan": "resnet_9blocks", "vae": "vae", "unit": "unit",
@@ -64,6 +65,12 @@ class DataConfig:
     max_slices_per_subject: int = _f(0, "keep at most N slices per subject (evenly spaced); 0 = all")
     cache_dir: str = _f("", "slice cache folder; empty = <run>/cache (built once, memory-mapped)")
     augment: bool = _f(True, "random flips, small affine, gamma and bias-field augmentation")
+    augment_preset: str = _f("basic", "strength of the augmentation when 'augment' is on: 'basic' (geometry, "
+                             "gamma, bias field) or 'strong' (basic plus scanner/site variation: contrast curves, "
+                             "percentile jitter, noise, blur, lower resolution, thick slices)")
+    crop_size: int = _f(0, "train on random crops of this many pixels (square, mostly on the brain) of the "
+                        "model-grid slices; 0 = whole slices. Needs a generator that accepts the size "
+                        "(resunet: multiples of 2**levels)")
     batch_size: int = _f(4, "slices per optimisation step (per process in distributed runs)")
     num_workers: int = _f(0, "DataLoader worker processes (0 = load in the main process)")
     pin_memory: bool = _f(True, "pinned host memory for faster GPU copies (ignored on CPU)")
@@ -77,6 +84,8 @@ class ModelConfig:
                                  "in/out channels and image_size are set from the data config")
     discriminator: str = _f("patchgan", "registry name of the discriminator (GAN families)")
     discriminator_options: dict = _f({}, "options passed to build_model for the discriminator(s), e.g. {ndf: 32}")
+    init_from: str = _f("", "checkpoint (.safetensors) whose weights initialise the generator, e.g. a supervised "
+                        "model to fine-tune adversarially with pix2pix; architecture and options must match")
     spectral_norm: bool = _f(False, "spectral normalisation on every discriminator convolution (implies "
                              "discriminator norm 'none')")
 
@@ -97,6 +106,8 @@ class LossConfig:
     foreground_l1: bool = _f(False, "supervised/baseline/pix2pix: compute the L1 term only inside the source's "
                              "brain mask (the output outside it is background at inference anyway); "
                              "converges much faster on skull-stripped data than the literature's whole-slice L1")
+    ssim: float = _f(0.0, "supervised/pix2pix: weight of the structural term 1 - SSIM (Gaussian window, "
+                     "sigma 1.5, on [0, 1] intensities, averaged inside the source's brain mask) next to L1")
     unit_preset: str = _f("nips2017", "unit loss weights: 'nips2017' (gan 10, recon 100, kl 0.1, cycle 100, "
                           "cycle kl 0.1; Liu et al. 2017 and GAN-MRI) or 'munit-master' (1, 10, 0.01, 10, 0.01)")
 
@@ -125,6 +136,10 @@ class TrainConfig:
     channels_last: bool = _f(False, "channels-last memory format (faster convolutions on recent hardware)")
     compile: bool = _f(False, "torch.compile the generator(s) (slow first steps, faster later)")
     threads: int = _f(0, "CPU threads for torch (0 = torch's default)")
+    max_cpu_minutes: float = _f(0.0, "stop after this many CPU minutes of training steps (process time, validation "
+                                "excluded), then validate and export; 0 = no limit. For equal-budget comparisons")
+    ema_decay: float = _f(0.0, "exponential moving average of the generator weights (e.g. 0.999), validated and "
+                          "exported instead of the raw weights; 0 = off")
 
 
 @dataclass
@@ -133,6 +148,8 @@ class ValidationConfig:
     metric: str = _f("mae", "metric that selects the 'best' checkpoint: 'mae' (lower is better), 'psnr' or 'ssim'")
     max_subjects: int = _f(0, "validate on at most N validation subjects; 0 = all")
     batch_size: int = _f(8, "slices per forward pass during validation")
+    raw_too: bool = _f(False, "with train.ema_decay: also validate the raw (not averaged) weights, logged as "
+                       "'val_raw' (doubles the validation time; for measuring what the average buys)")
 
 
 @dataclass
@@ -269,6 +286,14 @@ def validate(config: Config) -> Config:
           f"loss.unit_preset {config.loss.unit_preset!r} is not one of {', '.join(UNIT_PRESETS)}")
     check(config.validation.metric in VALIDATION_METRICS,
           f"validation.metric {config.validation.metric!r} is not one of {', '.join(VALIDATION_METRICS)}")
+    check(config.data.augment_preset in AUGMENT_PRESETS, f"data.augment_preset {config.data.augment_preset!r} "
+          f"is not one of {', '.join(AUGMENT_PRESETS)}")
+    check(config.data.crop_size == 0 or 16 <= config.data.crop_size <= config.data.slice_size,
+          f"data.crop_size must be 0 (whole slices) or 16..data.slice_size ({config.data.slice_size}); "
+          f"got {config.data.crop_size}")
+    check(0.0 <= config.train.ema_decay < 1.0, f"train.ema_decay must be in [0, 1); got {config.train.ema_decay}")
+    check(config.train.max_cpu_minutes >= 0.0, f"train.max_cpu_minutes must be >= 0; got {config.train.max_cpu_minutes}")
+    check(config.loss.ssim >= 0.0, f"loss.ssim must be >= 0; got {config.loss.ssim}")
     check(config.train.precision in PRECISIONS,
           f"train.precision {config.train.precision!r} is not one of {', '.join(PRECISIONS)}")
     split = config.data.split

@@ -124,3 +124,44 @@ def l1_loss(prediction, target, mask=None):
         return F.l1_loss(prediction, target)
     weights = mask.to(prediction.dtype)
     return ((prediction - target).abs() * weights).sum() / (weights.sum() * prediction.shape[1]).clamp(min=1.0)
+
+
+def _gaussian_window(sigma: float = 1.5, radius: int = 5):
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    window = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    return window / window.sum()
+
+
+def ssim_map(x, y, sigma: float = 1.5, data_range: float = 1.0):
+    """Per-pixel SSIM of ``x`` and ``y`` (N, C, H, W), Gaussian window (sigma 1.5, 11 taps), float32.
+
+    The constants are those of Wang et al. 2004 (K1 0.01, K2 0.03) for ``data_range``; the
+    window is applied with zero padding, as a separable convolution.
+    """
+    x, y = x.float(), y.float()
+    window = _gaussian_window(sigma).to(x.device)
+    channels = x.shape[1]
+    radius = window.numel() // 2
+
+    def blur(t):
+        t = F.conv2d(t, window.view(1, 1, 1, -1).expand(channels, 1, 1, -1), padding=(0, radius), groups=channels)
+        return F.conv2d(t, window.view(1, 1, -1, 1).expand(channels, 1, -1, 1), padding=(radius, 0), groups=channels)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_x, mu_y = blur(x), blur(y)
+    var_x = blur(x * x) - mu_x ** 2
+    var_y = blur(y * y) - mu_y ** 2
+    cov = blur(x * y) - mu_x * mu_y
+    return ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x ** 2 + mu_y ** 2 + c1) * (var_x + var_y + c2))
+
+
+def ssim_loss(prediction, target, mask=None):
+    """``1 - SSIM`` of model outputs in [-1, 1] (compared on [0, 1]), averaged inside ``mask`` when given.
+
+    Computed in float32 outside autocast: the variances are small differences of squares."""
+    with torch.autocast(prediction.device.type, enabled=False):
+        values = ssim_map((prediction.float() + 1) * 0.5, (target.float() + 1) * 0.5)
+        if mask is None:
+            return 1.0 - values.mean()
+        weights = mask.float()
+        return 1.0 - (values * weights).sum() / (weights.sum() * values.shape[1]).clamp(min=1.0)

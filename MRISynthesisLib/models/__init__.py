@@ -28,6 +28,7 @@ from .initialisation import INIT_KINDS, init_weights
 from .layers import NORM_CHOICES
 from .patchgan import PatchGANDiscriminator
 from .resnet import ResnetGenerator
+from .resunet import ResUnetGenerator
 from .unet import UnetGenerator
 from .unit import UNITGenerator
 from .vae import VariationalAutoencoder
@@ -43,6 +44,7 @@ class _Entry:
 _REGISTRY = {
     "unet_128": _Entry(UnetGenerator, "generator", {"num_downs": 7}),
     "unet_256": _Entry(UnetGenerator, "generator", {"num_downs": 8}),
+    "resunet": _Entry(ResUnetGenerator, "generator"),
     "resnet_6blocks": _Entry(ResnetGenerator, "generator", {"n_blocks": 6}),
     "resnet_9blocks": _Entry(ResnetGenerator, "generator", {"n_blocks": 9}),
     "vae": _Entry(VariationalAutoencoder, "generator"),
@@ -58,7 +60,7 @@ DISCRIMINATOR_NAMES = tuple(
 
 __all__ = [
     "DISCRIMINATOR_NAMES", "GENERATOR_NAMES", "INIT_KINDS", "MODEL_NAMES", "NORM_CHOICES",
-    "PatchGANDiscriminator", "PixelwiseMapping", "ResnetGenerator", "UNITGenerator",
+    "PatchGANDiscriminator", "PixelwiseMapping", "ResUnetGenerator", "ResnetGenerator", "UNITGenerator",
     "UnetGenerator", "VariationalAutoencoder", "build_model", "default_config", "init_weights",
 ]
 
@@ -93,7 +95,9 @@ def build_model(name, **config):
         full_config[key] = list(value) if isinstance(value, tuple) else value
     entry = _REGISTRY[name]
     model = entry.cls(**entry.fixed, **full_config)
-    init_weights(model)
+    # A class may ask for another initialisation than pix2pix's N(0, 0.02) (He init for the
+    # deeper residual U-Net, whose signal would otherwise shrink through its many convolutions).
+    init_weights(model, kind=getattr(entry.cls, "init_kind", "normal"))
     model.registry_name = name
     model.config = full_config
     return model

@@ -17,6 +17,7 @@ SMALL = {
     "unet_256": {"ngf": 4},
     "resnet_6blocks": {"ngf": 4},
     "resnet_9blocks": {"ngf": 4},
+    "resunet": {"ngf": 4},
     "vae": {"nf": 4},
     "unit": {"ngf": 4},
     "baseline": {},
@@ -42,7 +43,7 @@ def parameter_count(model):
 def test_registry_lists_generators_and_discriminators():
     assert set(MODEL_NAMES) == set(GENERATOR_NAMES) | set(DISCRIMINATOR_NAMES)
     assert not set(GENERATOR_NAMES) & set(DISCRIMINATOR_NAMES)
-    assert {"unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks", "vae", "unit",
+    assert {"unet_128", "unet_256", "resnet_6blocks", "resnet_9blocks", "resunet", "vae", "unit",
             "baseline"} == set(GENERATOR_NAMES)
     assert DISCRIMINATOR_NAMES == ("patchgan",)
     assert set(SMALL) == set(MODEL_NAMES)
@@ -312,6 +313,7 @@ def test_baseline_is_a_few_hundred_parameters_of_1x1_convolutions():
     ("vae", (1, 1, 128, 128)),
     ("unit", (1, 1, 254, 256)),
     ("patchgan", (1, 1, 16, 16)),
+    ("resunet", (1, 1, 136, 128)),  # not a multiple of 16
     ("unet_256", (1, 3, 256, 256)),  # wrong channel count
     ("baseline", (1, 256, 256)),  # missing channel axis
 ])
@@ -354,3 +356,31 @@ def test_init_weights_other_kinds_and_unknown_kind():
     assert first_conv.weight.std().item() == pytest.approx(expected_std, rel=0.3)
     with pytest.raises(InputError, match="'uniform'"):
         init_weights(model, kind="uniform")
+
+
+@pytest.mark.parametrize("size", [(128, 128), (160, 96), (256, 256)])
+def test_resunet_accepts_any_multiple_of_its_downsampling_factor(size):
+    model = small_model("resunet").eval()
+    with torch.no_grad():
+        output = model(torch.rand(1, 1, *size) * 2 - 1)
+    assert output.shape == (1, 1, *size)
+    assert output.abs().max() <= 1.0
+
+
+def test_resunet_in_eval_mode_treats_a_crop_like_the_whole_slice_away_from_its_border():
+    # Batch norm uses running statistics in eval mode, so the centre of a crop depends only on
+    # the pixels around it: what is learnt on crops carries over to whole slices.
+    # (Two levels: a receptive-field radius of about 27 pixels, less than the 32-pixel margin.)
+    model = small_model("resunet", levels=2).eval()
+    image = slices(256, batch=1)
+    with torch.no_grad():
+        whole = model(image)
+        crop = model(image[..., 64:192, 64:192])
+    assert torch.allclose(whole[..., 96:160, 96:160], crop[..., 32:96, 32:96], atol=1e-5)
+
+
+def test_resunet_is_he_initialised():
+    model = build_model("resunet", ngf=8)
+    conv = model.encoder[0][0].body[0][0]
+    fan_in = conv.in_channels * 9
+    assert conv.weight.std().item() == pytest.approx((2.0 / fan_in) ** 0.5, rel=0.15)

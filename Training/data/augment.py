@@ -3,6 +3,14 @@
 Geometric changes (left-right flip, small rotation/scale/translation) are applied identically to
 source, target and mask, so a pair stays aligned. Intensity changes (gamma, smooth multiplicative
 bias field) are applied to the source only: the target is the answer and must stay as acquired.
+
+The ``strong`` preset (:meth:`AugmentConfig.preset`) adds what differs between scanners and
+sites, again to the source only: a random monotone contrast curve, jitter of the normalisation
+percentiles, Gaussian noise, Gaussian blur, a lower in-plane resolution, and thick-slice
+simulation (one in-plane axis down-sampled 3-6x and back, as a sagittal or coronal thick-slice
+acquisition looks once resliced axially; with 2.5D input the neighbouring slices are also mixed,
+as an axial thick slice averages them).
+
 All random numbers come from the ``generator`` argument, so a given generator state always gives
 the same result (reproducible across resume and across DataLoader workers).
 """
@@ -37,6 +45,27 @@ class AugmentConfig:
     gamma_range: tuple = (0.8, 1.25)
     bias_field: bool = True
     bias_strength: float = 0.2
+    # 'strong' preset: scanner and site variation (each applied with probability ``site_probability``)
+    site: bool = False
+    site_probability: float = 0.5
+    contrast_curve_knots: int = 4
+    percentile_jitter: float = 0.05
+    max_noise_std: float = 0.05
+    max_blur_sigma: float = 1.0
+    max_downsample: float = 2.0
+    thick_slice_factors: tuple = (3.0, 6.0)
+
+    @classmethod
+    def preset(cls, name: str) -> "AugmentConfig":
+        """'none' (identity), 'basic' (geometry, gamma 0.8-1.25, bias 0.2) or 'strong' (basic with a wider
+        gamma 0.6-1.6 and bias 0.35, plus the site variations of the module docstring)."""
+        if name == "none":
+            return cls(enabled=False)
+        if name == "basic":
+            return cls()
+        if name == "strong":
+            return cls(gamma_range=(0.6, 1.6), bias_strength=0.35, site=True)
+        raise ValueError(f"unknown augmentation preset {name!r}; valid: none, basic, strong")
 
 
 def _uniform(generator, low, high):
@@ -88,6 +117,86 @@ def augment_pair(source, target, mask, config: AugmentConfig, generator: torch.G
             x = (x * torch.exp(config.bias_strength * field)).clamp(0.0, 1.0)
         new_source = x * 2.0 - 1.0
 
+    if config.site:
+        new_source = _site_variation(new_source, config, generator)
+
     new_source = new_source.to(source.dtype)
     new_target = new_target.to(target.dtype) if target is not None else None
     return new_source, new_target, mask_f.to(mask.dtype)
+
+
+def _chance(generator, probability: float) -> bool:
+    return float(torch.rand((), generator=generator)) < probability
+
+
+def _site_variation(source, config: AugmentConfig, generator):
+    """Source ``(C, S, S)`` in [-1, 1] (background -1) -> the same slice as another scanner might give it.
+
+    Every draw is made whether or not its change is applied, so the sequence of random numbers
+    (and with it every later draw) does not depend on earlier coin flips.
+    """
+    p = config.site_probability
+    foreground = source > -1.0 + 1e-6
+    x = ((source + 1.0) * 0.5).clamp(0.0, 1.0)
+
+    # 1. monotone contrast curve: piecewise linear through random increasing knots
+    use_curve = _chance(generator, p)
+    steps = torch.rand(config.contrast_curve_knots + 1, generator=generator) + 0.2
+    if use_curve:
+        knots_y = torch.cat([torch.zeros(1), torch.cumsum(steps, 0) / steps.sum()])
+        position = x * config.contrast_curve_knots
+        index = position.floor().clamp(max=config.contrast_curve_knots - 1).long()
+        frac = position - index
+        x = knots_y[index] * (1 - frac) + knots_y[index + 1] * frac
+    # 2. normalisation percentile jitter: the 0.5 / 99.5 percentiles land slightly elsewhere
+    use_jitter = _chance(generator, p)
+    low, high = (float(v) for v in (torch.rand(2, generator=generator) * 2 - 1) * config.percentile_jitter)
+    if use_jitter:
+        x = ((x - low) / (1.0 + high - low)).clamp(0.0, 1.0)
+    # 3. blur, 4. lower in-plane resolution, 5. thick slices
+    use_blur = _chance(generator, p)
+    sigma = float(torch.rand((), generator=generator)) * config.max_blur_sigma
+    use_lowres = _chance(generator, p)
+    factor = 1.0 + float(torch.rand((), generator=generator)) * (config.max_downsample - 1.0)
+    use_thick = _chance(generator, p * 0.5)
+    thick = config.thick_slice_factors[0] + float(torch.rand((), generator=generator)) * (
+        config.thick_slice_factors[1] - config.thick_slice_factors[0])
+    thick_axis = int(torch.randint(2, (), generator=generator))
+    if use_blur and sigma > 0.2:
+        x = _gaussian_blur(x, sigma)
+    if use_lowres:
+        x = _down_up(x, (factor, factor))
+    if use_thick:
+        x = _down_up(x, (thick, 1.0) if thick_axis == 0 else (1.0, thick))
+        if x.shape[0] > 1:  # 2.5D: an axial thick slice also averages its neighbours
+            x = x.mean(dim=0, keepdim=True).expand_as(x) * 0.5 + x * 0.5
+    # 6. noise (after the resolution changes, as acquisition noise is)
+    use_noise = _chance(generator, p)
+    noise_std = float(torch.rand((), generator=generator)) * config.max_noise_std
+    noise = torch.randn(x.shape, generator=generator)
+    if use_noise:
+        x = (x + noise_std * noise).clamp(0.0, 1.0)
+    x = torch.where(foreground, x, torch.zeros_like(x))
+    return x * 2.0 - 1.0
+
+
+def _gaussian_blur(x, sigma: float):
+    radius = max(1, int(math.ceil(3 * sigma)))
+    offsets = torch.arange(-radius, radius + 1, dtype=torch.float32)
+    kernel = torch.exp(-0.5 * (offsets / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    channels = x.shape[0]
+    y = x[None]
+    y = F.conv2d(F.pad(y, (radius, radius, 0, 0), mode="replicate"), kernel.view(1, 1, 1, -1).repeat(channels, 1, 1, 1),
+                 groups=channels)
+    y = F.conv2d(F.pad(y, (0, 0, radius, radius), mode="replicate"), kernel.view(1, 1, -1, 1).repeat(channels, 1, 1, 1),
+                 groups=channels)
+    return y[0]
+
+
+def _down_up(x, factors):
+    """Down-sample by ``factors`` (rows, cols) with anti-aliasing, then back to the original size."""
+    size = x.shape[-2:]
+    small = (max(4, int(round(size[0] / factors[0]))), max(4, int(round(size[1] / factors[1]))))
+    y = F.interpolate(x[None], size=small, mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(y, size=tuple(size), mode="bilinear", align_corners=False)[0]

@@ -55,20 +55,52 @@ class _SeededSliceDataset(Dataset):
         return len(self.indices)
 
 
+#: Probability that a training crop is centred on a brain pixel (else anywhere in the slice).
+CROP_ON_BRAIN = 0.9
+
+
+def random_crop(tensors, mask, size: int, generator: torch.Generator):
+    """The same random ``size`` x ``size`` window of every ``(C, S, S)`` tensor in ``tensors`` (and ``mask``).
+
+    The window is centred on a random pixel of ``mask`` with probability :data:`CROP_ON_BRAIN`
+    (so crops mostly show brain), else on a uniformly random pixel, and shifted to lie inside
+    the slice. ``size`` 0 or at least the slice size returns the inputs unchanged.
+    """
+    rows, cols = mask.shape[-2:]
+    if not size or size >= min(rows, cols):
+        return tensors, mask
+    on_brain = float(torch.rand((), generator=generator)) < CROP_ON_BRAIN
+    uniform = torch.rand(2, generator=generator)
+    pick = torch.rand((), generator=generator)
+    brain = torch.nonzero(mask[0] > 0)
+    if on_brain and len(brain):
+        r, c = (int(v) for v in brain[min(int(pick * len(brain)), len(brain) - 1)])
+    else:
+        r, c = int(uniform[0] * rows), int(uniform[1] * cols)
+    top = min(max(r - size // 2, 0), rows - size)
+    left = min(max(c - size // 2, 0), cols - size)
+    window = (slice(None), slice(top, top + size), slice(left, left + size))
+    return [None if t is None else t[window] for t in tensors], mask[window]
+
+
 class PairedSliceDataset(_SeededSliceDataset):
     """Aligned (source, target) slices for supervised models (Pix2Pix, supervised U-Net, VAE, ...).
 
     ``indices``: cache slice indices to use (e.g. ``cache.indices_of(split['train'])``; None = all).
     ``augment``: an :class:`AugmentConfig` or None (no augmentation).
+    ``crop_size``: serve random ``crop_size`` x ``crop_size`` windows (mostly on the brain, see
+    :func:`random_crop`) of the augmented slices; 0 = whole slices.
     Items: ``{'source': float32 (C, S, S), 'target': float32 (1, S, S), 'mask': float32 (1, S, S),
-    'subject': int}`` where ``subject`` indexes ``cache.subject_ids``.
+    'subject': int}`` where ``subject`` indexes ``cache.subject_ids`` (S = ``crop_size`` when set).
     """
 
-    def __init__(self, cache: SliceCache, indices=None, augment: AugmentConfig | None = None, seed: int = 0):
+    def __init__(self, cache: SliceCache, indices=None, augment: AugmentConfig | None = None, seed: int = 0,
+                 crop_size: int = 0):
         if cache.target is None:
             raise InputError(f"the cache at {cache.path} holds one contrast only; paired training needs a paired cache")
         super().__init__(_indices(cache, indices), augment, seed)
         self.cache = cache
+        self.crop_size = int(crop_size)
 
     def __getitem__(self, i: int) -> dict:
         k = int(self.indices[i])
@@ -78,6 +110,9 @@ class PairedSliceDataset(_SeededSliceDataset):
         if self.augment is not None and self.augment.enabled:
             source, target, mask = augment_pair(source, target, mask, self.augment,
                                                 item_generator(self.seed, self.epoch, k))
+        if self.crop_size:
+            (source, target), mask = random_crop([source, target], mask, self.crop_size,
+                                                 item_generator(self.seed, self.epoch, k, stream=1))
         return {"source": source, "target": target, "mask": mask, "subject": int(self.cache.subject_index[k])}
 
 

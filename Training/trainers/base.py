@@ -19,6 +19,7 @@ progress bar, validation through the real inference path and checkpoint export.
 from __future__ import annotations
 
 import contextlib
+import copy
 import os
 import random
 import time
@@ -92,9 +93,14 @@ class Trainer:
         self.last_metrics = None
         self.best_metrics = None
         self.history_seconds = 0.0
+        self.train_cpu_seconds = 0.0  # CPU time of the training steps (process time, validation excluded)
         self.build()
         for network in self.networks.values():
             network.train()
+        # Exponential moving averages of the generators (names starting with 'g'): validated and
+        # exported instead of the raw weights when train.ema_decay > 0.
+        self.ema = {name: self._frozen_copy(network) for name, network in self.networks.items()
+                    if config.train.ema_decay > 0 and name.startswith("g")}
         self.schedule = LRSchedule(self.optimizers.values(), config.optim, config.train.epochs, self.steps_per_epoch)
 
     # -- for the families -------------------------------------------------------------------
@@ -114,7 +120,47 @@ class Trainer:
         options.update(in_channels=in_channels, out_channels=out_channels)
         if self.config.generator_name == "vae":
             options["image_size"] = self.config.data.slice_size
-        return self._build(self.config.generator_name, options)
+        network = self._build(self.config.generator_name, options)
+        return self._init_from_checkpoint(network) if self.config.model.init_from else network
+
+    def _init_from_checkpoint(self, network):
+        """Load ``model.init_from`` into ``network`` (same architecture and options), e.g. for fine-tuning."""
+        from MRISynthesisLib.checkpoint import load_checkpoint
+
+        source, _ = load_checkpoint(self.config.model.init_from, device="cpu")
+        if source.registry_name != network.registry_name or dict(source.config) != dict(network.config):
+            raise InputError(f"model.init_from {self.config.model.init_from}: its generator "
+                             f"{source.registry_name} {source.config} does not match the configured "
+                             f"{network.registry_name} {network.config}")
+        network.load_state_dict(source.state_dict())
+        return network
+
+    @staticmethod
+    def _frozen_copy(network):
+        ema = copy.deepcopy(network).eval()
+        for parameter in ema.parameters():
+            parameter.requires_grad_(False)
+        return ema
+
+    def update_ema(self) -> None:
+        """ema <- d * ema + (1 - d) * weights, with d ramped up over the first steps; buffers copied."""
+        if not self.ema:
+            return
+        decay = min(self.config.train.ema_decay, (1.0 + self.global_step) / (10.0 + self.global_step))
+        with torch.no_grad():
+            for name, ema in self.ema.items():
+                network = self.networks[name]
+                for averaged, current in zip(ema.parameters(), network.parameters()):
+                    averaged.lerp_(current.detach(), 1.0 - decay)
+                for averaged, current in zip(ema.buffers(), network.buffers()):
+                    averaged.copy_(current)
+
+    def exported(self, generator):
+        """The weights exported for ``generator``: its moving average when EMA is on, else itself."""
+        for name, network in self.networks.items():
+            if network is generator and name in self.ema:
+                return self.ema[name]
+        return generator
 
     def discriminator(self, in_channels: int):
         options = dict(self.config.model.discriminator_options)
@@ -222,11 +268,15 @@ class Trainer:
         bar = tqdm(total=total, initial=self.global_step, disable=not main, unit="step", dynamic_ncols=True,
                    desc=f"{config.family} {config.name}")
         started = time.perf_counter()
+        cpu_mark = time.process_time()
         try:
             while self.epoch < config.train.epochs:
                 for batch in self._loader(self.epoch):
                     losses = self.train_step(self.to_device(batch))
                     self.scaler.update()
+                    self.update_ema()
+                    self.train_cpu_seconds += time.process_time() - cpu_mark
+                    cpu_mark = time.process_time()
                     self.schedule.step()
                     self.global_step += 1
                     self.step_in_epoch += 1
@@ -240,17 +290,28 @@ class Trainer:
                     every = config.train.checkpoint_every
                     if every and self.global_step % every == 0 and self.step_in_epoch < self.steps_per_epoch:
                         self.save()
+                    if self._budget_spent():
+                        break
+                spent = self._budget_spent()
                 self.epoch += 1
                 self.step_in_epoch = 0
-                last = self.epoch == config.train.epochs
+                last = self.epoch == config.train.epochs or spent
                 if self.epoch % config.validation.every_epochs == 0 or last:
                     self.validate_and_export()
+                cpu_mark = time.process_time()  # validation CPU does not count against the budget
                 self.history_seconds += time.perf_counter() - started
                 started = time.perf_counter()
                 self.save()
+                if spent:
+                    break
         finally:
             bar.close()
         return self.summary()
+
+    def _budget_spent(self) -> bool:
+        """True once ``train.max_cpu_minutes`` of training CPU time (validation excluded) are used."""
+        budget = self.config.train.max_cpu_minutes
+        return bool(budget) and self.train_cpu_seconds >= 60.0 * budget
 
     # -- validation and export --------------------------------------------------------------
 
@@ -270,13 +331,20 @@ class Trainer:
     def validate_and_export(self) -> None:
         """Rank 0: score the main generator, save ``last-*`` and (if improved) ``best-*`` checkpoints."""
         if self.context.is_main:
-            exports = self.exports()
+            raw = self.exports()
+            exports = [(direction, self.exported(generator)) for direction, generator in raw]
             result = None
             if self.data.validator is not None:
                 direction, generator = exports[0]
                 result = self.data.validator.evaluate(generator, self.metadata(generator, direction, None), self.device)
-                generator.train()
-                self.logger.log("val", self.epoch, self.global_step, result.mean)
+                if self.ema and self.config.validation.raw_too:
+                    raw_result = self.data.validator.evaluate(raw[0][1], self.metadata(raw[0][1], direction, None),
+                                                              self.device, preview=False)
+                    self.logger.log("val_raw", self.epoch, self.global_step, raw_result.mean)
+                for _, network in raw:
+                    network.train()
+                self.logger.log("val", self.epoch, self.global_step,
+                                {**result.mean, "train_cpu_minutes": self.train_cpu_seconds / 60.0})
                 self.logger.save_grid(self.epoch, result.preview)
             metrics = ({**result.mean, "epoch": self.epoch, "step": self.global_step,
                         "subjects": list(result.per_subject), "conventions": result.conventions}
@@ -307,6 +375,7 @@ class Trainer:
             "family": self.family,
             "epoch": self.epoch, "step_in_epoch": self.step_in_epoch, "global_step": self.global_step,
             "networks": {name: net.state_dict() for name, net in self.networks.items()},
+            "ema": {name: net.state_dict() for name, net in self.ema.items()},
             "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
             "schedule": self.schedule.state_dict(),
             "scaler": self.scaler.state_dict(),
@@ -315,6 +384,7 @@ class Trainer:
             "best": {"score": self.best_score, "epoch": self.best_epoch, "metrics": self.best_metrics},
             "last_metrics": self.last_metrics,
             "seconds": self.history_seconds,
+            "train_cpu_seconds": self.train_cpu_seconds,
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -322,6 +392,10 @@ class Trainer:
             raise InputError(f"the saved state is of family {state['family']!r}, not {self.family!r}")
         for name, network in self.networks.items():
             network.load_state_dict(state["networks"][name])
+        for name, ema in self.ema.items():
+            if name not in state.get("ema", {}):
+                raise InputError("the saved state has no weight average; resume with train.ema_decay=0")
+            ema.load_state_dict(state["ema"][name])
         for name, optimizer in self.optimizers.items():
             optimizer.load_state_dict(state["optimizers"][name])
         self.schedule.load_state_dict(state["schedule"])
@@ -335,6 +409,7 @@ class Trainer:
         self.best_score, self.best_epoch, self.best_metrics = best["score"], best["epoch"], best["metrics"]
         self.last_metrics = state["last_metrics"]
         self.history_seconds = state["seconds"]
+        self.train_cpu_seconds = float(state.get("train_cpu_seconds", 0.0))
         restore_rng_states(state["rng"])
 
     def save(self) -> None:
@@ -351,4 +426,5 @@ class Trainer:
         return {"name": self.config.name, "family": self.family, "direction": self.config.data.direction,
                 "epochs_done": self.epoch, "steps_done": self.global_step, "best": self.best_metrics,
                 "best_epoch": self.best_epoch, "last": self.last_metrics, "metric": self.config.validation.metric,
-                "checkpoints": checkpoints, "seconds": self.history_seconds, **self.data.summary}
+                "checkpoints": checkpoints, "seconds": self.history_seconds,
+                "train_cpu_hours": self.train_cpu_seconds / 3600.0, **self.data.summary}

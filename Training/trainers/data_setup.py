@@ -84,12 +84,13 @@ def prepare_data(config, run_dir, context: distributed.DistributedContext, resum
                                                            progress=context.is_main, **_cache_options(config)),
                          cache_dir)
     indices = cache.indices_of(split["train"])
-    augment = AugmentConfig(enabled=config.data.augment)
+    augment = _augmentation(config)
     if config.family in UNALIGNED_FAMILIES and not config.loss.supervised:
         dataset = UnpairedSliceDataset(cache, None, indices_a=indices, indices_b=indices, augment=augment,
                                        seed=config.seed)
     else:
-        dataset = PairedSliceDataset(cache, indices, augment=augment, seed=config.seed)
+        dataset = PairedSliceDataset(cache, indices, augment=augment, seed=config.seed,
+                                     crop_size=config.data.crop_size)
     validator = _validator(config, val_subjects)
     summary = _summary(config, split, len(dataset), [s.source for s in train_subjects])
     return RunData(dataset, validator, split, summary, format_report(report))
@@ -107,7 +108,7 @@ def _prepare_unpaired(config, run_dir, cache_root, context, log) -> RunData:
     options_b = dict(options, context_slices=0)
     cache_b = _build_cache(context, lambda: SliceCache.build_unpaired(
         target_paths, cache_b_dir, contrast=target_contrast, progress=context.is_main, **options_b), cache_b_dir)
-    dataset = UnpairedSliceDataset(cache_a, cache_b, augment=AugmentConfig(enabled=d.augment), seed=config.seed)
+    dataset = UnpairedSliceDataset(cache_a, cache_b, augment=_augmentation(config), seed=config.seed)
     split = {"train": [p.name for p in source_paths + target_paths], "val": [], "test": []}
     val_subjects = []
     if (d.manifest or d.root) and (d.manifest or Path(d.root).is_dir()):
@@ -119,6 +120,10 @@ def _prepare_unpaired(config, run_dir, cache_root, context, log) -> RunData:
         write_split(split, run_dir / "split.json")
     summary = _summary(config, split, len(dataset), [])
     return RunData(dataset, _validator(config, val_subjects), split, summary)
+
+
+def _augmentation(config) -> AugmentConfig:
+    return AugmentConfig.preset(config.data.augment_preset if config.data.augment else "none")
 
 
 def _build_cache(context, build, cache_dir):
@@ -144,4 +149,4 @@ def _summary(config, split, n_slices, sources) -> dict:
             "test_subjects": len(split["test"]), "train_subject_ids": list(split["train"]),
             "val_subject_ids": list(split["val"]), "train_sources": sorted(set(sources)),
             "train_slices": n_slices, "split_seed": d.split_seed, "split_fractions": list(d.split),
-            "augment": d.augment}
+            "augment": d.augment_preset if d.augment else "none", "crop_size": d.crop_size}

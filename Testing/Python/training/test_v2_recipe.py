@@ -1,0 +1,174 @@
+"""The v2 training recipe: crops, site augmentation, SSIM term, weight averaging, CPU budget, fine-tuning."""
+
+import json
+
+import pytest
+import torch
+
+from MRISynthesisLib.checkpoint import load_checkpoint
+from MRISynthesisLib.errors import InputError
+from Training.cli import train
+from Training.config import ConfigError, load_config
+from Training.data import AugmentConfig, augment_pair
+from Training.data.datasets import random_crop
+from Training.losses import ssim_loss
+
+
+def _slice_with_brain(size=64, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    mask = torch.zeros(1, size, size)
+    mask[:, size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+    source = torch.where(mask > 0, torch.rand(1, size, size, generator=generator) * 1.6 - 0.8, -torch.ones(1, size, size))
+    target = torch.where(mask > 0, torch.rand(1, size, size, generator=generator) * 1.6 - 0.8, -torch.ones(1, size, size))
+    return source, target, mask
+
+
+def test_random_crops_lie_inside_the_slice_and_mostly_show_brain():
+    source, target, mask = _slice_with_brain(64)
+    on_brain = 0
+    for seed in range(50):
+        (s, t), m = random_crop([source, target], mask, 16, torch.Generator().manual_seed(seed))
+        assert s.shape == t.shape == m.shape == (1, 16, 16)
+        on_brain += int(m[0, 8, 8] > 0)
+    assert on_brain >= 35  # centred on a brain pixel with probability 0.9
+
+
+def test_crop_keeps_source_target_and_mask_aligned():
+    _, _, mask = _slice_with_brain(64)
+    generator = torch.Generator().manual_seed(2)
+    source, target = torch.rand(1, 64, 64, generator=generator), torch.rand(1, 64, 64, generator=generator)
+    (s, t), m = random_crop([source, target], mask, 32, torch.Generator().manual_seed(3))
+    rows, cols = torch.nonzero((source[0] == s[0, 0, 0]) & (target[0] == t[0, 0, 0]), as_tuple=True)
+    assert len(rows) == 1  # the crop's corner pixel is found at one place in both images
+    r, c = int(rows[0]), int(cols[0])
+    assert torch.equal(source[:, r:r + 32, c:c + 32], s) and torch.equal(mask[:, r:r + 32, c:c + 32], m)
+
+
+def test_whole_slice_when_crop_size_is_zero_or_too_large():
+    source, target, mask = _slice_with_brain(64)
+    for size in (0, 64, 80):
+        (s, t), m = random_crop([source, target], mask, size, torch.Generator().manual_seed(0))
+        assert s is source and m is mask
+
+
+def test_strong_augmentation_changes_only_the_source_and_keeps_the_background():
+    source, target, mask = _slice_with_brain(64)
+    basic = augment_pair(source, target, mask, AugmentConfig.preset("basic"), torch.Generator().manual_seed(5))
+    strong = augment_pair(source, target, mask, AugmentConfig.preset("strong"), torch.Generator().manual_seed(5))
+    again = augment_pair(source, target, mask, AugmentConfig.preset("strong"), torch.Generator().manual_seed(5))
+    # same geometric transform and untouched target: the site variation only alters the source
+    assert torch.equal(strong[1], basic[1]) and torch.equal(strong[2], basic[2])
+    assert all(torch.equal(a, b) for a, b in zip(strong, again))  # reproducible from the generator
+    changed = [not torch.equal(augment_pair(source, target, mask, AugmentConfig.preset("strong"),
+                                            torch.Generator().manual_seed(seed))[0],
+                               augment_pair(source, target, mask, AugmentConfig.preset("basic"),
+                                            torch.Generator().manual_seed(seed))[0]) for seed in range(10)]
+    assert sum(changed) >= 8
+    out = strong[0]
+    assert out.min() >= -1.0 and out.max() <= 1.0
+    background = basic[0] <= -1.0 + 1e-6
+    assert torch.all(out[background] == -1.0)
+
+
+def test_thick_slice_simulation_blurs_along_one_axis_only():
+    from Training.data.augment import _down_up
+
+    stripes = torch.zeros(1, 64, 64)
+    stripes[:, ::2, :] = 1.0  # horizontal stripes: detail along the rows axis only
+    blurred_rows = _down_up(stripes, (4.0, 1.0))
+    blurred_cols = _down_up(stripes, (1.0, 4.0))
+    assert blurred_rows.std() < 0.1 * stripes.std()  # stripes averaged away
+    assert torch.allclose(blurred_cols, stripes, atol=1e-5)  # nothing varies along the columns
+
+
+def test_unknown_augmentation_preset_is_refused():
+    with pytest.raises(ConfigError, match="augment_preset"):
+        load_config(None, ["data.augment_preset=extreme"])
+
+
+def test_ssim_loss_is_zero_for_identical_images_and_grows_with_noise():
+    _, target, mask = _slice_with_brain(64)
+    generator = torch.Generator().manual_seed(1)
+    noisy = (target + 0.2 * torch.randn(target.shape, generator=generator)).clamp(-1, 1)
+    very_noisy = (target + 0.6 * torch.randn(target.shape, generator=generator)).clamp(-1, 1)
+    assert ssim_loss(target[None], target[None]).item() == pytest.approx(0.0, abs=1e-6)
+    assert 0 < ssim_loss(noisy[None], target[None], mask[None]) < ssim_loss(very_noisy[None], target[None], mask[None])
+
+
+def test_masked_ssim_loss_ignores_pixels_outside_the_mask():
+    _, target, mask = _slice_with_brain(64)
+    outside = target.clone()
+    outside[mask == 0] = 1.0  # changes only where the mask is 0 (and, through the window, at its border)
+    inner = torch.zeros_like(mask)
+    inner[:, 24:40, 24:40] = 1  # more than the window radius away from any changed pixel
+    assert ssim_loss(outside[None], target[None], inner[None]).item() == pytest.approx(0.0, abs=1e-6)
+    assert ssim_loss(outside[None], target[None]).item() > 0.01
+
+
+def test_ssim_loss_backpropagates():
+    _, target, mask = _slice_with_brain(32)
+    prediction = torch.zeros_like(target)[None].requires_grad_(True)
+    ssim_loss(prediction, target[None], mask[None]).backward()
+    assert prediction.grad.abs().sum() > 0
+
+
+V2 = {"model__generator": "resunet", "model__generator_options": "{ngf: 4, levels: 2}", "data__crop_size": 32,
+      "data__augment": "true", "data__augment_preset": "strong", "loss__foreground_l1": "true",
+      "loss__ssim": 1.0, "train__ema_decay": 0.9}
+
+
+def _records(run_dir, kind):
+    return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
+
+
+@pytest.mark.realdata
+def test_v2_recipe_trains_on_crops_and_exports_the_weight_average(manifest, cache_root, tmp_path, tiny_overrides):
+    config = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, "supervised", name="v2",
+                                              **V2, validation__raw_too="true"))
+    summary = train(config, log=lambda *a: None)
+    run_dir = tmp_path / "v2"
+    losses = _records(run_dir, "train")
+    assert {"loss_l1", "loss_ssim"} <= set(losses[0])
+    assert len(_records(run_dir, "val")) == 2 and len(_records(run_dir, "val_raw")) == 2
+    assert _records(run_dir, "val")[-1]["train_cpu_minutes"] > 0
+    model, metadata = load_checkpoint(run_dir / "checkpoints" / "last-t1-to-t2.safetensors")
+    assert metadata.architecture == "resunet" and metadata.slice_size == 64  # trained on 32 px crops
+    state = torch.load(run_dir / "train_state.pt", weights_only=True)
+    exported = model.state_dict()
+    average, raw = state["ema"]["g"], state["networks"]["g"]
+    name = "head.0.weight"
+    assert torch.allclose(exported[name].float(), average[name].float(), atol=1e-3)
+    assert not torch.allclose(average[name], raw[name])
+    assert summary["train_cpu_hours"] > 0
+
+
+@pytest.mark.realdata
+def test_cpu_budget_stops_training_then_validates_and_exports(manifest, cache_root, tmp_path, tiny_overrides):
+    config = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, "supervised", name="budget", **V2,
+                                              train__epochs=50, train__max_cpu_minutes=0.0001))
+    summary = train(config, log=lambda *a: None)
+    assert summary["steps_done"] == 1 and summary["epochs_done"] == 1
+    assert (tmp_path / "budget" / "checkpoints" / "last-t1-to-t2.safetensors").is_file()
+
+
+@pytest.mark.realdata
+def test_pix2pix_fine_tunes_from_a_supervised_checkpoint(manifest, cache_root, tmp_path, tiny_overrides):
+    supervised = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, "supervised", name="sup", **V2,
+                                                  train__epochs=1))
+    train(supervised, log=lambda *a: None)
+    checkpoint = tmp_path / "sup" / "checkpoints" / "last-t1-to-t2.safetensors"
+    start, _ = load_checkpoint(checkpoint)
+    fine = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, "pix2pix", name="fine", **V2,
+                                            model__init_from=str(checkpoint), train__epochs=1,
+                                            train__steps_per_epoch=1, optim__lr=1e-12))
+    train(fine, log=lambda *a: None)
+    tuned, _ = load_checkpoint(tmp_path / "fine" / "checkpoints" / "last-t1-to-t2.safetensors")
+    # one step at a vanishing learning rate: the generator is still the supervised one
+    for key, value in start.state_dict().items():
+        if value.is_floating_point() and "running" not in key:
+            assert torch.allclose(value, tuned.state_dict()[key], atol=1e-3), key
+    wrong = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, "pix2pix", name="wrong",
+                                             **{**V2, "model__generator_options": "{ngf: 8, levels: 2}"},
+                                             model__init_from=str(checkpoint)))
+    with pytest.raises(InputError, match="does not match"):
+        train(wrong, log=lambda *a: None)
