@@ -5,6 +5,20 @@ metadata (architecture and its config, direction, slice size, normalisation, ori
 convention, training data, validation metrics, software version, content hash) is a JSON
 string stored under the key ``"mrisynthesis"`` in the safetensors header, so a checkpoint
 describes itself and a renamed or copied file still works.
+
+Integrity (format 2): ``content_sha256`` covers the weights (names, dtypes, shapes, bytes) and
+``metadata_sha256`` covers the canonical JSON of every other metadata field, ``content_sha256``
+included, so neither the weights nor the direction, slice size, spacing or normalisation can be
+changed without the file being refused. These hashes detect accidental or naive edits; they are
+not signatures (the catalog's SHA-256 of each shipped file pins the file as a whole).
+Format 1 files (weights hash only) are refused by default: their metadata cannot be verified. A
+person who trusts such a file re-saves it in the current format with
+``python -m Training.export OLD.safetensors --upgrade-to NEW.safetensors``.
+
+Crafted metadata is refused before anything is allocated: every field is type- and range-checked
+(:meth:`ModelMetadata.validate`), the architecture must be a generator, and the network its config
+describes is first built on PyTorch's ``meta`` device (no memory) to compare its parameter names
+and shapes with the tensors the file declares and to bound its size (:data:`MAX_PARAMETERS`).
 """
 
 from __future__ import annotations
@@ -12,6 +26,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -21,11 +36,26 @@ from .atomic import atomic_path
 from .errors import CheckpointError, InputError
 
 FORMAT = "mrisynthesis-checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+#: Older formats that can still be read when the caller vouches for their unprotected metadata.
+LEGACY_FORMAT_VERSIONS = (1,)
 METADATA_KEY = "mrisynthesis"
 DIRECTIONS = ("t1-to-t2", "t2-to-t1")
 ORIENTATION_CONVENTION = ("canonical axial slices: slice inferior->superior, row anterior->posterior, "
                           "column right->left (nibabel LPS axis order, indexed [k, j, i])")
+
+# Bounds on crafted metadata, checked before any tensor or network is allocated.
+MAX_SLICE_SIZE = 1024
+MAX_CONTEXT_SLICES = 16
+#: Largest integer a model option (ngf, blocks, levels, latent size, ...) may take.
+MAX_CONFIG_INT = 4096
+MAX_CONFIG_LIST = 64
+MAX_TEXT_CHARS = 100_000
+#: Largest network (parameters + buffers) a checkpoint may describe: 1.2 GB of float32.
+MAX_PARAMETERS = 300_000_000
+WEIGHTS_DTYPES = ("float32", "float16")
+_TEXT_FIELDS = ("architecture", "direction", "model_id", "title", "orientation", "output_units", "description",
+                "software_version", "created", "content_sha256", "metadata_sha256", "weights_dtype", "format")
 
 
 @dataclass
@@ -50,6 +80,7 @@ class ModelMetadata:
     software_version: str = __version__
     created: str = ""
     content_sha256: str = ""
+    metadata_sha256: str = ""
     weights_dtype: str = "float32"
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
@@ -63,49 +94,130 @@ class ModelMetadata:
         return self.direction.split("-to-")[1].upper()
 
     def validate(self) -> None:
-        """Check every field's type and range; raises :class:`CheckpointError` naming the field."""
+        """Check every field's type and range; raises :class:`CheckpointError` naming the field.
+
+        Nothing is allocated: the bounds keep a crafted file from asking for a huge network or slice.
+        """
+        for name in _TEXT_FIELDS:
+            value = getattr(self, name)
+            if not isinstance(value, str) or len(value) > MAX_TEXT_CHARS:
+                raise CheckpointError(f"checkpoint metadata '{name}' must be a string, got {_short(value)}")
+        if not _is_int(self.format_version) or self.format_version < 1:
+            raise CheckpointError(f"checkpoint format_version must be a positive integer, got {_short(self.format_version)}")
         if self.direction not in DIRECTIONS:
             raise CheckpointError(f"checkpoint direction '{self.direction}' is not one of {', '.join(DIRECTIONS)}")
-        if not isinstance(self.architecture, str) or not self.architecture:
-            raise CheckpointError("checkpoint metadata 'architecture' must be a model name")
-        if not isinstance(self.config, dict):
-            raise CheckpointError("checkpoint metadata 'config' must be a JSON object")
-        if not _is_int(self.slice_size) or self.slice_size < 16:
-            raise CheckpointError(f"checkpoint slice_size must be an integer >= 16, got {self.slice_size!r}")
-        if not _is_int(self.context_slices) or self.context_slices < 0:
-            raise CheckpointError(f"checkpoint context_slices must be an integer >= 0, got {self.context_slices!r}")
+        _check_generator(self.architecture)
+        _check_config(self.config)
+        if not _is_int(self.slice_size) or not 16 <= self.slice_size <= MAX_SLICE_SIZE:
+            raise CheckpointError(f"checkpoint slice_size must be an integer from 16 to {MAX_SLICE_SIZE}, "
+                                  f"got {_short(self.slice_size)}")
+        if not _is_int(self.context_slices) or not 0 <= self.context_slices <= MAX_CONTEXT_SLICES:
+            raise CheckpointError(f"checkpoint context_slices must be an integer from 0 to {MAX_CONTEXT_SLICES}, "
+                                  f"got {_short(self.context_slices)}")
+        channels = self.config.get("in_channels")
+        if channels is not None and channels != 2 * self.context_slices + 1:
+            raise CheckpointError(f"checkpoint config in_channels {channels} does not match context_slices "
+                                  f"{self.context_slices} (expected {2 * self.context_slices + 1})")
         spacing = self.pixel_spacing_mm
         if spacing is not None and (not _is_number(spacing) or not 0 < spacing < 100):
-            raise CheckpointError(f"checkpoint pixel_spacing_mm must be null or a positive number, got {spacing!r}")
+            raise CheckpointError(f"checkpoint pixel_spacing_mm must be null or a number in (0, 100) mm, "
+                                  f"got {_short(spacing)}")
         norm = self.normalisation
         if not isinstance(norm, dict):
             raise CheckpointError("checkpoint metadata 'normalisation' must be a JSON object")
         low, high = norm.get("low", 0.5), norm.get("high", 99.5)
         if not (_is_number(low) and _is_number(high) and 0 <= low < high <= 100):
             raise CheckpointError(f"checkpoint normalisation percentiles must satisfy 0 <= low < high <= 100, "
-                                  f"got {low!r}, {high!r}")
+                                  f"got {_short(low)}, {_short(high)}")
+        for name in ("training_data", "validation_metrics"):
+            if not isinstance(getattr(self, name), dict):
+                raise CheckpointError(f"checkpoint metadata '{name}' must be a JSON object")
+        if self.weights_dtype not in WEIGHTS_DTYPES:
+            raise CheckpointError(f"checkpoint weights_dtype must be one of {', '.join(WEIGHTS_DTYPES)}, "
+                                  f"got {_short(self.weights_dtype)}")
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=True)
 
     @classmethod
-    def from_json(cls, text: str) -> "ModelMetadata":
+    def from_json(cls, text: str, trust_legacy_metadata: bool = False) -> "ModelMetadata":
+        """Parse, verify (metadata hash, format version) and validate the metadata JSON.
+
+        ``trust_legacy_metadata``: accept a format-1 file, whose metadata has no hash; only for a
+        person re-saving a file they vouch for (:func:`upgrade_checkpoint`).
+        """
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise CheckpointError(f"checkpoint metadata is not valid JSON ({error.msg})") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError("file is not an MRISynthesis checkpoint (metadata format missing)")
-        if int(data.get("format_version", 0)) > FORMAT_VERSION:
-            raise CheckpointError(f"checkpoint format version {data.get('format_version')} is newer than this "
+        version = data.get("format_version")
+        if not _is_int(version) or version < 1:
+            raise CheckpointError(f"checkpoint format_version must be a positive integer, got {_short(version)}")
+        if version > FORMAT_VERSION:
+            raise CheckpointError(f"checkpoint format version {version} is newer than this "
                                   f"software supports ({FORMAT_VERSION}); update MRISynthesis")
-        known = {f for f in cls.__dataclass_fields__}
+        if version < FORMAT_VERSION:
+            if version not in LEGACY_FORMAT_VERSIONS or not trust_legacy_metadata:
+                raise CheckpointError(
+                    f"checkpoint format version {version} does not protect its metadata (direction, slice size, "
+                    f"normalisation) with a hash, so it is refused; if you trust the file, re-save it in format "
+                    f"{FORMAT_VERSION}: python -m Training.export OLD.safetensors --upgrade-to NEW.safetensors")
+        elif data.get("metadata_sha256") != metadata_hash(data):
+            raise CheckpointError("checkpoint metadata does not match its metadata hash (edited or corrupted); "
+                                  "its direction, slice size and normalisation cannot be trusted")
         missing = [k for k in ("architecture", "config", "direction") if k not in data]
         if missing:
             raise CheckpointError(f"checkpoint metadata lacks {', '.join(missing)}")
+        known = {f for f in cls.__dataclass_fields__}
         metadata = cls(**{k: v for k, v in data.items() if k in known})
         metadata.validate()
         return metadata
+
+
+def metadata_hash(data: dict) -> str:
+    """SHA-256 of the canonical JSON (sorted keys, no spaces, ASCII) of ``data`` minus its own hash."""
+    canonical = json.dumps({k: v for k, v in data.items() if k != "metadata_sha256"}, sort_keys=True,
+                           separators=(",", ":"), ensure_ascii=True, allow_nan=True)
+    return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_generator(architecture: str) -> None:
+    from .models import DISCRIMINATOR_NAMES, GENERATOR_NAMES
+
+    if architecture in DISCRIMINATOR_NAMES:
+        raise CheckpointError(f"checkpoint architecture '{architecture}' is a discriminator, not a generator; "
+                              "only generators synthesize images")
+    if architecture not in GENERATOR_NAMES:
+        raise CheckpointError(f"checkpoint architecture {_short(architecture)} is unknown; "
+                              f"generators: {', '.join(GENERATOR_NAMES)}")
+
+
+def _check_config(config) -> None:
+    """Every model option must be a bounded JSON scalar or a short list of them (any architecture)."""
+    if not isinstance(config, dict):
+        raise CheckpointError("checkpoint metadata 'config' must be a JSON object")
+    for key, value in config.items():
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and len(value) > MAX_CONFIG_LIST:
+            raise CheckpointError(f"checkpoint config '{key}' has {len(value)} items (at most {MAX_CONFIG_LIST})")
+        for item in items:
+            if isinstance(item, bool) or item is None:
+                continue
+            if isinstance(item, str) and len(item) <= 200:
+                continue
+            if _is_int(item) and -MAX_CONFIG_INT <= item <= MAX_CONFIG_INT:
+                continue
+            if isinstance(item, float) and math.isfinite(item) and abs(item) <= MAX_CONFIG_INT:
+                continue
+            raise CheckpointError(f"checkpoint config '{key}' = {_short(value)} is out of range "
+                                  f"(numbers from -{MAX_CONFIG_INT} to {MAX_CONFIG_INT}, short strings, booleans)")
 
 
 def _is_int(value) -> bool:
@@ -146,7 +258,8 @@ def save_checkpoint(path, model, metadata: ModelMetadata, half: bool = False) ->
     """Write ``model``'s weights and ``metadata`` to ``path`` (.safetensors), atomically.
 
     ``half=True`` stores floating-point weights as float16 (half the size); they are cast back to
-    float32 on load.
+    float32 on load. The file is always written in the current format (:data:`FORMAT_VERSION`),
+    with fresh weight and metadata hashes.
     """
     import torch
     from safetensors.torch import save_file
@@ -154,7 +267,6 @@ def save_checkpoint(path, model, metadata: ModelMetadata, half: bool = False) ->
     path = Path(path)
     if path.suffix != ".safetensors":
         raise CheckpointError(f"checkpoint file name must end in .safetensors: {path.name}")
-    metadata.validate()
     state = {}
     for name, tensor in model.state_dict().items():
         tensor = tensor.detach().cpu().contiguous()
@@ -163,49 +275,66 @@ def save_checkpoint(path, model, metadata: ModelMetadata, half: bool = False) ->
         state[name] = tensor.clone()
     metadata.weights_dtype = "float16" if half else "float32"
     metadata.software_version = __version__
+    metadata.format, metadata.format_version = FORMAT, FORMAT_VERSION
     metadata.created = metadata.created or _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
     metadata.content_sha256 = content_hash(state)
+    metadata.validate()
+    record = asdict(metadata)
+    metadata.metadata_sha256 = record["metadata_sha256"] = metadata_hash(record)
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_path(path) as tmp:
-        save_file(state, tmp, metadata={METADATA_KEY: metadata.to_json()})
+        save_file(state, tmp, metadata={METADATA_KEY: json.dumps(record, sort_keys=True, allow_nan=True)})
     return path
 
 
-def read_metadata(path) -> ModelMetadata:
-    """Read only the metadata of a checkpoint (fast; no weights)."""
+def read_metadata(path, trust_legacy_metadata: bool = False) -> ModelMetadata:
+    """Read and verify only the metadata of a checkpoint (fast; no weights are read)."""
+    return _read_header(path, trust_legacy_metadata)[0]
+
+
+def _read_header(path, trust_legacy_metadata: bool = False):
+    """``(metadata, {tensor name: (dtype, shape)})`` from the safetensors header only."""
     from safetensors import safe_open
 
     path = _existing(path)
     try:
         with safe_open(str(path), framework="pt") as handle:
             raw = (handle.metadata() or {}).get(METADATA_KEY)
+            tensors = {name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
+                       for name in handle.keys()}
     except Exception as error:
         raise CheckpointError(f"{path.name} is not a readable safetensors checkpoint "
                               f"(corrupt or truncated?): {_first_line(error)}") from None
     if raw is None:
         raise CheckpointError(f"{path.name} has no MRISynthesis metadata; it is not one of our checkpoints")
-    return ModelMetadata.from_json(raw)
+    try:
+        return ModelMetadata.from_json(raw, trust_legacy_metadata), tensors
+    except CheckpointError as error:
+        raise CheckpointError(f"{path.name}: {error}") from None
 
 
-def load_checkpoint(path, device="cpu"):
+def load_checkpoint(path, device="cpu", trust_legacy_metadata: bool = False):
     """Load ``(model, metadata)`` from a checkpoint; the model is in eval mode on ``device``.
 
     Raises :class:`CheckpointError` for a missing, corrupt, truncated, tampered, unknown or
-    mismatched checkpoint. Never unpickles anything.
+    mismatched checkpoint, and for one in an old format unless ``trust_legacy_metadata``. Never
+    unpickles anything; nothing is allocated before the metadata and the declared tensor shapes
+    have been checked against the network the metadata describes.
     """
     from safetensors.torch import load_file
 
     from .models import build_model
 
     path = _existing(path)
-    metadata = read_metadata(path)
+    metadata, declared = _read_header(path, trust_legacy_metadata)
+    if not metadata.content_sha256:
+        raise CheckpointError(f"{path.name}: metadata has no content hash, so its weights cannot be verified")
+    _check_declared_tensors(path, metadata, declared)
     try:
         state = load_file(str(path), device="cpu")
     except Exception as error:
         raise CheckpointError(f"cannot read the weights in {path.name} (corrupt or truncated?): "
                               f"{_first_line(error)}") from None
-    if not metadata.content_sha256:
-        raise CheckpointError(f"{path.name}: metadata has no content hash, so its weights cannot be verified")
     if content_hash(state) != metadata.content_sha256:
         raise CheckpointError(f"{path.name}: weights do not match the content hash in its metadata (file corrupted or altered)")
     try:
@@ -220,6 +349,50 @@ def load_checkpoint(path, device="cpu"):
                               f"with its config: {_first_line(error)}") from None
     model.eval()
     return model.to(device), metadata
+
+
+def _check_declared_tensors(path: Path, metadata: ModelMetadata, declared: dict) -> None:
+    """Build the described network on the ``meta`` device (no memory) and compare it with the file.
+
+    Generic for every registered generator: the size guard needs no per-model list.
+    """
+    import torch
+
+    from .models import build_model
+
+    try:
+        with torch.device("meta"):
+            network = build_model(metadata.architecture, **metadata.config)
+    except Exception as error:  # a config the constructor rejects (InputError, negative sizes, ...)
+        raise CheckpointError(f"{path.name}: cannot build its network '{metadata.architecture}': "
+                              f"{_first_line(error)}") from None
+    expected = {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
+    size = sum(math.prod(shape) for shape in expected.values())
+    if size > MAX_PARAMETERS:
+        raise CheckpointError(f"{path.name}: its config describes a network of {size:,} values "
+                              f"(at most {MAX_PARAMETERS:,} are accepted)")
+    missing = sorted(set(expected) - set(declared))
+    unexpected = sorted(set(declared) - set(expected))
+    wrong = sorted(name for name in set(expected) & set(declared) if expected[name] != declared[name][1])
+    if missing or unexpected or wrong:
+        detail = (f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}" if unexpected
+                  else f"{wrong[0]} is {list(declared[wrong[0]][1])}, expected {list(expected[wrong[0]])}")
+        raise CheckpointError(f"{path.name}: weights do not fit architecture '{metadata.architecture}' "
+                              f"with its config ({len(missing) + len(unexpected) + len(wrong)} tensors differ; "
+                              f"{detail})")
+
+
+def upgrade_checkpoint(source, target) -> Path:
+    """Re-save a trusted older-format checkpoint in the current format (same weights, same dtype).
+
+    The weights are verified against their content hash; the metadata is taken as it is, so only
+    run this on a file whose origin you know. ``target`` must differ from ``source``.
+    """
+    source, target = Path(source), Path(target)
+    if target.exists() and target.resolve() == source.resolve():
+        raise CheckpointError("the upgraded checkpoint must be written to a new file, not over the original")
+    model, metadata = load_checkpoint(source, trust_legacy_metadata=True)
+    return save_checkpoint(target, model, metadata, half=metadata.weights_dtype == "float16")
 
 
 def _existing(path) -> Path:

@@ -7,7 +7,9 @@ import numpy as np
 import pytest
 import torch
 
-from MRISynthesisLib.checkpoint import ModelMetadata, load_checkpoint, read_metadata, save_checkpoint
+from MRISynthesisLib import checkpoint as checkpoint_module
+from MRISynthesisLib.checkpoint import (FORMAT_VERSION, ModelMetadata, load_checkpoint, metadata_hash, read_metadata,
+                                        save_checkpoint, upgrade_checkpoint)
 from MRISynthesisLib.errors import CheckpointError
 from MRISynthesisLib.models import build_model, default_config
 
@@ -80,13 +82,19 @@ def test_garbage_and_missing_files_are_refused(tmp_path):
         load_checkpoint(tmp_path / "absent.safetensors")
 
 
-def _rewrite_metadata(path, target, change):
-    """Copy ``path`` to ``target`` with its JSON metadata edited by ``change`` (header surgery)."""
+def _rewrite_metadata(path, target, change, rehash=True):
+    """Copy ``path`` to ``target`` with its JSON metadata edited by ``change`` (header surgery).
+
+    ``rehash``: recompute the metadata hash, as a deliberate forger would, so that the checks
+    behind the hash are exercised; ``False`` is a plain edit, which the hash must catch.
+    """
     data = path.read_bytes()
     (length,) = struct.unpack("<Q", data[:8])
     header = json.loads(data[8:8 + length])
     meta = json.loads(header["__metadata__"]["mrisynthesis"])
     change(meta)
+    if rehash and isinstance(meta, dict):
+        meta["metadata_sha256"] = metadata_hash(meta)
     header["__metadata__"]["mrisynthesis"] = json.dumps(meta)
     raw = json.dumps(header).encode()
     raw += b" " * (-len(raw) % 8)
@@ -145,3 +153,125 @@ def test_checkpoint_without_content_hash_is_refused(tmp_path):
     bad = _rewrite_metadata(path, tmp_path / "nohash.safetensors", lambda m: m.update(content_sha256=""))
     with pytest.raises(CheckpointError, match="no content hash"):
         load_checkpoint(bad)
+
+
+# -- format 2: the metadata hash (issue 9, item 1) ---------------------------------------------
+
+@pytest.mark.parametrize("field,value", [
+    ("direction", "t1-to-t2"),          # a T2->T1 model relabelled: would synthesize the wrong contrast
+    ("slice_size", 256),
+    ("pixel_spacing_mm", 0.5),
+    ("normalisation", {"method": "percentile", "low": 2.0, "high": 98.0, "mask": "foreground",
+                       "model_range": [-1.0, 1.0]}),
+    ("model_id", "someone-else"),
+])
+def test_edited_metadata_is_refused_by_the_metadata_hash(tmp_path, field, value):
+    _, path = _unet(tmp_path)
+    edited = _rewrite_metadata(path, tmp_path / "edited.safetensors", lambda m: m.update({field: value}),
+                               rehash=False)
+    for reader in (read_metadata, load_checkpoint):
+        with pytest.raises(CheckpointError, match="metadata hash"):
+            reader(edited)
+
+
+def test_saved_checkpoint_is_format_2_with_both_hashes(tmp_path):
+    _, path = _unet(tmp_path)
+    metadata = read_metadata(path)
+    assert FORMAT_VERSION == 2 and metadata.format_version == 2
+    assert len(metadata.metadata_sha256) == 64 and metadata.metadata_sha256 != metadata.content_sha256
+
+
+def _as_format_1(path, target):
+    """A file as format 1 wrote it: same weights, no metadata hash."""
+    def downgrade(meta):
+        meta["format_version"] = 1
+        del meta["metadata_sha256"]
+    return _rewrite_metadata(path, target, downgrade, rehash=False)
+
+
+def test_format_1_checkpoint_is_refused_with_the_upgrade_command(tmp_path):
+    _, path = _unet(tmp_path)
+    old = _as_format_1(path, tmp_path / "old.safetensors")
+    with pytest.raises(CheckpointError, match=r"format version 1 does not protect.*--upgrade-to"):
+        load_checkpoint(old)
+    with pytest.raises(CheckpointError, match="format version 1"):
+        read_metadata(old)
+
+
+def test_upgrade_keeps_weights_and_outputs_bit_identical(tmp_path):
+    model, path = _unet(tmp_path)
+    old = _as_format_1(path, tmp_path / "old.safetensors")
+    new = upgrade_checkpoint(old, tmp_path / "new.safetensors")
+    loaded, metadata = load_checkpoint(new)
+    assert metadata.format_version == FORMAT_VERSION and metadata.direction == "t2-to-t1"
+    assert metadata.content_sha256 == read_metadata(path).content_sha256
+    x = torch.rand(1, 1, 128, 128) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(model(x), loaded(x))
+    with pytest.raises(CheckpointError, match="new file"):
+        upgrade_checkpoint(old, old)
+
+
+# -- crafted metadata refused before anything is allocated (issue 9, item 2) ---------------------
+
+@pytest.mark.parametrize("change,pattern", [
+    (lambda m: m["config"].update(ngf=10_000_000), "out of range"),
+    (lambda m: m["config"].update(ngf=-4), "cannot build"),
+    (lambda m: m["config"].update(ngf=4096), "network of .* values"),
+    (lambda m: m["config"].update(ngf=8), "do not fit"),
+    (lambda m: m["config"].update(ngf=[4] * 1000), "items"),
+    (lambda m: m["config"].update(in_channels=3), "in_channels"),
+    (lambda m: m.update(slice_size=60000), "slice_size must be an integer from 16 to 1024"),
+    (lambda m: m.update(context_slices=10 ** 6), "context_slices"),
+    (lambda m: m.update(format_version="two"), "format_version must be a positive integer"),
+    (lambda m: m.update(format_version=None), "format_version must be a positive integer"),
+    (lambda m: m.update(format_version=True), "format_version must be a positive integer"),
+    (lambda m: m.update(format_version=99), "newer than this software"),
+    (lambda m: m.update(architecture="patchgan", config={"in_channels": 1, "ndf": 4}), "discriminator"),
+    (lambda m: m.update(title=["x"]), "'title' must be a string"),
+    (lambda m: m.update(weights_dtype="int8"), "weights_dtype"),
+    (lambda m: m.update(pixel_spacing_mm=float("inf")), "pixel_spacing_mm"),
+])
+def test_crafted_metadata_is_refused_before_allocation(tmp_path, monkeypatch, change, pattern):
+    _, path = _unet(tmp_path)
+    crafted = _rewrite_metadata(path, tmp_path / "crafted.safetensors", change)
+    from MRISynthesisLib import models
+
+    devices = []
+    real_build = models.build_model
+
+    def recording_build(*args, **kwargs):
+        devices.append(torch.empty(()).device.type)  # the default device the network would be built on
+        return real_build(*args, **kwargs)
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("weights were read before the metadata was refused")
+
+    monkeypatch.setattr(models, "build_model", recording_build)
+    monkeypatch.setattr("safetensors.torch.load_file", no_weights)
+    with pytest.raises(CheckpointError, match=pattern) as error:
+        load_checkpoint(crafted)
+    assert "\n" not in str(error.value) and "crafted.safetensors" in str(error.value)
+    assert set(devices) <= {"meta"}, devices
+
+
+def test_size_guard_is_generic_over_the_registry(tmp_path):
+    from MRISynthesisLib.models import GENERATOR_NAMES, build_model, default_config
+
+    # The guard needs no per-model list: every registered generator, saved and then described as
+    # 64 times wider than it is, is refused from its header alone.
+    for name in GENERATOR_NAMES:
+        config = default_config(name)
+        with torch.device("meta"):
+            build_model(name, **config)  # constructible without memory, as the guard requires
+        width = next((k for k in ("ngf", "nf") if k in config), None)
+        if width is None:
+            continue
+        config[width] = 2
+        model = build_model(name, **config)
+        meta = ModelMetadata(architecture=name, config=dict(model.config), direction="t1-to-t2", slice_size=256)
+        path = save_checkpoint(tmp_path / f"{name}.safetensors", model, meta)
+        crafted = _rewrite_metadata(path, tmp_path / f"{name}-wide.safetensors",
+                                    lambda m: m["config"].update({width: 128}))
+        with pytest.raises(CheckpointError, match="do not fit"):
+            load_checkpoint(crafted)

@@ -45,3 +45,19 @@ def test_export_writes_catalog_entry_and_half_weights(tmp_path):
     entries = {e.id: e for e in list_models("t1-to-t2", resources)}
     assert entries["test-two"].default and not entries["test-t1t2"].default
     assert json.loads((resources / "Models.json").read_text())["models"][0]["id"] == "test-two"
+
+
+def test_export_accepts_a_trusted_format_1_run_and_writes_the_current_format(tmp_path):
+    from test_checkpoint import _as_format_1
+
+    from MRISynthesisLib.checkpoint import FORMAT_VERSION
+    from Training.export import main
+
+    run = _as_format_1(_checkpoint(tmp_path), tmp_path / "old-run.safetensors")
+    upgraded = tmp_path / "upgraded.safetensors"
+    assert main([str(run), "--upgrade-to", str(upgraded)]) == 0
+    assert read_metadata(upgraded).format_version == FORMAT_VERSION
+    resources = tmp_path / "Resources"
+    resources.mkdir()
+    export(run, "legacy", "Legacy", resources=resources)
+    assert read_metadata(resources / "Models" / "legacy.safetensors").format_version == FORMAT_VERSION
