@@ -172,3 +172,22 @@ def test_pix2pix_fine_tunes_from_a_supervised_checkpoint(manifest, cache_root, t
                                              model__init_from=str(checkpoint)))
     with pytest.raises(InputError, match="does not match"):
         train(wrong, log=lambda *a: None)
+
+
+def _row(subject, mae, psnr, ssim):
+    texture = {"real": {"contrast": 2.0, "dissimilarity": 1.0}, "synthetic": {"contrast": 1.0, "dissimilarity": 0.5}}
+    return {"subject": subject, "source": "X", "mask": {"mae": mae, "mse": mae ** 2, "psnr": psnr, "ssim": ssim, "mi_bits": 1.0},
+            "texture": {"brain": texture, "lesion": None}, "slices_per_second": 3.0}
+
+
+def test_final_scoring_names_every_subject_and_metric_that_does_not_beat_a_baseline():
+    from Training.study.final import _beats, markdown
+
+    rows = {"v2": [_row("a", 0.05, 20.0, 0.80), _row("b", 0.10, 15.0, 0.60)]}
+    baselines = {"inverted": {"a": _row("a", 0.10, 15.0, 0.70), "b": _row("b", 0.09, 16.0, 0.50)}}
+    verdict = _beats(rows, baselines)
+    assert verdict == {"v2": ["b mae vs inverted", "b psnr vs inverted"]}
+    text = markdown({"direction": "t1-to-t2", "split": "test", "rows": rows, "baselines": baselines,
+                     "beats_baselines": verdict})
+    assert "| v2 | 0.0750 | 17.50 | 0.700 | no: b mae vs inverted, b psnr vs inverted |" in text
+    assert "| real | 2.000 | 1.000 |" in text and "| v2 | 1.000 | 0.500 |" in text
