@@ -84,20 +84,22 @@ def run(study_dir, direction: str, models: dict, split: str = "test", tta=(), fi
 
 
 def _beats(rows: dict, baselines: dict) -> dict:
-    """Per model: does every subject beat every baseline on MAE, PSNR and SSIM (brain mask)?"""
+    """Per model: the (subject, metric, baseline) triples where it does not beat a baseline on MAE, PSNR
+    or SSIM (brain mask); None when no baseline was scored on these subjects (e.g. validation side)."""
     verdict = {}
     for name, model_rows in rows.items():
-        failures = []
+        failures, compared = [], 0
         for row in model_rows:
             for baseline, by_subject in baselines.items():
                 other = by_subject.get(row["subject"])
                 if other is None:
                     continue
+                compared += 1
                 for metric, higher in HIGHER.items():
                     mine, theirs = row["mask"][metric], other["mask"][metric]
                     if (mine <= theirs) if higher else (mine >= theirs):
                         failures.append(f"{row['subject']} {metric} vs {baseline}")
-        verdict[name] = failures
+        verdict[name] = failures if compared else None
     return verdict
 
 
@@ -114,9 +116,10 @@ def markdown(result: dict) -> str:
     for name, model_rows in rows.items():
         stat = evaluate.aggregate(model_rows)["overall"]
         failures = result["beats_baselines"][name]
-        verdict = "yes" if not failures else f"no: {', '.join(failures)}"
+        verdict = ("no baseline scores for these subjects" if failures is None else
+                   "yes" if not failures else f"no: {', '.join(failures)}")
         lines.append(f"| {name} | {stat['mae']['mean']:.4f} | {stat['psnr']['mean']:.2f} | {stat['ssim']['mean']:.3f} | "
-                     f"{verdict if result['baselines'] else 'no baselines found'} |")
+                     f"{verdict} |")
     lines += ["", "GLCM texture inside the brain (contrast / dissimilarity, mean over subjects; real images first):", "",
               "| image | contrast | dissimilarity |", "|---|---|---|"]
     first = next(iter(rows.values()))

@@ -191,3 +191,4 @@ def test_final_scoring_names_every_subject_and_metric_that_does_not_beat_a_basel
                      "beats_baselines": verdict})
     assert "| v2 | 0.0750 | 17.50 | 0.700 | no: b mae vs inverted, b psnr vs inverted |" in text
     assert "| real | 2.000 | 1.000 |" in text and "| v2 | 1.000 | 0.500 |" in text
+    assert _beats(rows, {"inverted": {"c": _row("c", 0.1, 15.0, 0.7)}}) == {"v2": None}  # nothing to compare
