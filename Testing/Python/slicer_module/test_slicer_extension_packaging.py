@@ -118,11 +118,30 @@ def test_widgets_used_by_the_module_exist_in_the_ui():
     assert used <= names, used - names
 
 
+#: MRISynthesisSlicer modules the module file may import when Slicer loads it: plain Python, no torch.
+LIGHT_HELPERS = {"MRISynthesisSlicer.Dependencies", "MRISynthesisSlicer.ProcessingStates"}
+
+
+def topLevelImports(path: Path) -> list:
+    tree = ast.parse(path.read_text())
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names += [f"{node.module}.{alias.name}" if node.module == "MRISynthesisSlicer" else node.module
+                      for alias in node.names]
+    return names
+
+
 def test_torch_is_not_imported_when_slicer_loads_the_module():
-    tree = ast.parse(MODULE_FILE.read_text())
-    topLevelImports = [alias.name for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-                       for alias in node.names] + [node.module for node in tree.body if isinstance(node, ast.ImportFrom)]
-    assert not [name for name in topLevelImports if name and ("torch" in name or name.startswith("MRISynthesis"))]
+    imported = topLevelImports(MODULE_FILE)
+    assert not [name for name in imported if "torch" in name or name.startswith("MRISynthesisLib")]
+    assert {name for name in imported if name.startswith("MRISynthesisSlicer")} <= LIGHT_HELPERS
+    for helper in LIGHT_HELPERS:  # and the helpers import nothing heavy either
+        helperImports = topLevelImports(MODULE_DIR / (helper.replace(".", "/") + ".py"))
+        assert not [name for name in helperImports if name.split(".")[0] in {"torch", "MRISynthesisLib", "slicer",
+                                                                              "vtk", "qt", "numpy"}], helper
 
 
 def test_module_has_the_four_slicer_classes_and_a_test_runner():
