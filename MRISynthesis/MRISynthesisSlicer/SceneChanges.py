@@ -39,7 +39,8 @@ class _VolumeBackup:
         node.CopyContent(self.content, True)
         node.SetAndObserveTransformNodeID(self.transformID)
         for display, copy in self.displays:
-            display.CopyContent(copy, True)
+            display.CopyContent(copy, True)  # this also copies the saved input connection: point it
+            display.SetInputImageDataConnection(node.GetImageDataConnection())  # at the restored voxels
         for index in reversed(range(node.GetNumberOfDisplayNodes())):  # display nodes the run added
             display = node.GetNthDisplayNode(index)
             if display is not None and display.GetID() not in self.displayIDs:
