@@ -54,6 +54,35 @@ def checkOutputVolume(outputVolume, inputVolume, referenceVolume=None, maskVolum
                          "expected a scalar volume node (vtkMRMLScalarVolumeNode) or a new volume")
 
 
+def checkNodes(inputVolume, outputVolume, referenceVolume, maskVolume, direction) -> None:
+    """Every check on the nodes of a run, before anything is computed: one-line ``ValueError``s."""
+    OutputNodes.targetContrast(direction)  # validates the direction
+    checkScalarVolume(inputVolume, "Input volume")
+    if inputVolume.GetScene() is None:
+        raise ValueError(f"Input volume '{inputVolume.GetName()}' is not in a scene")
+    checkOutputVolume(outputVolume, inputVolume, referenceVolume, maskVolume)
+    if referenceVolume is not None:
+        if referenceVolume is inputVolume or referenceVolume is maskVolume:
+            raise ValueError("Reference volume must be a different volume (a real "
+                             f"{OutputNodes.targetContrast(direction)} of the same subject)")
+        checkScalarVolume(referenceVolume, "Reference volume")
+        matrixBetweenNodes(inputVolume, referenceVolume)  # a non-linear transform is refused now, not after the run
+    if maskVolume is not None:
+        if maskVolume is inputVolume:
+            raise ValueError("Brain mask is the input volume; choose a labelmap of the brain")
+        if maskVolume.GetImageData() is None or maskVolume.GetImageData().GetNumberOfPoints() == 0:
+            raise ValueError(f"Brain mask '{maskVolume.GetName()}' is empty (it has no voxels)")
+        matrixBetweenNodes(inputVolume, maskVolume)
+
+
+def checkStillInScene(nodes, scene) -> None:
+    """``Cancelled`` naming the first of ``nodes`` that was removed from ``scene`` (or the scene closed)."""
+    gone = [node.GetName() for node in nodes if not isInScene(node, scene)]
+    if gone:
+        raise Cancelled(f"cancelled: '{gone[0]}' was removed from the scene (or the scene was closed) "
+                        "during the run; nothing was added")
+
+
 class SynthesisLogic:
     """Synthesis on MRML nodes. ``createSynthesizer(checkpoint, device, batchSize)`` is injectable."""
 
@@ -80,21 +109,8 @@ class SynthesisLogic:
         """
         started = time.time()
         direction = str(direction)
-        OutputNodes.targetContrast(direction)  # validates the direction
-        checkScalarVolume(inputVolume, "Input volume")
-        checkOutputVolume(outputVolume, inputVolume, referenceVolume, maskVolume)
-        if referenceVolume is not None:
-            if referenceVolume is inputVolume or referenceVolume is maskVolume:
-                raise ValueError("Reference volume must be a different volume (a real "
-                                 f"{OutputNodes.targetContrast(direction)} of the same subject)")
-            checkScalarVolume(referenceVolume, "Reference volume")
-            matrixBetweenNodes(inputVolume, referenceVolume)  # a non-linear transform is refused now, not after the run
-        if maskVolume is not None and maskVolume is inputVolume:
-            raise ValueError("Brain mask is the input volume; choose a labelmap of the brain")
-
+        checkNodes(inputVolume, outputVolume, referenceVolume, maskVolume, direction)
         scene = inputVolume.GetScene()
-        if scene is None:
-            raise ValueError(f"Input volume '{inputVolume.GetName()}' is not in a scene")
         watched = [node for node in (inputVolume, outputVolume, referenceVolume, maskVolume) if node is not None]
         checkpoint = catalog.resolve_model(model or None, direction=direction)
         volume = volumeFromNode(inputVolume, inWorld=True)
@@ -120,23 +136,17 @@ class SynthesisLogic:
             # The synthesizer loaded above is used for the first attempt; fallbacks make new ones.
             return firstSynthesizer.pop() if firstSynthesizer else self.createSynthesizer(path, dev, batch)
 
-        def checkNodesPresent():
-            gone = [node.GetName() for node in watched if not isInScene(node, scene)]
-            if gone:
-                raise Cancelled(f"cancelled: '{gone[0]}' was removed from the scene (or the scene was closed) "
-                                "during the run; nothing was added")
-
         def progressUnlessNodesRemoved(done, total):
             # The widget's progress callback processes GUI events, so the user may close the scene or
             # delete a node between two batches: stop at once instead of failing on a missing node.
-            checkNodesPresent()
+            checkStillInScene(watched, scene)
             return True if progress is None else progress(done, total)
 
         synthetic, uncertaintyVolume, synthesizer, fallbackNotes = synthesizeWithFallback(
             createOrReuse, checkpoint, volume, device, batchSize, progressUnlessNodesRemoved, mask,
             UNCERTAINTY_SAMPLES if uncertainty else 0)
         notes += fallbackNotes
-        checkNodesPresent()
+        checkStillInScene(watched, scene)
         comparison = None
         if referenceVolume is not None:
             comparison = compareWithReference(synthetic, inputVolume, referenceVolume, mask)

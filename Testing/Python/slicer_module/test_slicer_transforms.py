@@ -200,3 +200,24 @@ def test_shared_non_linear_transform_cancels_out(app, makeVolume, helpers, t1ToT
     assert result.outputVolume.GetTransformNodeID() == warp.GetID()
     assert any("non-linear transform" in note for note in result.notes)
     assert np.isfinite(result.metrics["mae"])
+
+
+def test_mask_under_a_non_linear_transform_is_refused_before_running(app, makeVolume, helpers, t1ToT2Checkpoint):
+    inputVolume = makeVolume("T1")
+    maskKJI = (helpers.headPhantomKJI() > 0).astype(np.uint8)
+    mask = slicer.util.addVolumeFromArray(maskKJI, ijkToRAS=helpers.ijkToRASOf(inputVolume), name="brain",
+                                          nodeClassName="vtkMRMLLabelMapVolumeNode")
+    mask.SetAndObserveTransformNodeID(nonLinearTransform(app.scene).GetID())
+    calls, nodesBefore = [], nodeIDs(app.scene)
+
+    with pytest.raises(ValueError, match="'T1' and 'brain' are related by a non-linear transform"):
+        SynthesisLogic().process(inputVolume, None, str(t1ToT2Checkpoint), "t1-to-t2", device="cpu",
+                                 maskVolume=mask, progress=lambda done, total: calls.append(done))
+
+    assert calls == [] and nodeIDs(app.scene) == nodesBefore
+
+
+def test_mask_without_voxels_is_a_clear_error(app, makeVolume, t1ToT2Checkpoint):
+    empty = app.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "no mask")
+    with pytest.raises(ValueError, match="Brain mask 'no mask' is empty"):
+        SynthesisLogic().process(makeVolume("T1"), None, str(t1ToT2Checkpoint), "t1-to-t2", maskVolume=empty)
