@@ -320,18 +320,18 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._cancelRequested = True
             self.setProcessingState(ProcessingState.CANCELLING, _("Cancelling\u2026"))
             return
-        p = self._parameterNode
         self._cancelRequested = False
         self.setProcessingState(ProcessingState.PREPARING, _("Checking PyTorch and the Python packages\u2026"))
         slicer.app.processEvents()
         try:
-            self.logic.ensureDependencies(askConfirmation=True)
+            self.logic.ensureDependencies(askConfirmation=not slicer.app.testingEnabled())
         except Exception as error:
             self.setProcessingState(ProcessingState.FAILED, _("Failed: {error}").format(error=error))
             slicer.util.errorDisplay(str(error))
             return
         from MRISynthesisLib.errors import Cancelled
 
+        p = self._parameterNode  # read after the installation, which processes GUI events
         self.setProcessingState(ProcessingState.RUNNING, _("Loading the model\u2026"))
         slicer.app.processEvents()
         try:
