@@ -3,9 +3,15 @@
 Works on MRML nodes only (layout node, slice nodes, slice composite nodes, crosshair), so it is
 the same code in Slicer, where the layout manager builds the widgets from the layout node, and
 in tests on a plain scene.
+
+The comparison makes the standard Red/Yellow/Green views axial. Layout "default" orientations
+apply only to newly created views, so Conventional or Four-Up would otherwise keep three axial
+views afterwards: the orientations before the comparison are remembered on the layout node and
+restored as soon as the layout changes to one that is not a comparison layout.
 """
 
 import slicer
+import vtk
 
 #: Custom layout id for the three-view comparison (built-in layout ids are all below 100).
 THREE_VIEW_LAYOUT_ID = 18501
@@ -13,6 +19,10 @@ TWO_VIEW_LAYOUT_ID = slicer.vtkMRMLLayoutNode.SlicerLayoutSideBySideView  # Red 
 TWO_VIEW_NAMES = ("Red", "Yellow")
 THREE_VIEW_NAMES = ("Red", "Yellow", "Green")
 _VIEW_COLORS = {"Red": ("R", "#F34A33"), "Yellow": ("Y", "#EDD54C"), "Green": ("G", "#6EB04B")}
+#: Layout-node attribute: "Yellow=Sagittal;Green=Coronal", the orientations to restore.
+SAVED_ORIENTATIONS_ATTRIBUTE = "MRISynthesis.OrientationsBeforeComparison"
+COMPARISON_ORIENTATION = "Axial"
+_layoutWatches = []  # (layoutNode, observer tag): at most one per layout node
 
 
 def threeViewLayoutDescription() -> str:
@@ -27,6 +37,70 @@ def threeViewLayoutDescription() -> str:
             f'<property name="viewcolor" action="default">{color}</property>'
             f'</view></item>\n')
     return '<layout type="horizontal" split="true">\n' + "".join(items) + "</layout>\n"
+
+
+def registerLayout(layoutNode) -> None:
+    """Make the three-view layout known to ``layoutNode`` (idempotent). Called when Slicer has
+    started, so that a scene saved in this layout finds it when reopened in a new session."""
+    if not layoutNode.IsLayoutDescription(THREE_VIEW_LAYOUT_ID):
+        layoutNode.AddLayoutDescription(THREE_VIEW_LAYOUT_ID, threeViewLayoutDescription())
+
+
+def savedOrientations(layoutNode) -> dict:
+    text = layoutNode.GetAttribute(SAVED_ORIENTATIONS_ATTRIBUTE) or ""
+    return dict(item.split("=", 1) for item in text.split(";") if "=" in item)
+
+
+def rememberOrientations(layoutNode, viewNames) -> None:
+    """Store the current orientation of each view in ``viewNames`` that is not stored yet (a second
+    comparison keeps what was there before the first one)."""
+    saved = savedOrientations(layoutNode)
+    for viewName in viewNames:
+        if viewName not in saved:
+            saved[viewName] = sliceNodeByName(layoutNode.GetScene(), viewName).GetOrientation()
+    layoutNode.SetAttribute(SAVED_ORIENTATIONS_ATTRIBUTE, ";".join(f"{k}={v}" for k, v in saved.items()))
+
+
+def restoreOrientations(layoutNode) -> list:
+    """Give each remembered view its orientation back, unless the user has reoriented it since
+    (it is no longer axial). Forgets what was remembered; returns the names of the restored views."""
+    saved = savedOrientations(layoutNode)
+    layoutNode.RemoveAttribute(SAVED_ORIENTATIONS_ATTRIBUTE)
+    restored = []
+    for viewName, orientation in saved.items():
+        try:
+            sliceNode = sliceNodeByName(layoutNode.GetScene(), viewName)
+        except ValueError:
+            continue
+        if sliceNode.GetOrientation() == COMPARISON_ORIENTATION and orientation != COMPARISON_ORIENTATION:
+            sliceNode.SetOrientation(orientation)
+            restored.append(viewName)
+    return restored
+
+
+def isComparisonLayout(layoutId) -> bool:
+    return layoutId in (TWO_VIEW_LAYOUT_ID, THREE_VIEW_LAYOUT_ID)
+
+
+def watchLayout(layoutNode) -> None:
+    """Restore the remembered orientations once the layout leaves the comparison (one-shot observer)."""
+    if any(node is layoutNode for node, _ in _layoutWatches):
+        return
+
+    def onLayoutModified(caller, event):
+        if isComparisonLayout(layoutNode.GetViewArrangement()):
+            return
+        unwatchLayout(layoutNode)
+        if layoutNode.GetScene() is not None:
+            restoreOrientations(layoutNode)
+
+    _layoutWatches.append((layoutNode, layoutNode.AddObserver(vtk.vtkCommand.ModifiedEvent, onLayoutModified)))
+
+
+def unwatchLayout(layoutNode) -> None:
+    for entry in [entry for entry in _layoutWatches if entry[0] is layoutNode]:
+        layoutNode.RemoveObserver(entry[1])
+        _layoutWatches.remove(entry)
 
 
 def sliceNodeByName(scene, viewName: str):
@@ -51,23 +125,25 @@ def showComparison(layoutNode, volumeNodes, overlayNode=None, overlayOpacity: fl
     view is made axial explicitly (layout "default" orientations only apply to new views), and the
     views are linked (slice offset, zoom) with hot-linked cursors and a crosshair. ``overlayNode``
     (the difference map) becomes the foreground of the last view at ``overlayOpacity``, so the
-    reference stays unobscured until the user fades the overlay in. Returns the view names used.
+    reference stays unobscured until the user fades the overlay in. The views' previous
+    orientations come back when the user switches to a non-comparison layout. Returns the view
+    names used.
     """
     volumeNodes = list(volumeNodes)
     if len(volumeNodes) == 2:
         viewNames, layoutId = TWO_VIEW_NAMES, TWO_VIEW_LAYOUT_ID
     elif len(volumeNodes) == 3:
         viewNames, layoutId = THREE_VIEW_NAMES, THREE_VIEW_LAYOUT_ID
-        if not layoutNode.IsLayoutDescription(layoutId):
-            layoutNode.AddLayoutDescription(layoutId, threeViewLayoutDescription())
+        registerLayout(layoutNode)
     else:
         raise ValueError(f"expected 2 or 3 volumes to compare, got {len(volumeNodes)}")
+    rememberOrientations(layoutNode, viewNames)
     layoutNode.SetViewArrangement(layoutId)
 
     scene = layoutNode.GetScene()
     for index, (viewName, volumeNode) in enumerate(zip(viewNames, volumeNodes)):
         sliceNode = sliceNodeByName(scene, viewName)
-        sliceNode.SetOrientationToAxial()
+        sliceNode.SetOrientation(COMPARISON_ORIENTATION)
         compositeNode = sliceCompositeNode(sliceNode)
         isLast = index == len(volumeNodes) - 1
         foregroundID = overlayNode.GetID() if (overlayNode is not None and isLast) else None
@@ -81,4 +157,5 @@ def showComparison(layoutNode, volumeNodes, overlayNode=None, overlayOpacity: fl
     crosshairNode = scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
     if crosshairNode is not None:
         crosshairNode.SetCrosshairMode(slicer.vtkMRMLCrosshairNode.ShowSmallBasic)
+    watchLayout(layoutNode)
     return list(viewNames)

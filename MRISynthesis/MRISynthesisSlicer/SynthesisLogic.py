@@ -10,12 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from MRISynthesisLib import catalog
+from MRISynthesisLib.errors import Cancelled
 
 from . import ComparisonViews, OutputNodes
-from .Comparison import compareWithReference
+from .Comparison import addDifferenceNode, compareWithReference
 from .Inference import defaultSynthesizerFactory, deviceName, synthesizeWithFallback
-from .VolumeNodes import (checkScalarVolume, removeWithDisplayAndStorage, updateNodeFromVolume, volumeFromNode,
-                          volumeOnGrid)
+from .SceneChanges import SceneChanges
+from .VolumeNodes import (checkScalarVolume, isInScene, isPlainScalarVolume, matrixBetweenNodes, updateNodeFromVolume,
+                          volumeFromNode, volumeOnGrid, worldIJKToRAS)
 
 #: Stochastic passes for an uncertainty (standard deviation) map.
 UNCERTAINTY_SAMPLES = 8
@@ -37,6 +39,50 @@ class SynthesisResult:
     notes: list = field(default_factory=list)  # e.g. GPU out-of-memory fallbacks
 
 
+def checkOutputVolume(outputVolume, inputVolume, referenceVolume=None, maskVolume=None) -> None:
+    """``ValueError`` unless ``outputVolume`` (when given) is a plain scalar volume that is none of
+    the run's other nodes: a labelmap, vector or DWI volume, the input, the reference or the mask
+    would be destroyed or cannot hold a float image."""
+    if outputVolume is None:
+        return
+    roles = (("input", inputVolume), ("reference", referenceVolume), ("brain mask", maskVolume))
+    for role, node in roles:
+        if outputVolume is node:
+            raise ValueError(f"Output volume is the {role} volume; choose another node (inputs are never overwritten)")
+    if not isPlainScalarVolume(outputVolume):
+        raise ValueError(f"Output volume '{outputVolume.GetName()}' is a {outputVolume.GetClassName()}; "
+                         "expected a scalar volume node (vtkMRMLScalarVolumeNode) or a new volume")
+
+
+def checkNodes(inputVolume, outputVolume, referenceVolume, maskVolume, direction) -> None:
+    """Every check on the nodes of a run, before anything is computed: one-line ``ValueError``s."""
+    OutputNodes.targetContrast(direction)  # validates the direction
+    checkScalarVolume(inputVolume, "Input volume")
+    if inputVolume.GetScene() is None:
+        raise ValueError(f"Input volume '{inputVolume.GetName()}' is not in a scene")
+    checkOutputVolume(outputVolume, inputVolume, referenceVolume, maskVolume)
+    if referenceVolume is not None:
+        if referenceVolume is inputVolume or referenceVolume is maskVolume:
+            raise ValueError("Reference volume must be a different volume (a real "
+                             f"{OutputNodes.targetContrast(direction)} of the same subject)")
+        checkScalarVolume(referenceVolume, "Reference volume")
+        matrixBetweenNodes(inputVolume, referenceVolume)  # a non-linear transform is refused now, not after the run
+    if maskVolume is not None:
+        if maskVolume is inputVolume:
+            raise ValueError("Brain mask is the input volume; choose a labelmap of the brain")
+        if maskVolume.GetImageData() is None or maskVolume.GetImageData().GetNumberOfPoints() == 0:
+            raise ValueError(f"Brain mask '{maskVolume.GetName()}' is empty (it has no voxels)")
+        matrixBetweenNodes(inputVolume, maskVolume)
+
+
+def checkStillInScene(nodes, scene) -> None:
+    """``Cancelled`` naming the first of ``nodes`` that was removed from ``scene`` (or the scene closed)."""
+    gone = [node.GetName() for node in nodes if not isInScene(node, scene)]
+    if gone:
+        raise Cancelled(f"cancelled: '{gone[0]}' was removed from the scene (or the scene was closed) "
+                        "during the run; nothing was added")
+
+
 class SynthesisLogic:
     """Synthesis on MRML nodes. ``createSynthesizer(checkpoint, device, batchSize)`` is injectable."""
 
@@ -50,31 +96,28 @@ class SynthesisLogic:
         ``model``: catalog id (``MRISynthesisLib.catalog``), checkpoint path, or None for the
         direction's default model. ``outputVolume``: a scalar volume node to overwrite, or None to
         create "<input> synthetic T2 (<model>)" next to the input in the subject hierarchy. Output
-        geometry is exactly the input's; voxels are float32 in normalised units (0 background,
-        1 = 99.5th percentile of the target contrast). ``referenceVolume`` (a real target-contrast
-        volume) adds a difference volume and metrics. ``maskVolume`` (labelmap, non-zero = brain)
-        replaces the automatic brain mask. ``progress(done, total)`` returning False cancels:
-        ``MRISynthesisLib.errors.Cancelled`` is raised and the scene is left as it was. The input
-        volume is never modified. Raises ``ValueError`` (or an ``MRISynthesisError``) with a
-        one-line message on bad inputs.
+        geometry is exactly the input's (same voxels, same parent transform); voxels are float32 in
+        normalised units (0 background, 1 = 99.5th percentile of the target contrast).
+        ``referenceVolume`` (a real target-contrast volume) adds a difference volume and metrics,
+        compared in world coordinates (parent transforms included; non-linear ones between the
+        volumes are refused). ``maskVolume`` (labelmap, non-zero = brain) replaces the automatic
+        brain mask. ``progress(done, total)`` returning False cancels; so does removing the input,
+        output, reference or mask node, or closing the scene, during the run:
+        ``MRISynthesisLib.errors.Cancelled`` is raised. On cancel or any error the scene is left as
+        it was (no node added, existing nodes unchanged). The input volume is never modified.
+        Raises ``ValueError`` (or an ``MRISynthesisError``) with a one-line message on bad inputs.
         """
         started = time.time()
         direction = str(direction)
-        OutputNodes.targetContrast(direction)  # validates the direction
-        checkScalarVolume(inputVolume, "Input volume")
-        if outputVolume is not None and outputVolume is inputVolume:
-            raise ValueError("Output volume is the input volume; choose another node (the input is never overwritten)")
-        if outputVolume is not None and not outputVolume.IsA("vtkMRMLScalarVolumeNode"):
-            raise ValueError(f"Output volume '{outputVolume.GetName()}' is a {outputVolume.GetClassName()}; "
-                             "expected a scalar volume node")
-        if referenceVolume is not None:
-            if referenceVolume is inputVolume or referenceVolume is outputVolume:
-                raise ValueError("Reference volume must be a different volume (a real "
-                                 f"{OutputNodes.targetContrast(direction)} of the same subject)")
-            checkScalarVolume(referenceVolume, "Reference volume")
-
+        checkNodes(inputVolume, outputVolume, referenceVolume, maskVolume, direction)
+        scene = inputVolume.GetScene()
+        watched = [node for node in (inputVolume, outputVolume, referenceVolume, maskVolume) if node is not None]
         checkpoint = catalog.resolve_model(model or None, direction=direction)
-        volume = volumeFromNode(inputVolume)
+        volume = volumeFromNode(inputVolume, inWorld=True)
+        notes = []
+        if worldIJKToRAS(inputVolume) is None:
+            notes.append(f"'{inputVolume.GetName()}' is under a non-linear transform: slices were taken on its own "
+                         "voxel grid; the synthetic volume is under the same transform.")
         mask = volumeOnGrid(maskVolume, inputVolume).array != 0 if maskVolume is not None else None
         if mask is not None and not mask.any():
             raise ValueError(f"Brain mask '{maskVolume.GetName()}' has no non-zero voxel inside the input volume")
@@ -93,51 +136,67 @@ class SynthesisLogic:
             # The synthesizer loaded above is used for the first attempt; fallbacks make new ones.
             return firstSynthesizer.pop() if firstSynthesizer else self.createSynthesizer(path, dev, batch)
 
-        synthetic, uncertaintyVolume, synthesizer, notes = synthesizeWithFallback(
-            createOrReuse, checkpoint, volume, device, batchSize, progress, mask,
+        def progressUnlessNodesRemoved(done, total):
+            # The widget's progress callback processes GUI events, so the user may close the scene or
+            # delete a node between two batches: stop at once instead of failing on a missing node.
+            checkStillInScene(watched, scene)
+            return True if progress is None else progress(done, total)
+
+        synthetic, uncertaintyVolume, synthesizer, fallbackNotes = synthesizeWithFallback(
+            createOrReuse, checkpoint, volume, device, batchSize, progressUnlessNodesRemoved, mask,
             UNCERTAINTY_SAMPLES if uncertainty else 0)
+        notes += fallbackNotes
+        checkStillInScene(watched, scene)
+        comparison = None
+        if referenceVolume is not None:
+            comparison = compareWithReference(synthetic, inputVolume, referenceVolume, mask)
 
         # Nothing in the scene has changed up to here; from here on, undo on failure.
-        scene = inputVolume.GetScene()
-        createdNodes = []
+        changes = SceneChanges()
         try:
             modelTitle = metadata.title or (metadata.model_id if metadata.model_id != "unnamed" else Path(checkpoint).stem)
             if outputVolume is None:
-                outputVolume = scene.AddNewNodeByClass(
-                    "vtkMRMLScalarVolumeNode", OutputNodes.syntheticVolumeName(inputVolume.GetName(), direction, modelTitle))
-                createdNodes.append(outputVolume)
-            updateNodeFromVolume(outputVolume, synthetic, inputVolume)
-            OutputNodes.setProvenance(outputVolume, "synthetic", metadata.model_id, direction, inputVolume)
-            OutputNodes.showAsSynthetic(outputVolume)
-            OutputNodes.placeNextTo(outputVolume, inputVolume)
+                outputVolume = changes.created(scene.AddNewNodeByClass(
+                    "vtkMRMLScalarVolumeNode", OutputNodes.syntheticVolumeName(inputVolume.GetName(), direction, modelTitle)))
+            else:
+                changes.willModify(outputVolume)
             result = SynthesisResult(outputVolume, metadata.model_id, direction, deviceName(synthesizer),
                                      int(synthesizer.batch_size), 0.0, notes=notes)
+            self._fillDerivedVolume(outputVolume, synthetic, "synthetic", metadata, direction, inputVolume)
 
             if uncertaintyVolume is not None:
-                result.uncertaintyVolume = scene.AddNewNodeByClass(
-                    "vtkMRMLScalarVolumeNode", f"{outputVolume.GetName()} uncertainty")
-                createdNodes.append(result.uncertaintyVolume)
-                updateNodeFromVolume(result.uncertaintyVolume, uncertaintyVolume, inputVolume)
-                OutputNodes.setProvenance(result.uncertaintyVolume, "uncertainty", metadata.model_id, direction, inputVolume)
-                OutputNodes.showAsSynthetic(result.uncertaintyVolume)
-                OutputNodes.placeNextTo(result.uncertaintyVolume, inputVolume)
+                result.uncertaintyVolume = changes.created(scene.AddNewNodeByClass(
+                    "vtkMRMLScalarVolumeNode", f"{outputVolume.GetName()} uncertainty"))
+                self._fillDerivedVolume(result.uncertaintyVolume, uncertaintyVolume, "uncertainty", metadata,
+                                        direction, inputVolume)
 
-            if referenceVolume is not None:
-                result.differenceVolume, result.metrics = compareWithReference(outputVolume, referenceVolume, mask)
-                createdNodes.append(result.differenceVolume)
+            if comparison is not None:
+                result.differenceVolume = changes.created(
+                    addDifferenceNode(scene, outputVolume.GetName(), comparison, inputVolume))
+                result.metrics = comparison.metrics
                 OutputNodes.setProvenance(result.differenceVolume, "difference", metadata.model_id, direction, inputVolume)
                 OutputNodes.placeNextTo(result.differenceVolume, inputVolume)
-
-            if showResults:
-                self.showResults(inputVolume, outputVolume, referenceVolume, result.differenceVolume)
         except Exception:
-            for node in createdNodes:
-                removeWithDisplayAndStorage(node)
+            changes.undo()
             raise
+
+        if showResults:
+            try:
+                self.showResults(inputVolume, outputVolume, referenceVolume, result.differenceVolume)
+            except Exception as error:  # the volumes are made; a view problem must not undo them
+                logging.exception("MRISynthesis: could not set up the comparison views")
+                result.notes.append(f"The comparison views could not be set up: {error}")
         result.seconds = time.time() - started
         logging.info(f"MRISynthesis: {inputVolume.GetName()} -> {outputVolume.GetName()} with {metadata.model_id} "
                      f"on {result.device} in {result.seconds:.1f} s")
         return result
+
+    @staticmethod
+    def _fillDerivedVolume(volumeNode, volume, role, metadata, direction, inputVolume):
+        updateNodeFromVolume(volumeNode, volume, inputVolume)
+        OutputNodes.setProvenance(volumeNode, role, metadata.model_id, direction, inputVolume)
+        OutputNodes.showAsSynthetic(volumeNode)
+        OutputNodes.placeNextTo(volumeNode, inputVolume)
 
     @staticmethod
     def showResults(inputVolume, outputVolume, referenceVolume=None, differenceVolume=None):
@@ -149,4 +208,3 @@ class SynthesisLogic:
             return []
         volumes = [inputVolume, outputVolume] + ([referenceVolume] if referenceVolume is not None else [])
         return ComparisonViews.showComparison(layoutNode, volumes, overlayNode=differenceVolume)
-

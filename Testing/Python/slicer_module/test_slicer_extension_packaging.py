@@ -70,6 +70,25 @@ def test_top_level_cmake_matches_catalog_entry():
     assert "add_subdirectory(MRISynthesis)" in cmake
 
 
+def test_minimum_slicer_version_is_enforced_and_stated():
+    """5.10 is the oldest supported Slicer: the build refuses older ones (through the embedded
+    Python version, which SlicerConfig exports) and the catalog description says so."""
+    cmake = (REPO / "CMakeLists.txt").read_text()
+    assert re.search(r'if\(Slicer_REQUIRED_PYTHON_VERSION VERSION_LESS "3\.12"\)\s*message\(FATAL_ERROR', cmake)
+    description = re.search(r'set\(EXTENSION_DESCRIPTION "([^"]*)"\)', cmake).group(1)
+    assert description.endswith("Requires 3D Slicer 5.10 or newer.")
+    assert "Slicer 5.10 or newer" in (REPO / "README.md").read_text()
+
+
+def test_module_file_and_its_start_up_helpers_parse_on_python_3_9():
+    """On Slicer 5.8 (Python 3.9) the module must still load far enough to say that it needs 5.10."""
+    for path in (MODULE_FILE, MODULE_DIR / "MRISynthesisSlicer" / "Dependencies.py",
+                 MODULE_DIR / "MRISynthesisSlicer" / "ProcessingStates.py"):
+        text = path.read_text()
+        ast.parse(text, feature_version=(3, 9))
+        assert not re.search(r"(:|->)\s*[\w\[\]]+\s*\|\s*\w", text), f"PEP 604 annotation in {path.name}"
+
+
 def parameterNames() -> dict:
     """Annotated members of MRISynthesisParameterNode -> their annotation source."""
     tree = ast.parse(MODULE_FILE.read_text())
@@ -118,11 +137,30 @@ def test_widgets_used_by_the_module_exist_in_the_ui():
     assert used <= names, used - names
 
 
+#: MRISynthesisSlicer modules the module file may import when Slicer loads it: plain Python, no torch.
+LIGHT_HELPERS = {"MRISynthesisSlicer.Dependencies", "MRISynthesisSlicer.ProcessingStates"}
+
+
+def topLevelImports(path: Path) -> list:
+    tree = ast.parse(path.read_text())
+    names = []
+    for node in tree.body:
+        if isinstance(node, ast.Import):
+            names += [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            names += [f"{node.module}.{alias.name}" if node.module == "MRISynthesisSlicer" else node.module
+                      for alias in node.names]
+    return names
+
+
 def test_torch_is_not_imported_when_slicer_loads_the_module():
-    tree = ast.parse(MODULE_FILE.read_text())
-    topLevelImports = [alias.name for node in tree.body if isinstance(node, (ast.Import, ast.ImportFrom))
-                       for alias in node.names] + [node.module for node in tree.body if isinstance(node, ast.ImportFrom)]
-    assert not [name for name in topLevelImports if name and ("torch" in name or name.startswith("MRISynthesis"))]
+    imported = topLevelImports(MODULE_FILE)
+    assert not [name for name in imported if "torch" in name or name.startswith("MRISynthesisLib")]
+    assert {name for name in imported if name.startswith("MRISynthesisSlicer")} <= LIGHT_HELPERS
+    for helper in LIGHT_HELPERS:  # and the helpers import nothing heavy either
+        helperImports = topLevelImports(MODULE_DIR / (helper.replace(".", "/") + ".py"))
+        assert not [name for name in helperImports if name.split(".")[0] in {"torch", "MRISynthesisLib", "slicer",
+                                                                              "vtk", "qt", "numpy"}], helper
 
 
 def test_module_has_the_four_slicer_classes_and_a_test_runner():

@@ -1,0 +1,155 @@
+"""The module's decisions that need no Slicer application: supported versions, PyTorch checks,
+what the self-test skips, the panel's processing states and the default input volume."""
+
+import ast
+import importlib.metadata
+import re
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import slicer
+
+from MRISynthesisSlicer import Dependencies
+from MRISynthesisSlicer.ProcessingStates import ProcessingState, panelState
+from MRISynthesisSlicer.VolumeNodes import defaultInputVolume
+
+REPO = Path(__file__).resolve().parents[3]
+
+
+# --- versions ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("version, expected", [
+    ("2.1.0", (2, 1, 0)), ("2.4.0+cu121", (2, 4, 0)), ("2.6.0.dev20240901", (2, 6, 0)), ("2.5.0a0+git1234", (2, 5, 0)),
+    ("2.13.0", (2, 13, 0)), ("1.13", (1, 13)),
+])
+def test_version_tuple(version, expected):
+    assert Dependencies.versionTuple(version) == expected
+
+
+@pytest.mark.parametrize("version, older", [
+    ("2.0.1", True), ("1.13.1+cu117", True), ("2.1", False), ("2.1.0+cpu", False), ("2.13.0", False), ("10.0", False),
+])
+def test_torch_older_than_the_minimum(version, older):
+    assert Dependencies.MINIMUM_TORCH_VERSION == "2.1"
+    assert Dependencies.isOlder(version, Dependencies.MINIMUM_TORCH_VERSION) is older
+    problem = Dependencies.torchVersionProblem(version)
+    assert (problem is not None) is older
+    if older:
+        assert problem == f"PyTorch {version} is installed, but MRI Synthesis needs PyTorch 2.1 or newer"
+
+
+def test_minimum_torch_version_is_the_one_in_pyproject():
+    requirement = re.search(r'"torch>=([0-9.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
+    assert requirement == Dependencies.MINIMUM_TORCH_VERSION
+
+
+def test_python_requirements_cover_the_core_dependencies():
+    """Every third-party package pyproject.toml lists for the core is installed in Slicer, except
+    torch (PyTorch extension), numpy (Slicer has it) and tqdm (command line only)."""
+    text = (REPO / "pyproject.toml").read_text()
+    block = re.search(r"dependencies = \[(.*?)\]", text, re.S).group(1)
+    names = {re.match(r'\s*"([A-Za-z0-9_-]+)', line).group(1) for line in block.splitlines() if '"' in line}
+    pipNames = {requirement.split(">=")[0] for requirement in Dependencies.PYTHON_REQUIREMENTS.values()}
+    assert names - {"torch", "numpy", "tqdm"} == pipNames
+
+
+@pytest.mark.parametrize("major, minor, supported", [(5, 8, False), (5, 9, False), (5, 10, True), (5, 12, True),
+                                                      (6, 0, True), (4, 13, False)])
+def test_supported_slicer_versions(major, minor, supported):
+    problem = Dependencies.slicerVersionProblem(major, minor)
+    assert (problem is None) is supported
+    if not supported:
+        assert problem.startswith("MRI Synthesis needs 3D Slicer 5.10 or newer")
+
+
+def test_torch_version_prefers_the_imported_module(monkeypatch):
+    """An upgrade on disk does not replace the torch already loaded in this process."""
+    monkeypatch.setitem(sys.modules, "torch", types.SimpleNamespace(__version__="2.0.1"))
+    assert Dependencies.torchVersion(distributionVersion=lambda name: "2.5.0") == "2.0.1"
+
+
+def test_torch_version_of_an_installed_but_not_imported_torch(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    assert Dependencies.torchVersion(findSpec=lambda name: object(), distributionVersion=lambda name: "2.3.1") == "2.3.1"
+    assert Dependencies.torchVersion(findSpec=lambda name: None) is None
+
+
+def test_self_test_skip_reason(monkeypatch):
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
+    nothing = lambda name: None  # noqa: E731 - an empty Python, as on the extension build machines
+    reason = Dependencies.inferenceUnavailableReason(findSpec=nothing)
+    assert reason == ("PyTorch is not installed; missing Python packages: nibabel>=5.0, scikit-image>=0.22, "
+                      "scipy>=1.9, safetensors>=0.4")
+    everything = lambda name: object()  # noqa: E731
+    assert Dependencies.inferenceUnavailableReason(findSpec=everything, distributionVersion=lambda n: "2.4.0") is None
+    assert "PyTorch 1.12.0 is installed" in Dependencies.inferenceUnavailableReason(
+        findSpec=everything, distributionVersion=lambda n: "1.12.0")
+
+
+def test_here_the_inference_can_run():
+    assert Dependencies.inferenceUnavailableReason() is None, importlib.metadata.version("torch")
+
+
+# --- processing states -----------------------------------------------------------------------------
+
+def test_cancel_is_disabled_while_dependencies_are_checked_or_installed():
+    preparing = panelState(ProcessingState.PREPARING)
+    assert preparing.buttonIsCancel and not preparing.cancelEnabled
+    assert not preparing.controlsEnabled and preparing.progressVisible
+
+
+def test_cancel_is_enabled_while_the_model_runs_and_the_bar_starts_empty():
+    for state in (ProcessingState.PREPARING, ProcessingState.RUNNING):
+        assert panelState(state).resetProgress  # never the previous run's 100 %
+    running = panelState(ProcessingState.RUNNING)
+    assert running.buttonIsCancel and running.cancelEnabled and running.progressVisible
+
+
+def test_cancelling_keeps_the_bar_and_disables_a_second_click():
+    cancelling = panelState(ProcessingState.CANCELLING)
+    assert cancelling.buttonIsCancel and not cancelling.cancelEnabled and not cancelling.resetProgress
+
+
+@pytest.mark.parametrize("state", [ProcessingState.IDLE, ProcessingState.DONE, ProcessingState.CANCELLED,
+                                   ProcessingState.FAILED, None])
+def test_idle_states_give_the_controls_back(state):
+    panel = panelState(state)
+    assert panel.controlsEnabled and not panel.buttonIsCancel and not panel.progressVisible
+
+
+# --- default input volume --------------------------------------------------------------------------
+
+def test_default_input_is_the_first_plain_visible_scalar_volume(app):
+    slicer.util.addVolumeFromArray(np.ones((4, 4, 4), np.uint8), name="labels",
+                                   nodeClassName="vtkMRMLLabelMapVolumeNode")
+    hiddenDWI = app.scene.AddNewNodeByClass("vtkMRMLDiffusionWeightedVolumeNode", "dwi")
+    hiddenDWI.SetHideFromEditors(True)
+    app.scene.AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", "tensors")
+    slicer.util.addVolumeFromArray(np.ones((4, 4, 4, 3), np.uint8), name="rgb", nodeClassName="vtkMRMLVectorVolumeNode")
+    hidden = slicer.util.addVolumeFromArray(np.ones((4, 4, 4)), name="hidden scalar")
+    hidden.SetHideFromEditors(True)
+    t1 = slicer.util.addVolumeFromArray(np.ones((4, 4, 4)), name="T1")
+    slicer.util.addVolumeFromArray(np.ones((4, 4, 4)), name="T2")
+
+    assert defaultInputVolume(app.scene) is t1
+
+
+def test_no_default_input_without_a_scalar_volume(app):
+    slicer.util.addVolumeFromArray(np.ones((4, 4, 4), np.uint8), name="labels",
+                                   nodeClassName="vtkMRMLLabelMapVolumeNode")
+    assert defaultInputVolume(app.scene) is None
+
+
+# --- supported Python versions ---------------------------------------------------------------------
+
+def test_core_and_module_parse_on_the_oldest_supported_python():
+    """Slicer 5.10 embeds Python 3.12; the command line supports 3.10 (pyproject.toml). A syntax
+    check against the 3.10 grammar (the newest-only syntax, e.g. PEP 695 generics, would fail)."""
+    assert 'requires-python = ">=3.10' in (REPO / "pyproject.toml").read_text()
+    files = sorted((REPO / "MRISynthesisLib").rglob("*.py")) + sorted((REPO / "MRISynthesis").rglob("*.py"))
+    for path in files:
+        ast.parse(path.read_text(), filename=str(path), feature_version=(3, 10))
+    assert len(files) > 20
