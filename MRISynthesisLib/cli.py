@@ -46,7 +46,12 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                      help="auto: CUDA, then Apple MPS, then CPU (default: auto)")
     syn.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default: 8)")
-    syn.add_argument("--mask", default=None, help="optional brain/foreground mask NIfTI on the input's grid")
+    syn.add_argument("--brain-mask", "--mask", dest="brain_mask", default="auto", metavar="auto|none|FILE",
+                     help="auto (default): keep a skull-stripped input as it is, brain-extract a whole-head scan "
+                          "(deepbet); none: no extraction; FILE: a brain mask NIfTI on the input's grid "
+                          "(non-zero = brain). The output is 0 outside the mask")
+    syn.add_argument("--save-mask", default=None, metavar="PATH",
+                     help="also write the brain mask used (NIfTI, 1 = brain, 0 = background, input's grid)")
     syn.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
     syn.add_argument("--uncertainty", default=None, metavar="PATH",
                      help="also write a per-voxel standard deviation map (VAE models only)")
@@ -108,14 +113,15 @@ def _synthesize(args) -> int:
     from .io import check_output_path, load_volume, save_volume
 
     direction = DIRECTION_ALIASES.get(args.direction) if args.direction else None
-    outputs = [p for p in (args.output, args.uncertainty, args.preview) if p]
-    for path in (args.output, args.uncertainty):
+    mask_file = args.brain_mask if args.brain_mask.lower() not in ("auto", "none") else None
+    outputs = [p for p in (args.output, args.uncertainty, args.preview, args.save_mask) if p]
+    for path in (args.output, args.uncertainty, args.save_mask):
         if path:
-            check_output_path(path, inputs=[args.input, args.mask])
+            check_output_path(path, inputs=[args.input, mask_file])
     if args.preview:
-        check_output_path(args.preview, inputs=[args.input, args.mask], suffixes=(".png",))
+        check_output_path(args.preview, inputs=[args.input, mask_file], suffixes=(".png",))
     if len({Path(p).resolve() for p in outputs}) < len(outputs):
-        raise InputError("--output, --uncertainty and --preview must be different files")
+        raise InputError("--output, --uncertainty, --preview and --save-mask must be different files")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     model_path = catalog.resolve_model(args.model, direction or ("t1-to-t2" if args.model is None else None))
@@ -123,15 +129,22 @@ def _synthesize(args) -> int:
     if direction and metadata.direction != direction:
         raise InputError(f"model '{metadata.model_id}' synthesizes {metadata.direction}, not {direction}")
     volume = load_volume(args.input)
-    mask = None
-    if args.mask:
-        mask_volume = load_volume(args.mask)
-        _require_same_grid(mask_volume, volume, "--mask", "the input")
-        mask = mask_volume.array > 0
+    mask_choice = args.brain_mask.lower() if mask_file is None else None
+    if mask_file:
+        mask_volume = load_volume(mask_file)
+        _require_same_grid(mask_volume, volume, "--brain-mask", "the input")
+        mask_choice = mask_volume.array
 
+    from .brain_extraction import choose_brain_mask, mask_used
     from .synthesis import Synthesizer
 
     synthesizer = Synthesizer(model_path, device=args.device, batch_size=args.batch_size, flip_tta=args.tta)
+    progress, close = _progress_bar(args.quiet, "brain extraction", unit="step")
+    try:
+        chosen = choose_brain_mask(volume, mask_choice, device=synthesizer.device, progress=progress)
+    finally:
+        close()
+    mask = chosen.mask
     progress, close = _progress_bar(args.quiet, "synthesizing")
     try:
         if args.uncertainty:
@@ -141,6 +154,9 @@ def _synthesize(args) -> int:
     finally:
         close()
     written = [save_volume(result, args.output, inputs=[args.input])]
+    if args.save_mask:
+        used = volume.with_array(mask_used(volume, chosen).astype("float32"))
+        written.append(save_volume(used, args.save_mask, inputs=[args.input, mask_file]))
     if std is not None:
         written.append(save_volume(std, args.uncertainty, inputs=[args.input]))
     if args.preview:
@@ -149,13 +165,14 @@ def _synthesize(args) -> int:
         written.append(write_preview(volume, result, args.preview))
     print(f"model: {metadata.model_id} ({metadata.architecture}, {metadata.source_contrast} -> "
           f"{metadata.target_contrast}) on {synthesizer.device}", file=sys.stderr)
+    print(f"brain mask: {chosen.describe()}", file=sys.stderr)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     print(NOT_FOR_DIAGNOSIS, file=sys.stderr)
     return 0
 
 
-def _progress_bar(quiet: bool, label: str):
+def _progress_bar(quiet: bool, label: str, unit: str = "slice"):
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
@@ -164,7 +181,7 @@ def _progress_bar(quiet: bool, label: str):
 
     def update(done, total):
         if not bars:
-            bars.append(tqdm(total=total, unit="slice", desc=label, file=sys.stderr, dynamic_ncols=True))
+            bars.append(tqdm(total=total, unit=unit, desc=label, file=sys.stderr, dynamic_ncols=True))
         bars[0].total = total
         bars[0].n = done
         bars[0].refresh()

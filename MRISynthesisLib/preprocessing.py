@@ -51,8 +51,7 @@ def brain_mask(array: np.ndarray) -> np.ndarray:
     values = array[positive]
     if values.size == 0:
         return positive
-    zero_background = (array.size - values.size) / array.size > ZERO_BACKGROUND_FRACTION
-    if zero_background and _max_face_fraction(positive) < MAX_FACE_FOREGROUND_IN_STRIPPED:
+    if _stripped(array.size, values.size, positive):
         return positive
     # The threshold is a statistic: a regular subsample of at most ~2 M voxels gives the same
     # value without two more full-volume copies.
@@ -69,6 +68,19 @@ def brain_mask(array: np.ndarray) -> np.ndarray:
         sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
         mask = labels == (int(np.argmax(sizes)) + 1)
     return mask
+
+
+def looks_skull_stripped(array: np.ndarray) -> bool:
+    """True when ``array`` looks skull-stripped or masked: more than 5 % of its voxels are <= 0 and
+    its positive voxels stay away from the volume's outer faces (a whole-head scan's air is
+    positive up to the faces). The test :func:`brain_mask` uses to choose ``array > 0``."""
+    positive = np.asarray(array) > 0
+    return _stripped(positive.size, int(np.count_nonzero(positive)), positive)
+
+
+def _stripped(size: int, foreground: int, positive: np.ndarray) -> bool:
+    zero_background = (size - foreground) / size > ZERO_BACKGROUND_FRACTION
+    return bool(foreground) and zero_background and _max_face_fraction(positive) < MAX_FACE_FOREGROUND_IN_STRIPPED
 
 
 def _max_face_fraction(mask: np.ndarray) -> float:
