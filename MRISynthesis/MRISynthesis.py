@@ -9,12 +9,12 @@ import importlib.util
 import logging
 import os
 import sys
-from typing import Annotated
+from typing import Annotated, Union
 
 import qt
 import slicer
 import vtk
-from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode
+from slicer import vtkMRMLLabelMapVolumeNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
@@ -114,7 +114,8 @@ class MRISynthesisParameterNode:
     outputVolume - overwritten with the result; None creates a new volume.
     referenceVolume - optional real target-contrast volume for the difference map and metrics.
     batchSize - slices per forward pass (GPU memory grows with it).
-    maskVolume - optional brain mask (labelmap); None uses the automatic brain mask.
+    maskVolume - optional brain mask (labelmap or segmentation); None (Automatic) keeps a skull-stripped
+        input as it is and brain-extracts a whole-head scan, showing the mask as an editable segmentation.
     uncertainty - also compute a standard-deviation map (models that can sample only).
     """
 
@@ -125,7 +126,7 @@ class MRISynthesisParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     referenceVolume: vtkMRMLScalarVolumeNode
     batchSize: Annotated[int, WithinRange(1, 64)] = 8
-    maskVolume: vtkMRMLLabelMapVolumeNode
+    maskVolume: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
     uncertainty: bool = False
 
 
@@ -145,6 +146,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._state = None
         self._cancelRequested = False
+        self._stage = ""
         self._listedDirection = None
 
     def setup(self) -> None:
@@ -332,13 +334,15 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         from MRISynthesisLib.errors import Cancelled
 
         p = self._parameterNode  # read after the installation, which processes GUI events
+        self._stage = ""
         self.setProcessingState(ProcessingState.RUNNING, _("Loading the model\u2026"))
         slicer.app.processEvents()
         try:
             result = self.logic.process(p.inputVolume, p.outputVolume, p.model, p.direction.value,
                                         device=p.device.value, referenceVolume=p.referenceVolume,
                                         progress=self._onProgress, batchSize=p.batchSize,
-                                        maskVolume=p.maskVolume, uncertainty=p.uncertainty)
+                                        maskVolume=p.maskVolume, uncertainty=p.uncertainty,
+                                        onStage=self._onStage)
         except Cancelled as cancelled:
             # The logic names a node that was removed or a scene that was closed during the run.
             reason = str(cancelled) if str(cancelled).startswith("cancelled:") else ""
@@ -356,10 +360,16 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.setProcessingState(ProcessingState.DONE, _("Done in {seconds:.1f} s on {device}.").format(
             seconds=result.seconds, device=result.device.upper()))
 
+    def _onStage(self, stage) -> None:
+        self._stage = stage
+        self._onProgress(0, 0 if stage == "synthesis" else 3)
+
     def _onProgress(self, done, total) -> bool:
         self.ui.progressBar.maximum = max(total, 1)
         self.ui.progressBar.value = done
-        if self._state == ProcessingState.RUNNING:
+        if self._state == ProcessingState.RUNNING and self._stage == "brain extraction":
+            self.ui.statusLabel.text = _("Extracting the brain: step {done} of {total}").format(done=done, total=total)
+        elif self._state == ProcessingState.RUNNING:
             self.ui.statusLabel.text = _("Synthesizing: {done} of {total} slices").format(done=done, total=total)
         slicer.app.processEvents()  # repaint and let the Cancel button be clicked
         return not self._cancelRequested

@@ -16,7 +16,7 @@ MINIMUM_SLICER_VERSION = (5, 10)
 MINIMUM_TORCH_VERSION = "2.1"
 #: Python packages MRISynthesisLib needs besides PyTorch and numpy (import name -> pip requirement).
 PYTHON_REQUIREMENTS = {"nibabel": "nibabel>=5.0", "skimage": "scikit-image>=0.22", "scipy": "scipy>=1.9",
-                       "safetensors": "safetensors>=0.4"}
+                       "safetensors": "safetensors>=0.4", "deepbet": "deepbet>=1.0.2,<1.0.3"}
 
 
 def versionTuple(version: str) -> tuple:

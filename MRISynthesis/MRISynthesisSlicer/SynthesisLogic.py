@@ -10,14 +10,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from MRISynthesisLib import catalog
+from MRISynthesisLib.brain_extraction import choose_brain_mask
 from MRISynthesisLib.errors import Cancelled
+from MRISynthesisLib.preprocessing import looks_skull_stripped
 
 from . import ComparisonViews, OutputNodes
+from .BrainMaskNodes import maskArrayFromNode, showMaskAsSegmentation
 from .Comparison import addDifferenceNode, compareWithReference
 from .Inference import defaultSynthesizerFactory, deviceName, synthesizeWithFallback
 from .SceneChanges import SceneChanges
 from .VolumeNodes import (checkScalarVolume, isInScene, isPlainScalarVolume, matrixBetweenNodes, updateNodeFromVolume,
-                          volumeFromNode, volumeOnGrid, worldIJKToRAS)
+                          volumeFromNode, worldIJKToRAS)
 
 #: Stochastic passes for an uncertainty (standard deviation) map.
 UNCERTAINTY_SAMPLES = 8
@@ -36,6 +39,7 @@ class SynthesisResult:
     differenceVolume: object = None
     uncertaintyVolume: object = None
     metrics: dict = None  # MRISynthesisLib.metrics.evaluate result, conventions included
+    brainMaskSegmentation: object = None  # the automatically extracted brain mask, editable
     notes: list = field(default_factory=list)  # e.g. GPU out-of-memory fallbacks
 
 
@@ -70,7 +74,8 @@ def checkNodes(inputVolume, outputVolume, referenceVolume, maskVolume, direction
     if maskVolume is not None:
         if maskVolume is inputVolume:
             raise ValueError("Brain mask is the input volume; choose a labelmap of the brain")
-        if maskVolume.GetImageData() is None or maskVolume.GetImageData().GetNumberOfPoints() == 0:
+        isSegmentation = maskVolume.IsA("vtkMRMLSegmentationNode")  # its segments are checked when read
+        if not isSegmentation and (maskVolume.GetImageData() is None or maskVolume.GetImageData().GetNumberOfPoints() == 0):
             raise ValueError(f"Brain mask '{maskVolume.GetName()}' is empty (it has no voxels)")
         matrixBetweenNodes(inputVolume, maskVolume)
 
@@ -90,7 +95,7 @@ class SynthesisLogic:
         self.createSynthesizer = createSynthesizer
 
     def process(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None,
-                progress=None, batchSize=8, maskVolume=None, uncertainty=False, showResults=True):
+                progress=None, batchSize=8, maskVolume=None, uncertainty=False, showResults=True, onStage=None):
         """Synthesize ``direction``'s target contrast of ``inputVolume`` with ``model``.
 
         ``model``: catalog id (``MRISynthesisLib.catalog``), checkpoint path, or None for the
@@ -100,8 +105,12 @@ class SynthesisLogic:
         normalised units (0 background, 1 = 99.5th percentile of the target contrast).
         ``referenceVolume`` (a real target-contrast volume) adds a difference volume and metrics,
         compared in world coordinates (parent transforms included; non-linear ones between the
-        volumes are refused). ``maskVolume`` (labelmap, non-zero = brain) replaces the automatic
-        brain mask. ``progress(done, total)`` returning False cancels; so does removing the input,
+        volumes are refused). ``maskVolume`` (labelmap, non-zero = brain, or a segmentation: union of its segments)
+        replaces the automatic brain mask; without it a skull-stripped input keeps its own
+        foreground and a whole-head input is brain-extracted (progress reported as 3 steps before
+        the slices), the mask shown as the segmentation ``result.brainMaskSegmentation``.
+        ``onStage(name)``, if given, is told "brain extraction" and "synthesis" as they start.
+        ``progress(done, total)`` returning False cancels; so does removing the input,
         output, reference or mask node, or closing the scene, during the run:
         ``MRISynthesisLib.errors.Cancelled`` is raised. On cancel or any error the scene is left as
         it was (no node added, existing nodes unchanged). The input volume is never modified.
@@ -118,9 +127,7 @@ class SynthesisLogic:
         if worldIJKToRAS(inputVolume) is None:
             notes.append(f"'{inputVolume.GetName()}' is under a non-linear transform: slices were taken on its own "
                          "voxel grid; the synthetic volume is under the same transform.")
-        mask = volumeOnGrid(maskVolume, inputVolume).array != 0 if maskVolume is not None else None
-        if mask is not None and not mask.any():
-            raise ValueError(f"Brain mask '{maskVolume.GetName()}' has no non-zero voxel inside the input volume")
+        mask = maskArrayFromNode(maskVolume, inputVolume) if maskVolume is not None else None
 
         synthesizer = self.createSynthesizer(checkpoint, device, batchSize)
         metadata = synthesizer.metadata
@@ -130,6 +137,15 @@ class SynthesisLogic:
         if uncertainty and not synthesizer.supports_uncertainty:
             raise ValueError(f"Model '{metadata.model_id}' cannot produce an uncertainty map "
                              "(only models that can sample, e.g. VAEs, can)")
+        extracted = False
+        if mask is None:  # automatic: skull-stripped inputs are kept, whole-head scans brain-extracted
+            if onStage is not None and not looks_skull_stripped(volume.array):
+                onStage("brain extraction")
+            chosen = choose_brain_mask(volume, "auto", device=getattr(synthesizer, "device", "cpu"),
+                                       progress=progress)
+            mask, extracted = chosen.mask, chosen.source == "extracted"
+        if onStage is not None:
+            onStage("synthesis")
         firstSynthesizer = [synthesizer]
 
         def createOrReuse(path, dev, batch):
@@ -163,6 +179,14 @@ class SynthesisLogic:
             result = SynthesisResult(outputVolume, metadata.model_id, direction, deviceName(synthesizer),
                                      int(synthesizer.batch_size), 0.0, notes=notes)
             self._fillDerivedVolume(outputVolume, synthetic, "synthetic", metadata, direction, inputVolume)
+
+            if extracted:
+                result.brainMaskSegmentation = changes.created(showMaskAsSegmentation(
+                    mask, inputVolume, f"{inputVolume.GetName()} brain mask"))
+                OutputNodes.placeNextTo(result.brainMaskSegmentation, inputVolume)
+                result.notes.append(f"Brain extracted automatically (deepbet): segmentation "
+                                    f"'{result.brainMaskSegmentation.GetName()}'. Edit it if needed and choose it "
+                                    "as Brain mask to synthesize again with it.")
 
             if uncertaintyVolume is not None:
                 result.uncertaintyVolume = changes.created(scene.AddNewNodeByClass(
