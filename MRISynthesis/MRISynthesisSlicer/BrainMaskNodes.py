@@ -23,14 +23,19 @@ def maskArrayFromNode(maskNode, inputVolume) -> np.ndarray:
     if maskNode.IsA("vtkMRMLSegmentationNode"):
         segmentIds = vtk.vtkStringArray()
         maskNode.GetSegmentation().GetSegmentIDs(segmentIds)
-        labelmap = inputVolume.GetScene().AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__brain_mask__")
+        scene = inputVolume.GetScene()
+        existing = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+        labelmap = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__brain_mask__")
         try:
             if segmentIds.GetNumberOfValues() == 0 or not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
                     maskNode, segmentIds, labelmap, inputVolume):
                 raise ValueError(f"Brain mask '{maskNode.GetName()}' has no segment to use")
             mask = volumeOnGrid(labelmap, inputVolume).array != 0
-        finally:
-            removeWithDisplayAndStorage(labelmap)
+        finally:  # the labelmap and what the export made for it (display, colour table) go again
+            created = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+            for node in created:
+                if node.GetID() not in existing:
+                    scene.RemoveNode(node)
     else:
         mask = volumeOnGrid(maskNode, inputVolume).array != 0
     if not mask.any():
