@@ -82,7 +82,7 @@ def test_self_test_skip_reason(monkeypatch):
     nothing = lambda name: None  # noqa: E731 - an empty Python, as on the extension build machines
     reason = Dependencies.inferenceUnavailableReason(findSpec=nothing)
     assert reason == ("PyTorch is not installed; missing Python packages: nibabel>=5.0, scikit-image>=0.22, "
-                      "scipy>=1.9, safetensors>=0.4")
+                      "scipy>=1.9, safetensors>=0.4, deepbet>=1.0.2,<1.0.3")
     everything = lambda name: object()  # noqa: E731
     assert Dependencies.inferenceUnavailableReason(findSpec=everything, distributionVersion=lambda n: "2.4.0") is None
     assert "PyTorch 1.12.0 is installed" in Dependencies.inferenceUnavailableReason(
