@@ -32,12 +32,13 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"mrisynthesis {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
-    syn = commands.add_parser("synthesize", help="synthesize the other contrast of a NIfTI volume",
+    syn = commands.add_parser("synthesize", help="synthesize the other contrast of a NIfTI or NRRD volume",
                               description="Synthesize a T2w volume from a T1w volume (or the reverse). The output "
                                           "has exactly the input's grid and orientation; values are normalised "
                                           f"units (0 background, 1 = 99.5th brain percentile). {NOT_FOR_DIAGNOSIS}")
-    syn.add_argument("input", help="input NIfTI file (.nii or .nii.gz), 3D")
-    syn.add_argument("-o", "--output", required=True, help="output NIfTI file; never the input")
+    syn.add_argument("input", help="input 3D volume: NIfTI (.nii, .nii.gz) or NRRD (.nrrd, .nhdr)")
+    syn.add_argument("-o", "--output", required=True,
+                     help="output volume, NIfTI or NRRD by its suffix (NRRD is written in LPS); never the input")
     syn.add_argument("--model", default=None,
                      help="catalog id (see 'mrisynthesis models') or a .safetensors checkpoint; "
                           "default: the shipped default model of --direction")
