@@ -1,4 +1,4 @@
-"""The ``mrisynthesis`` command line: synthesize, evaluate, models, train.
+"""The ``mrisynthesis`` command line: synthesize, evaluate, models, bids (the BIDS App), train.
 
 Every error a user can cause is printed as one line (``error: ...``) with exit status 2
 (bad input/option) or 1 (failed run); nothing is written and no input is modified.
@@ -76,6 +76,10 @@ def _parser() -> argparse.ArgumentParser:
     md.add_argument("--direction", default=None, choices=sorted(DIRECTION_ALIASES), help="only this direction")
     md.add_argument("--json", action="store_true", help="print JSON")
 
+    from . import bids_app
+
+    bids_app.add_parser(commands)
+
     commands.add_parser("train", help="train a model (see 'mrisynthesis train --help')", add_help=False)
     return parser
 
@@ -92,7 +96,7 @@ def main(argv=None) -> int:
         parser.print_help()
         return 2
     try:
-        return {"synthesize": _synthesize, "evaluate": _evaluate, "models": _models}[args.command](args)
+        return {"synthesize": _synthesize, "evaluate": _evaluate, "models": _models, "bids": _bids}[args.command](args)
     except Cancelled as error:
         print(f"cancelled: {error}", file=sys.stderr)
         return 130
@@ -171,6 +175,12 @@ def _synthesize(args) -> int:
         print(f"wrote {path}", file=sys.stderr)
     print(NOT_FOR_DIAGNOSIS, file=sys.stderr)
     return 0
+
+
+def _bids(args) -> int:
+    from .bids_app import main as bids_main
+
+    return bids_main(args)
 
 
 def _progress_bar(quiet: bool, label: str, unit: str = "slice"):

@@ -6,7 +6,9 @@
 - ``metrics.csv``: the same numbers in long format ``kind,epoch,step,name,value`` (one row per
   number, so a resumed run or a new loss never changes the columns).
 - TensorBoard event files under ``tensorboard/`` when the optional ``tensorboard`` package is
-  installed.
+  installed (the ``[train]`` extra): every logged number as a scalar ``<kind>/<name>`` at its
+  global step, and the validation grid as the image ``val/source_synthetic_target_error`` at the
+  step of its validation. A resumed run discards the events after its checkpoint's step.
 - ``images/epoch_NNN.png``: source | synthetic | target | |error| of the first validation subject.
 - ``report.md`` with ``curves.png`` at the end of training.
 
@@ -37,12 +39,16 @@ class RunLogger:
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.writer = None
+        self._last_step = 0
         if enabled and tensorboard:
-            try:
-                from torch.utils.tensorboard import SummaryWriter
-                self.writer = SummaryWriter(str(self.run_dir / "tensorboard"))
-            except ImportError:  # tensorboard is optional
-                self.writer = None
+            self._open_tensorboard()
+
+    def _open_tensorboard(self, purge_step: int | None = None) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:  # tensorboard is optional
+            return
+        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
 
     @property
     def jsonl_path(self) -> Path:
@@ -55,6 +61,7 @@ class RunLogger:
     def log(self, kind: str, epoch: int, step: int, values: dict) -> None:
         if not self.enabled:
             return
+        self._last_step = step
         record = {"kind": kind, "epoch": epoch, "step": step, **values}
         with open(self.jsonl_path, "a", encoding="utf-8") as stream:
             stream.write(json.dumps({k: _json_number(v) for k, v in record.items()}) + "\n")
@@ -75,6 +82,9 @@ class RunLogger:
         """Drop records written after ``step`` (a resumed run repeats those steps)."""
         if not self.enabled:
             return
+        if self.writer is not None:  # TensorBoard hides events after purge_step from the old files
+            self.writer.close()
+            self._open_tensorboard(purge_step=step + 1)
         if self.jsonl_path.exists():
             lines = self.jsonl_path.read_text(encoding="utf-8").splitlines()
             kept = [line for line in lines if line.strip() and json.loads(line)["step"] <= step]
@@ -99,6 +109,9 @@ class RunLogger:
         gap = np.ones((panels.shape[1], 2), dtype=np.float32)
         row = np.concatenate([np.concatenate([np.clip(p, 0, 1), gap], axis=1) for p in panels], axis=1)
         mpimg.imsave(str(path), row, cmap="gray", vmin=0.0, vmax=1.0)
+        if self.writer is not None:
+            self.writer.add_image("val/source_synthetic_target_error", np.clip(row, 0, 1), self._last_step,
+                                  dataformats="HW")
         return path
 
     def close(self) -> None:

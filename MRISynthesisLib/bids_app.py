@@ -1,0 +1,390 @@
+"""The BIDS App: ``mrisynthesis bids BIDS_DIR OUTPUT_DIR participant|group [options]``.
+
+``participant``: synthesize the missing contrast of every selected T1w (or T2w) image and write
+BIDS derivatives (image + JSON sidecar), QC pictures and ``report.html``. Items run in
+``--jobs`` processes; one item's failure is recorded (in the summary, in
+``sub-<label>/figures/<stem>_failure.json`` and in the report) and does not stop the others; the
+exit status is 1 if any item failed. With ``--skip-existing`` (default) an item whose image and
+sidecar exist for the same model is skipped, so an interrupted run resumes where it stopped.
+``group``: only rebuild ``report.html`` from what all participant jobs wrote (the last step of
+a job array).
+
+Every file is written atomically, so parallel jobs (processes or cluster tasks) never see or
+leave half-written outputs; see :mod:`MRISynthesisLib.bids` for ``dataset_description.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import __version__
+from .bids import (SUFFIXES, BidsItem, create_once, dataset_description, derivative_paths, discover,
+                   ensure_dataset_description)
+from .errors import InputError, MRISynthesisError
+from .qc_report import FAILURE_SUFFIX, write_figures, write_report
+
+NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
+BIDSIGNORE = "report.html\n.report.lock\nsub-*/figures/\n"
+
+
+def add_parser(commands) -> None:
+    """Add the ``bids`` subcommand to the CLI's subparsers."""
+    app = commands.add_parser(
+        "bids", help="BIDS App: synthesize the missing contrast of a whole BIDS dataset",
+        description="BIDS App (BIDS_DIR OUTPUT_DIR ANALYSIS_LEVEL). participant: write BIDS derivatives "
+                    "sub-<label>/[ses-<label>/]anat/*_desc-synthetic_T2w.nii.gz (or _T1w) with JSON sidecars, QC "
+                    "pictures and OUTPUT_DIR/report.html; group: only rebuild report.html. "
+                    f"{NOT_FOR_DIAGNOSIS}")
+    app.add_argument("bids_dir", metavar="BIDS_DIR", help="the raw BIDS dataset (read only)")
+    app.add_argument("output_dir", metavar="OUTPUT_DIR", help="derivatives folder (created if missing)")
+    app.add_argument("analysis_level", metavar="ANALYSIS_LEVEL", choices=["participant", "group"],
+                     help="participant (synthesize) or group (rebuild the report)")
+    app.add_argument("--participant-label", nargs="+", default=None, metavar="LABEL",
+                     help="only these participants (with or without 'sub-'); default: all")
+    app.add_argument("--session-label", nargs="+", default=None, metavar="LABEL",
+                     help="only these sessions (with or without 'ses-'); default: all")
+    app.add_argument("--direction", default="t1-to-t2", choices=sorted(SUFFIXES),
+                     help="t1-to-t2 reads *_T1w, writes *_desc-synthetic_T2w (default); t2-to-t1 the reverse")
+    app.add_argument("--model", default=None,
+                     help="catalog id or .safetensors checkpoint; default: the shipped default of --direction")
+    app.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
+                     help="auto: CUDA, then Apple MPS, then CPU (default: auto)")
+    # HOOK(precision): when Synthesizer(precision=...) exists (issue 8), add the option here, e.g.
+    #   app.add_argument("--precision", default="auto", choices=[...], help=...)
+    # AppOptions.precision, _LazySynthesizer and the sidecar's "Precision" already carry it.
+    app.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default: 8)")
+    app.add_argument("--jobs", type=int, default=1,
+                     help="items processed in parallel, one process each (default: 1); on a cluster, "
+                          "prefer one participant per job (docs/cohorts.md)")
+    app.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=True,
+                     help="skip items whose image and sidecar exist for the same model, so an interrupted run "
+                          "resumes (default: on; --no-skip-existing redoes everything)")
+    app.add_argument("--no-report", action="store_true", help="do not write report.html (participant level)")
+    app.add_argument("--quiet", action="store_true", help="no progress bar")
+
+
+@dataclass(frozen=True)
+class AppOptions:
+    """What every worker needs (picklable)."""
+
+    bids_dir: Path
+    output_dir: Path
+    direction: str
+    model_path: Path
+    model_id: str
+    model_sha256: str
+    device: str = "auto"
+    batch_size: int = 8
+    precision: str | None = None
+    skip_existing: bool = True
+
+
+@dataclass
+class ItemResult:
+    label: str
+    status: str                       # done | skipped | failed
+    seconds: float = 0.0
+    metrics: dict | None = None
+    message: str = ""
+    warnings: list = field(default_factory=list)
+
+
+# -- one item -----------------------------------------------------------------------------------
+
+def _bids_uri(path: Path, root: Path) -> str:
+    return f"bids:raw:{Path(path).relative_to(root).as_posix()}"
+
+
+def reference_metrics(synthetic, target, low: float, high: float):
+    """Brain MAE/PSNR/SSIM of ``synthetic`` against the real ``target`` (same grid).
+
+    Same conventions as training validation and the model cards: the target is
+    percentile-normalised (``low``..``high``) to [0, 1] inside its brain mask
+    (:func:`preprocessing.brain_mask`), the synthetic volume is compared as is, SSIM on canonical
+    axial slices. Returns ``(metrics, normalised target Volume)``.
+    """
+    import numpy as np
+
+    from .metrics import evaluate
+    from .orientation import to_canonical_slices
+    from .preprocessing import brain_mask, percentile_normalise
+
+    mask = brain_mask(target.array)
+    normalised, _ = percentile_normalise(target.array, mask, low, high)
+    stacks = [to_canonical_slices(np.asarray(a, dtype=np.float32), target.affine)[0]
+              for a in (synthetic.array, normalised, mask.astype(np.float32))]
+    result = evaluate(stacks[0], stacks[1], mask=stacks[2] > 0.5, normalisation="none", slice_axis=0)
+    metrics = {"BrainMAE": float(result["mae"]), "BrainPSNR": float(result["psnr"]), "BrainSSIM": float(result["ssim"]),
+               "Conventions": {"reference": f"real target percentile-normalised ({low}..{high}) to [0, 1] in its brain "
+                                            "mask; synthetic compared as is",
+                               "mask": "preprocessing.brain_mask of the real target",
+                               "mask_voxels": result["conventions"]["mask_voxels"],
+                               "data_range": result["conventions"]["data_range"],
+                               "ssim": result["conventions"]["ssim"], "pooling": "per volume"}}
+    return metrics, target.with_array(normalised)
+
+
+def _precision_of(synthesizer) -> str:
+    explicit = getattr(synthesizer, "precision", None)  # HOOK(precision): Synthesizer's own description
+    if explicit:
+        return str(explicit)
+    from .device import autocast_dtype
+
+    dtype = autocast_dtype(synthesizer.device) if synthesizer.mixed_precision else None
+    return f"autocast {str(dtype).replace('torch.', '')}" if dtype is not None else "float32"
+
+
+def process_item(item: BidsItem, options: AppOptions, get_synthesizer) -> ItemResult:
+    """Synthesize one item and write its derivatives; never raises for a bad item."""
+    paths = derivative_paths(item, options.output_dir, options.direction)
+    failure_record = paths.figures / f"{paths.stem}{FAILURE_SUFFIX}"
+    if options.skip_existing and paths.image.exists() and paths.sidecar.exists():
+        try:
+            previous = json.loads(paths.sidecar.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError):
+            previous = {}
+        if previous.get("ModelSHA256") == options.model_sha256:
+            return ItemResult(item.label, "skipped", metrics=previous.get("Metrics"),
+                              warnings=list(previous.get("Warnings", [])))
+    start = time.monotonic()
+    try:
+        return _synthesize_item(item, options, get_synthesizer(), paths, failure_record, start)
+    except Exception as error:  # one item's failure must not stop the cohort
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        if not isinstance(error, (MRISynthesisError, MemoryError)):
+            message = f"{type(error).__name__}: {message}"
+        try:
+            failure_record.parent.mkdir(parents=True, exist_ok=True)
+            _write_json(failure_record, {"Source": str(item.source), "Error": message, "SoftwareVersion": __version__})
+        except OSError:
+            pass
+        return ItemResult(item.label, "failed", time.monotonic() - start, message=message)
+
+
+def _synthesize_item(item, options, synthesizer, paths, failure_record, start) -> ItemResult:
+    from .io import load_volume, save_volume
+
+    source_contrast, target_contrast = SUFFIXES[options.direction]
+    volume = load_volume(item.source)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        synthetic = synthesizer.synthesize(volume)
+    # Out-of-distribution and other checks of the core reach the sidecar whether they are
+    # issued as Python warnings or attached to the result's metadata.
+    notes = [str(w.message) for w in caught] + [str(w) for w in synthetic.meta.get("warnings", [])]
+    metrics, reference = None, None
+    if item.reference is not None:
+        try:
+            target = load_volume(item.reference)
+            if not target.same_geometry(volume, atol=1e-3):
+                notes.append(f"the real {target_contrast} image is on another voxel grid than the {source_contrast} "
+                             "(not co-registered): no metrics")
+            else:
+                norm = synthesizer.metadata.normalisation
+                metrics, reference = reference_metrics(synthetic, target, float(norm.get("low", 0.5)),
+                                                       float(norm.get("high", 99.5)))
+                metrics["Reference"] = _bids_uri(item.reference, options.bids_dir)
+        except MRISynthesisError as error:
+            notes.append(f"real {target_contrast} image not usable for metrics: {error}")
+    paths.image.parent.mkdir(parents=True, exist_ok=True)
+    write_figures(paths.figures, paths.stem, volume, synthetic, reference)
+    save_volume(synthetic, paths.image, inputs=[item.source] + ([item.reference] if item.reference else []))
+    metadata = synthesizer.metadata
+    sidecar = {
+        "Description": f"Synthetic {target_contrast} image computed from the {source_contrast} image by MRISynthesis. "
+                       f"{NOT_FOR_DIAGNOSIS}",
+        "Sources": [_bids_uri(item.source, options.bids_dir)],
+        "SourceContrast": source_contrast, "TargetContrast": target_contrast, "Direction": options.direction,
+        "ModelId": metadata.model_id, "ModelArchitecture": metadata.architecture,
+        "ModelSHA256": options.model_sha256, "SoftwareName": "MRISynthesis", "SoftwareVersion": __version__,
+        "Device": str(synthesizer.device), "Precision": _precision_of(synthesizer),
+        "IntensityUnits": metadata.output_units,
+        "InputNormalisation": metadata.normalisation,
+        "Geometry": "the source image's voxel grid and affine, unchanged",
+        "Warnings": notes,
+        "Metrics": metrics,
+        "NotForDiagnosis": True,
+    }
+    _write_json(paths.sidecar, sidecar)  # written last: its presence marks the item as finished
+    if failure_record.exists():
+        os.remove(failure_record)
+    return ItemResult(item.label, "done", time.monotonic() - start, metrics, warnings=notes)
+
+
+def _write_json(path: Path, data) -> None:
+    from .atomic import atomic_path
+
+    with atomic_path(path, suffix=".json") as tmp, open(tmp, "w", encoding="utf-8") as stream:
+        json.dump(data, stream, indent=2, default=float)
+        stream.write("\n")
+
+
+# -- many items ---------------------------------------------------------------------------------
+
+class _LazySynthesizer:
+    """Loads the model at the first item that needs it (a fully skipped run loads nothing)."""
+
+    def __init__(self, options: AppOptions, threads: int | None = None):
+        self.options, self.threads, self.synthesizer = options, threads, None
+
+    def __call__(self):
+        if self.synthesizer is None:
+            from .synthesis import Synthesizer
+
+            if self.threads:
+                import torch
+
+                torch.set_num_threads(self.threads)
+            extra = {"precision": self.options.precision} if self.options.precision else {}
+            self.synthesizer = Synthesizer(self.options.model_path, device=self.options.device,
+                                           batch_size=self.options.batch_size, **extra)
+        return self.synthesizer
+
+
+_WORKER = None
+
+
+def _init_worker(options: AppOptions, threads: int) -> None:
+    global _WORKER
+    _WORKER = (options, _LazySynthesizer(options, threads))
+
+
+def _work(item: BidsItem) -> ItemResult:
+    options, synthesizer = _WORKER
+    return process_item(item, options, synthesizer)
+
+
+def run_items(items, options: AppOptions, jobs: int = 1, progress: bool = True) -> list[ItemResult]:
+    """Process ``items`` with ``jobs`` processes; results in the order of ``items``."""
+    from tqdm import tqdm
+
+    bar = tqdm(total=len(items), unit="item", desc="participants", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    results: dict[int, ItemResult] = {}
+    try:
+        if jobs <= 1 or len(items) <= 1:
+            synthesizer = _LazySynthesizer(options)
+            for index, item in enumerate(items):
+                bar.set_postfix_str(item.label)
+                results[index] = process_item(item, options, synthesizer)
+                bar.update(1)
+        else:
+            results = _run_pool(items, options, jobs, bar)
+    finally:
+        bar.close()
+    return [results[i] for i in range(len(items))]
+
+
+def _run_pool(items, options, jobs, bar) -> dict:
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures.process import BrokenProcessPool
+
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    results = {}
+    # spawn: a fresh interpreter per worker (forking a process that holds torch threads is unsafe)
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_init_worker, initargs=(options, threads)) as pool:
+        futures = {pool.submit(_work, item): index for index, item in enumerate(items)}
+        for future in as_completed(futures):
+            index = futures[future]
+            try:
+                results[index] = future.result()
+            except BrokenProcessPool:
+                results[index] = ItemResult(items[index].label, "failed",
+                                            message="its worker process died (out of memory?); run again to resume")
+            bar.set_postfix_str(items[index].label)
+            bar.update(1)
+    return results
+
+
+def format_summary(results: list[ItemResult]) -> str:
+    """The table printed at the end of a run."""
+    def number(metrics, name, digits):
+        value = (metrics or {}).get(name)
+        return "-" if value is None else f"{value:.{digits}f}"
+
+    width = max([len("item")] + [len(r.label) for r in results])
+    lines = [f"{'item':{width}}  {'status':7}  {'time':>6}  {'MAE':>6}  {'PSNR':>6}  {'SSIM':>6}  note",
+             "-" * (width + 50)]
+    for r in results:
+        note = r.message or ("; ".join(r.warnings) if r.warnings else "")
+        seconds = f"{r.seconds:5.1f}s" if r.status == "done" else "-"
+        lines.append(f"{r.label:{width}}  {r.status:7}  {seconds:>6}  {number(r.metrics, 'BrainMAE', 3):>6}  "
+                     f"{number(r.metrics, 'BrainPSNR', 2):>6}  {number(r.metrics, 'BrainSSIM', 3):>6}  {note}")
+    counts = {s: sum(r.status == s for r in results) for s in ("done", "skipped", "failed")}
+    lines.append(f"{counts['done']} done, {counts['skipped']} skipped, {counts['failed']} failed")
+    return "\n".join(lines)
+
+
+# -- the command --------------------------------------------------------------------------------
+
+def _prepare_output(bids_dir: Path, output_dir: Path) -> None:
+    if not bids_dir.is_dir():
+        raise InputError(f"BIDS folder not found: {bids_dir}")
+    resolved_bids, resolved_out = bids_dir.resolve(), output_dir.resolve()
+    if resolved_out == resolved_bids or (resolved_out.is_relative_to(resolved_bids)
+                                         and resolved_out.relative_to(resolved_bids).parts[0].startswith("sub-")):
+        raise InputError(f"OUTPUT_DIR {output_dir} must not be BIDS_DIR or inside one of its sub-* folders "
+                         "(BIDS_DIR/derivatives/<name> is fine)")
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        from .errors import OutputError
+
+        raise OutputError(f"cannot create OUTPUT_DIR {output_dir}: {error.strerror or error}") from None
+    if not os.access(output_dir, os.W_OK):
+        from .errors import OutputError
+
+        raise OutputError(f"OUTPUT_DIR is not writable: {output_dir}")
+
+
+def main(args) -> int:
+    """Run the ``bids`` subcommand from parsed arguments; returns the exit status."""
+    from . import catalog
+    from .checkpoint import file_sha256, read_metadata
+
+    bids_dir, output_dir = Path(args.bids_dir), Path(args.output_dir)
+    _prepare_output(bids_dir, output_dir)
+    if args.analysis_level == "group":
+        report = write_report(output_dir)
+        print(f"wrote {report}", file=sys.stderr)
+        return 0
+    if args.jobs < 1:
+        raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
+    model_path = catalog.resolve_model(args.model, args.direction)
+    metadata = read_metadata(model_path)
+    if metadata.direction != args.direction:
+        raise InputError(f"model '{metadata.model_id}' synthesizes {metadata.direction}, not {args.direction} "
+                         "(--direction)")
+    items = discover(bids_dir, args.direction, args.participant_label, args.session_label)
+    source_suffix = SUFFIXES[args.direction][0]
+    if not items:
+        raise InputError(f"no *_{source_suffix}.nii[.gz] images found in {bids_dir} for the selected "
+                         "participants/sessions")
+    if args.device != "cpu":
+        from .device import select_device
+
+        select_device(args.device)  # an unavailable device is a usage error, not one failure per item
+    options = AppOptions(bids_dir.resolve(), output_dir, args.direction, model_path, metadata.model_id,
+                         file_sha256(model_path), args.device, args.batch_size,
+                         getattr(args, "precision", None), args.skip_existing)
+    ensure_dataset_description(output_dir, dataset_description(bids_dir, args.direction, metadata.model_id,
+                                                               options.model_sha256))
+    create_once(output_dir / ".bidsignore", BIDSIGNORE)
+    print(f"{len(items)} item(s), model {metadata.model_id}, {args.jobs} job(s)", file=sys.stderr)
+    results = run_items(items, options, jobs=args.jobs, progress=not args.quiet)
+    print(format_summary(results))
+    if not args.no_report:
+        print(f"wrote {write_report(output_dir)}", file=sys.stderr)
+    print(NOT_FOR_DIAGNOSIS, file=sys.stderr)
+    return 1 if any(r.status == "failed" for r in results) else 0

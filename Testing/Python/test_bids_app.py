@@ -1,0 +1,260 @@
+"""The BIDS App: discovery, derivative names, concurrency-safe dataset description, and a run on
+real subjects (derivatives, sidecars, metrics, report, resume, --jobs 2, a broken subject)."""
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+from phantoms import affine_for, head_phantom
+
+from MRISynthesisLib.bids import (BidsItem, dataset_description, derivative_paths, discover,
+                                  ensure_dataset_description, parse_name)
+from MRISynthesisLib.checkpoint import file_sha256
+from MRISynthesisLib.cli import main
+from MRISynthesisLib.errors import InputError, OutputError
+from MRISynthesisLib.io import load_volume
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def _nifti(path, array=None, affine=None):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    array = head_phantom((24, 28, 12)) if array is None else array
+    nib.save(nib.Nifti1Image(array, affine_for("LPS") if affine is None else affine), str(path))
+    return path
+
+
+# -- layout -------------------------------------------------------------------------------------
+
+def test_discovery_finds_sessions_entities_and_references(tmp_path):
+    for name in ("sub-01/ses-a/anat/sub-01_ses-a_T1w.nii.gz", "sub-01/ses-b/anat/sub-01_ses-b_acq-fast_run-2_T1w.nii",
+                 "sub-01/ses-b/anat/sub-01_ses-b_acq-fast_run-2_T2w.nii.gz", "sub-02/anat/sub-02_T1w.nii.gz",
+                 "sub-02/anat/sub-02_T2w.nii.gz", "sub-02/anat/sub-02_FLAIR.nii.gz", "sub-02/anat/sub-02_T1w.json",
+                 "sub-02/anat/sub-03_T1w.nii.gz", "sub-03/anat/sub-03_T2w.nii.gz"):
+        _nifti(tmp_path / name) if name.endswith((".nii", ".nii.gz")) else (tmp_path / name).write_text("{}")
+    items = discover(tmp_path, "t1-to-t2")
+    assert [(i.subject, i.session, i.label) for i in items] == [
+        ("01", "a", "sub-01 ses-a"), ("01", "b", "sub-01 ses-b acq-fast run-2"), ("02", None, "sub-02")]
+    assert items[0].reference is None
+    assert items[1].reference.name == "sub-01_ses-b_acq-fast_run-2_T2w.nii.gz"
+    assert items[2].reference.name == "sub-02_T2w.nii.gz"
+    reverse = discover(tmp_path, "t2-to-t1", participants=["sub-03", "01"])
+    assert [i.source.name for i in reverse] == ["sub-01_ses-b_acq-fast_run-2_T2w.nii.gz", "sub-03_T2w.nii.gz"]
+    assert [i.label for i in discover(tmp_path, "t1-to-t2", sessions=["ses-b"])] == ["sub-01 ses-b acq-fast run-2"]
+    with pytest.raises(InputError, match="participant.*not found.*07"):
+        discover(tmp_path, "t1-to-t2", participants=["07"])
+    with pytest.raises(InputError, match="not a BIDS label"):
+        discover(tmp_path, "t1-to-t2", participants=["../01"])
+
+
+def test_derivative_names_follow_the_bids_schema(tmp_path):
+    """Every output name is a valid derivative name of the official schema (bidsschematools)."""
+    schema_tools = pytest.importorskip("bidsschematools.schema")
+    schema = schema_tools.load_schema()
+    rule = schema.rules.files.deriv.imaging.anat_nonparametric_volumetric
+    order = [schema.objects.entities[e].name for e in schema.rules.entities]
+    allowed = {schema.objects.entities[e].name for e in rule.entities}
+    item = BidsItem("01", "2", (("sub", "01"), ("ses", "2"), ("acq", "mprage"), ("run", "1")),
+                    Path("sub-01_ses-2_acq-mprage_run-1_T1w.nii.gz"), None)
+    for direction, suffix in (("t1-to-t2", "T2w"), ("t2-to-t1", "T1w")):
+        paths = derivative_paths(item, tmp_path, direction)
+        assert paths.image == tmp_path / "sub-01/ses-2/anat/sub-01_ses-2_acq-mprage_run-1_desc-synthetic_" \
+                                         f"{suffix}.nii.gz"
+        assert paths.sidecar.name == paths.image.name.replace(".nii.gz", ".json")
+        entities, parsed_suffix, extension = parse_name(paths.image.name)
+        keys = [k for k, _ in entities]
+        assert set(keys) <= allowed and parsed_suffix in rule.suffixes and extension in rule.extensions
+        assert keys == sorted(keys, key=order.index)  # the schema's entity order
+    # the inputs are valid raw BIDS names for the schema's own validator
+    regexes, _ = pytest.importorskip("bidsschematools.rules").regexify_all()
+    validator = pytest.importorskip("bidsschematools.validator")
+    result = validator.validate_all(["/sub-01/ses-2/anat/" + item.source.name], regexes)
+    assert result["path_tracking"] == [] and result["match_listing"][0]["acquisition"] == "mprage"
+
+
+def test_dataset_description_is_created_once_by_concurrent_processes(tmp_path):
+    """Eight processes start together (like a job array): one file, complete, no temporaries."""
+    description = dataset_description(tmp_path, "t1-to-t2", "model-a", "ab" * 32)
+    out = tmp_path / "out"
+    out.mkdir()
+    go = tmp_path / "go"
+    code = ("import json, sys, time, pathlib\n"
+            "from MRISynthesisLib.bids import ensure_dataset_description\n"
+            "go = pathlib.Path(sys.argv[1])\n"
+            "while not go.exists(): time.sleep(0.001)\n"
+            "ensure_dataset_description(sys.argv[2], json.loads(sys.argv[3]))\n")
+    processes = [subprocess.Popen([sys.executable, "-c", code, str(go), str(out), json.dumps(description)],
+                                  cwd=REPO, stderr=subprocess.PIPE) for _ in range(8)]
+    go.touch()
+    errors = [p.communicate(timeout=60)[1].decode() for p in processes]
+    assert [p.returncode for p in processes] == [0] * 8, errors
+    assert os.listdir(out) == ["dataset_description.json"]
+    assert json.loads((out / "dataset_description.json").read_text()) == description
+    other = dataset_description(tmp_path, "t1-to-t2", "model-b", "cd" * 32)
+    with pytest.raises(OutputError, match="derivatives of model model-a"):
+        ensure_dataset_description(out, other)
+
+
+def test_usage_errors_are_one_line_and_write_nothing(tmp_path, tiny_checkpoint, capsys):
+    _nifti(tmp_path / "bids/sub-01/anat/sub-01_T1w.nii.gz")
+    base = ["bids", str(tmp_path / "bids")]
+    cases = [
+        (base + [str(tmp_path / "out"), "participant", "--participant-label", "02"], "not found"),
+        (base + [str(tmp_path / "bids"), "participant"], "must not be BIDS_DIR"),
+        (["bids", str(tmp_path / "absent"), str(tmp_path / "out"), "participant"], "BIDS folder not found"),
+        (base + [str(tmp_path / "out"), "participant", "--direction", "t2-to-t1", "--model", str(tiny_checkpoint)],
+         "synthesizes t1-to-t2"),
+        (base + [str(tmp_path / "out"), "participant", "--jobs", "0"], "--jobs"),
+    ]
+    for argv, pattern in cases:
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("error:") and pattern in lines[0], lines
+    assert not (tmp_path / "out").exists() or os.listdir(tmp_path / "out") == []
+
+
+# -- a run on real subjects -------------------------------------------------------------------
+
+def _real_dataset(root: Path, shared_data: Path, broken: bool = False) -> Path:
+    """sub-01: two sessions with a T1w each; sub-02: T1w and T2w (co-registered); sub-03: broken."""
+    def pick(folder, contrast):
+        return next(p for p in sorted((shared_data / "paired" / folder).iterdir()) if f".{contrast}." in p.name)
+
+    files = {
+        "sub-01/ses-1/anat/sub-01_ses-1_T1w.nii.gz": pick("CBICA-301D00252", "T1"),
+        "sub-01/ses-2/anat/sub-01_ses-2_T1w.nii.gz": pick("CBICA-301D00252", "T1"),
+        "sub-02/anat/sub-02_T1w.nii.gz": pick("CBICA-301D00262", "T1"),
+        "sub-02/anat/sub-02_T2w.nii.gz": pick("CBICA-301D00262", "T2"),
+    }
+    for name, source in files.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(source, root / name)
+    if broken:
+        (root / "sub-03/anat").mkdir(parents=True)
+        (root / "sub-03/anat/sub-03_T1w.nii.gz").write_bytes((root / "sub-02/anat/sub-02_T1w.nii.gz").read_bytes()[:3000])
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "test cohort", "BIDSVersion": "1.10.0"}))
+    return root
+
+
+def _digests(folder: Path) -> dict:
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+class _Links(HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.targets = []
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        if tag == "img":
+            self.targets.append(attrs["src"])
+        if tag == "a" and not attrs.get("href", "#").startswith("#"):
+            self.targets.append(attrs["href"])
+
+
+STEMS = ("sub-01/ses-1/anat/sub-01_ses-1_desc-synthetic_T2w", "sub-01/ses-2/anat/sub-01_ses-2_desc-synthetic_T2w",
+         "sub-02/anat/sub-02_desc-synthetic_T2w")
+
+
+@pytest.mark.realdata
+def test_bids_app_on_real_subjects(shared_data, tiny_checkpoint, tmp_path, capsys):
+    bids = _real_dataset(tmp_path / "bids", shared_data)
+    inputs_before = _digests(bids)
+    out = tmp_path / "derivatives" / "mrisynthesis"
+    argv = ["bids", str(bids), str(out), "participant", "--model", str(tiny_checkpoint), "--quiet"]
+    assert main(argv) == 0
+    summary = capsys.readouterr().out
+    assert "3 done, 0 skipped, 0 failed" in summary
+
+    description = json.loads((out / "dataset_description.json").read_text())
+    generated = description["GeneratedBy"][0]
+    assert description["DatasetType"] == "derivative" and "test cohort" in description["Name"]
+    assert (generated["Name"], generated["ModelId"]) == ("MRISynthesis", "test-baseline")
+    assert generated["ModelSHA256"] == file_sha256(tiny_checkpoint)
+
+    for stem in STEMS:
+        image, sidecar = load_volume(out / f"{stem}.nii.gz"), json.loads((out / f"{stem}.json").read_text())
+        source_name = stem.split("/")[-1].replace("_desc-synthetic_T2w", "_T1w.nii.gz")
+        source = load_volume(bids / Path(stem).parent / source_name)
+        assert image.shape == source.shape and np.array_equal(image.affine, source.affine)
+        assert image.array.max() > 0.1 and image.array.min() == 0
+        assert sidecar["Sources"] == [f"bids:raw:{Path(stem).parent.as_posix()}/{source_name}"]
+        assert sidecar["ModelSHA256"] == generated["ModelSHA256"] and sidecar["Direction"] == "t1-to-t2"
+        assert sidecar["Device"] == "cpu" and sidecar["Precision"] == "float32" and sidecar["NotForDiagnosis"]
+        assert "normalised" in sidecar["IntensityUnits"] and sidecar["InputNormalisation"]["high"] == 99.5
+    assert json.loads((out / f"{STEMS[0]}.json").read_text())["Metrics"] is None
+
+    # metrics agree with training validation's own scoring (an independent implementation)
+    from MRISynthesisLib.preprocessing import brain_mask, percentile_normalise
+    from Training.validation import Validator
+
+    metrics = json.loads((out / f"{STEMS[2]}.json").read_text())["Metrics"]
+    target = load_volume(bids / "sub-02/anat/sub-02_T2w.nii.gz")
+    mask = brain_mask(target.array)
+    reference, _ = percentile_normalise(target.array, mask)
+    synthetic = load_volume(out / f"{STEMS[2]}.nii.gz").array
+    expected, _ = Validator((), "t1-to-t2")._score(synthetic, reference, mask, target.affine)
+    assert metrics["Reference"] == "bids:raw:sub-02/anat/sub-02_T2w.nii.gz"
+    assert metrics["BrainMAE"] == pytest.approx(expected["mae"], abs=1e-6)
+    assert metrics["BrainPSNR"] == pytest.approx(expected["psnr"], abs=1e-4)
+    assert metrics["BrainSSIM"] == pytest.approx(expected["ssim"], abs=1e-6)
+
+    report = (out / "report.html").read_text()
+    links = _Links()
+    links.feed(report)
+    assert all((out / target).is_file() for target in links.targets), links.targets
+    images = [t for t in links.targets if t.endswith(".png")]
+    assert len(set(images)) == 2 + 2 + 4  # input+synthetic per session of sub-01; + real + error for sub-02
+    assert "Synthetic images are not for diagnosis" in report and f"{metrics['BrainMAE']:.3f}" in report
+    assert _digests(bids) == inputs_before  # inputs untouched
+
+    # a second run skips everything and changes nothing
+    outputs_before = _digests(out)
+    mtimes = {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")}
+    assert main(argv) == 0
+    assert "0 done, 3 skipped, 0 failed" in capsys.readouterr().out
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*.nii.gz")} == mtimes
+    assert _digests(out) == outputs_before
+
+    # --jobs 2, with a broken subject added: it fails alone, the others match --jobs 1 exactly
+    broken = _real_dataset(tmp_path / "bids2", shared_data, broken=True)
+    out2 = tmp_path / "out2"
+    assert main(["bids", str(broken), str(out2), "participant", "--model", str(tiny_checkpoint), "--quiet",
+                 "--jobs", "2"]) == 1
+    summary = capsys.readouterr().out
+    assert "3 done, 0 skipped, 1 failed" in summary
+    assert any(line.startswith("sub-03") and "failed" in line and "cannot read" in line
+               for line in summary.splitlines()), summary
+    for stem in STEMS:
+        assert np.array_equal(load_volume(out2 / f"{stem}.nii.gz").array, load_volume(out / f"{stem}.nii.gz").array)
+        first, second = (json.loads((folder / f"{stem}.json").read_text()) for folder in (out, out2))
+        assert first == second
+    assert not (out2 / "sub-03/anat").exists()
+    failure = json.loads((out2 / "sub-03/figures/sub-03_desc-synthetic_T2w_failure.json").read_text())
+    assert "cannot read" in failure["Error"]
+    assert 'id="sub-03_desc-synthetic_T2w"' in (out2 / "report.html").read_text()
+    assert not list(out2.rglob(".tmp-*"))
+
+
+@pytest.mark.realdata
+def test_group_level_rebuilds_the_report_from_disk(shared_data, tiny_checkpoint, tmp_path, capsys):
+    bids = _real_dataset(tmp_path / "bids", shared_data)
+    out = tmp_path / "out"
+    for label in ("01", "02"):  # two "array tasks", no report of their own
+        assert main(["bids", str(bids), str(out), "participant", "--participant-label", label, "--model",
+                     str(tiny_checkpoint), "--quiet", "--no-report"]) == 0
+    assert not (out / "report.html").exists()
+    assert main(["bids", str(bids), str(out), "group"]) == 0
+    report = (out / "report.html").read_text()
+    assert all(f'id="{Path(stem).name}"' in report for stem in STEMS)
+    assert "3 item(s) done, 0 failed" in report
