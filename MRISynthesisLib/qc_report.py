@@ -1,7 +1,8 @@
 """Visual quality control of a BIDS App run: per-item pictures and one HTML page for the cohort.
 
 Pictures (``OUTPUT_DIR/sub-<label>/figures/<stem>_<kind>.png``, kinds ``input``, ``synthetic``,
-``reference``, ``error``): three orthogonal planes through the brain's centre of mass, in the
+``reference``, ``error``): three orthogonal planes through the brain's centre of mass (axial,
+coronal, sagittal from top to bottom, so the pictures of one item compare side by side), in the
 radiological convention (patient right on the image's left; superior up), aspect-correct for
 anisotropic voxels. ``input`` is windowed to its own 0.5..99.5 percentiles; ``synthetic`` and
 ``reference`` (the real target, percentile-normalised in its brain mask) share the window
@@ -27,7 +28,7 @@ from .orientation import to_canonical_slices
 from .volume import Volume
 
 FIGURE_KINDS = ("input", "synthetic", "reference", "error")
-PLANE_HEIGHT = 168  # pixels of each plane in the pictures
+PLANE_HEIGHT = 150  # pixels of each plane in the pictures
 ERROR_WINDOW = 0.5
 FAILURE_SUFFIX = "_failure.json"
 REPORT_NAME = "report.html"
@@ -68,11 +69,15 @@ def _grey(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
 
 
 def _montage(planes: list[np.ndarray]) -> np.ndarray:
-    gap = np.full((PLANE_HEIGHT, 4, 3), 40, np.uint8)
+    """The planes stacked top to bottom, each centred on a common width, on a dark gap."""
+    width = max(plane.shape[1] for plane in planes)
     parts = []
     for plane in planes:
-        parts += [plane, gap]
-    return np.concatenate(parts[:-1], axis=1)
+        left = (width - plane.shape[1]) // 2
+        row = np.zeros((PLANE_HEIGHT, width, 3), np.uint8)
+        row[:, left:left + plane.shape[1]] = plane
+        parts += [row, np.full((4, width, 3), 40, np.uint8)]
+    return np.concatenate(parts[:-1], axis=0)
 
 
 def write_figures(figures_dir, stem: str, source: Volume, synthetic: Volume,
@@ -131,7 +136,7 @@ table.summary td,table.summary th{border:1px solid #ccc;padding:3px 8px;font-siz
 table.summary td.num{text-align:right;font-variant-numeric:tabular-nums}
 .item{background:#fff;border:1px solid #ddd;border-radius:6px;padding:12px;margin:16px 0}
 .row{display:flex;flex-wrap:wrap;gap:10px;margin-top:8px}
-figure{margin:0}figure img{display:block;height:168px;background:#000}
+figure{margin:0}figure img{display:block;background:#000}
 figcaption{font-size:12px;color:#555;margin-top:2px}
 .meta{font-size:13px;margin-top:6px}.meta a{margin-right:12px}
 .status-done{color:#1a7f37}.status-failed{color:#c00}
@@ -200,7 +205,7 @@ def render_report(output_dir) -> str:
         f"{len(items) - len(failed)} item(s) done, {len(failed)} failed.</div>",
         '<div class="warn"><b>Synthetic images are not for diagnosis.</b> They are research outputs: a model can '
         "invent or erase structures, especially lesions it has not seen in training. Look at every subject.</div>",
-        "<p style=\"font-size:13px\">Planes: axial, coronal, sagittal through the brain's centre of mass; patient "
+        "<p style=\"font-size:13px\">Planes, top to bottom: axial, coronal, sagittal through the brain's centre of mass; patient "
         "right on the image's left. <i>input</i>: own 0.5&ndash;99.5 percentile window; <i>synthetic</i> and "
         "<i>real</i> (percentile-normalised in its brain mask): window 0&ndash;1 in normalised units; "
         f"<i>error</i>: |synthetic &minus; real|, black 0 to white {ERROR_WINDOW}. Metrics inside the brain mask of "
