@@ -27,7 +27,7 @@ from pathlib import Path
 from . import __version__
 from .bids import (SUFFIXES, BidsItem, create_once, dataset_description, derivative_paths, discover,
                    ensure_dataset_description)
-from .errors import InputError, MRISynthesisError
+from .errors import InputError, MRISynthesisError, OutputError
 from .qc_report import FAILURE_SUFFIX, write_figures, write_report
 
 NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
@@ -162,7 +162,8 @@ def process_item(item: BidsItem, options: AppOptions, get_synthesizer) -> ItemRe
             message = f"{type(error).__name__}: {message}"
         try:
             failure_record.parent.mkdir(parents=True, exist_ok=True)
-            _write_json(failure_record, {"Source": str(item.source), "Error": message, "SoftwareVersion": __version__})
+            _write_json(failure_record, {"Source": _bids_uri(item.source, options.bids_dir), "Error": message,
+                                         "SoftwareVersion": __version__})
         except OSError:
             pass
         return ItemResult(item.label, "failed", time.monotonic() - start, message=message)
@@ -179,6 +180,7 @@ def _synthesize_item(item, options, synthesizer, paths, failure_record, start) -
     # Out-of-distribution and other checks of the core reach the sidecar whether they are
     # issued as Python warnings or attached to the result's metadata.
     notes = [str(w.message) for w in caught] + [str(w) for w in synthetic.meta.get("warnings", [])]
+    notes = list(dict.fromkeys(notes))  # a warning repeated per batch is reported once
     metrics, reference = None, None
     if item.reference is not None:
         try:
@@ -287,7 +289,8 @@ def _run_pool(items, options, jobs, bar) -> dict:
     from concurrent.futures import ProcessPoolExecutor, as_completed
     from concurrent.futures.process import BrokenProcessPool
 
-    threads = max(1, (os.cpu_count() or 1) // jobs)
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    threads = max(1, cpus // jobs)  # the CPUs this process may use (a cluster job's share), split
     results = {}
     # spawn: a fresh interpreter per worker (forking a process that holds torch threads is unsafe)
     with ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
@@ -326,7 +329,7 @@ def format_summary(results: list[ItemResult]) -> str:
 
 # -- the command --------------------------------------------------------------------------------
 
-def _prepare_output(bids_dir: Path, output_dir: Path) -> None:
+def _check_folders(bids_dir: Path, output_dir: Path) -> None:
     if not bids_dir.is_dir():
         raise InputError(f"BIDS folder not found: {bids_dir}")
     resolved_bids, resolved_out = bids_dir.resolve(), output_dir.resolve()
@@ -334,15 +337,14 @@ def _prepare_output(bids_dir: Path, output_dir: Path) -> None:
                                          and resolved_out.relative_to(resolved_bids).parts[0].startswith("sub-")):
         raise InputError(f"OUTPUT_DIR {output_dir} must not be BIDS_DIR or inside one of its sub-* folders "
                          "(BIDS_DIR/derivatives/<name> is fine)")
+
+
+def _create_output(output_dir: Path) -> None:
     try:
         output_dir.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        from .errors import OutputError
-
         raise OutputError(f"cannot create OUTPUT_DIR {output_dir}: {error.strerror or error}") from None
     if not os.access(output_dir, os.W_OK):
-        from .errors import OutputError
-
         raise OutputError(f"OUTPUT_DIR is not writable: {output_dir}")
 
 
@@ -352,8 +354,10 @@ def main(args) -> int:
     from .checkpoint import file_sha256, read_metadata
 
     bids_dir, output_dir = Path(args.bids_dir), Path(args.output_dir)
-    _prepare_output(bids_dir, output_dir)
+    _check_folders(bids_dir, output_dir)
     if args.analysis_level == "group":
+        if not (output_dir / "dataset_description.json").is_file():
+            raise InputError(f"{output_dir} holds no MRISynthesis derivatives; run the participant level first")
         report = write_report(output_dir)
         print(f"wrote {report}", file=sys.stderr)
         return 0
@@ -375,6 +379,7 @@ def main(args) -> int:
         from .device import select_device
 
         select_device(args.device)  # an unavailable device is a usage error, not one failure per item
+    _create_output(output_dir)
     options = AppOptions(bids_dir.resolve(), output_dir, args.direction, model_path, metadata.model_id,
                          file_sha256(model_path), args.device, args.batch_size,
                          getattr(args, "precision", None), args.skip_existing)
@@ -382,7 +387,11 @@ def main(args) -> int:
                                                                options.model_sha256))
     create_once(output_dir / ".bidsignore", BIDSIGNORE)
     print(f"{len(items)} item(s), model {metadata.model_id}, {args.jobs} job(s)", file=sys.stderr)
-    results = run_items(items, options, jobs=args.jobs, progress=not args.quiet)
+    try:
+        results = run_items(items, options, jobs=args.jobs, progress=not args.quiet)
+    except KeyboardInterrupt:
+        print("interrupted; finished items are kept: run the same command again to resume", file=sys.stderr)
+        return 130
     print(format_summary(results))
     if not args.no_report:
         print(f"wrote {write_report(output_dir)}", file=sys.stderr)
