@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import os
+import urllib.parse
 from pathlib import Path
 
 import numpy as np
@@ -221,12 +222,21 @@ def render_report(output_dir) -> str:
                      f"{_metrics_cells(sidecar.get('Metrics'))}<td>{n_warnings}</td></tr>")
     parts.append("</table>")
     for record in items:
-        parts.append(_item_html(record, output_dir))
+        parts.append(_item_html(record, output_dir, (description.get("DatasetLinks") or {}).get("raw")))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def _item_html(record: dict, output_dir: Path) -> str:
+def _source_link(uri: str, raw_root: str | None) -> str:
+    """``bids:raw:<path>`` as a link into the raw dataset (its ``DatasetLinks`` URI), else as text."""
+    text = f"<code>{html.escape(uri)}</code>"
+    if raw_root and uri.startswith("bids:raw:"):
+        href = raw_root.rstrip("/") + "/" + urllib.parse.quote(uri[len("bids:raw:"):])
+        return f'<a href="{html.escape(href)}">{text}</a>'
+    return text
+
+
+def _item_html(record: dict, output_dir: Path, raw_root: str | None = None) -> str:
     e = html.escape
     stem = record["stem"]
     if record["status"] == "failed":
@@ -249,7 +259,7 @@ def _item_html(record: dict, output_dir: Path) -> str:
                    f"SSIM {_number(metrics.get('BrainSSIM'), 3)} against <code>{e(str(metrics.get('Reference', '')))}</code>"
                    if metrics else "no real target image of this item: no metrics")
     warnings = "".join(f'<div class="warn">{e(str(w))}</div>' for w in sidecar.get("Warnings", []))
-    sources = ", ".join(f"<code>{e(str(s))}</code>" for s in sidecar.get("Sources", []))
+    sources = ", ".join(_source_link(str(s), raw_root) for s in sidecar.get("Sources", []))
     return (f'<div class="item" id="{e(stem)}"><h2>{e(stem)} <span class="status-done">done</span></h2>'
             f'<div class="row">{"".join(figures)}</div>'
             f'<div class="meta">{metric_text}</div>{warnings}'

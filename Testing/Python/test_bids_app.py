@@ -9,6 +9,7 @@ import subprocess
 import sys
 from html.parser import HTMLParser
 from pathlib import Path
+from urllib.parse import unquote, urlparse
 
 import nibabel as nib
 import numpy as np
@@ -249,7 +250,9 @@ def test_bids_app_on_real_subjects(shared_data, tiny_checkpoint, tmp_path, capsy
     report = (out / "report.html").read_text()
     links = _Links()
     links.feed(report)
-    assert all((out / target).is_file() for target in links.targets), links.targets
+    local = [unquote(urlparse(t).path) if t.startswith("file:") else str(out / t) for t in links.targets]
+    assert all(Path(path).is_file() for path in local), links.targets
+    assert str(bids / "sub-02/anat/sub-02_T1w.nii.gz") in local  # the source, in the raw dataset
     images = [t for t in links.targets if t.endswith(".png")]
     assert len(set(images)) == 2 + 2 + 4  # input+synthetic per session of sub-01; + real + error for sub-02
     assert "Synthetic images are not for diagnosis" in report and f"{metrics['BrainMAE']:.3f}" in report
