@@ -174,7 +174,7 @@ def ensure_dataset_description(output_dir, description: dict) -> Path:
     """Create ``output_dir/dataset_description.json`` once, safely under concurrency.
 
     Returns its path. If it already exists (written by another job or an earlier run), it must
-    name the same model (``ModelSHA256``) and dataset type; otherwise :class:`OutputError`, so
+    name the same model (``ModelId`` and ``ModelSHA256``); otherwise :class:`OutputError`, so
     derivatives of two models never mix in one folder.
     """
     path = create_once(Path(output_dir) / "dataset_description.json", json.dumps(description, indent=2) + "\n")
@@ -192,7 +192,8 @@ def _model_of(description: dict) -> tuple:
 
 
 def _read_json_when_complete(path: Path, timeout_s: float = 10.0) -> dict:
-    """Read JSON that another process may be writing by other means (e.g. by hand); retry briefly."""
+    """Read a JSON object, retrying briefly: with the exclusive-create fallback of :func:`create_once`
+    another process may still be writing it."""
     deadline = time.monotonic() + timeout_s
     while True:
         try:

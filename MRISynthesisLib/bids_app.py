@@ -177,9 +177,10 @@ def _synthesize_item(item, options, synthesizer, paths, failure_record, start) -
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         synthetic = synthesizer.synthesize(volume)
-    # Out-of-distribution and other checks of the core reach the sidecar whether they are
-    # issued as Python warnings or attached to the result's metadata.
-    notes = [str(w.message) for w in caught] + [str(w) for w in synthetic.meta.get("warnings", [])]
+    # The core's input plausibility check (out-of-distribution input, in meta['input_check'] when
+    # the core records it) and any Python warning raised during synthesis reach the sidecar.
+    check = synthetic.meta.get("input_check") or {}
+    notes = [str(w) for w in check.get("warnings", [])] + [str(w.message) for w in caught]
     notes = list(dict.fromkeys(notes))  # a warning repeated per batch is reported once
     metrics, reference = None, None
     if item.reference is not None:
