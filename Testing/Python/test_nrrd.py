@@ -94,7 +94,10 @@ def test_nrrd_without_patient_space_or_with_vectors_is_refused(tmp_path, tiny_ch
                {"kinds": ["vector", "domain", "domain", "domain"], "space": "left-posterior-superior",
                 "space directions": [[np.nan] * 3, [1, 0, 0], [0, 1, 0], [0, 0, 1]]})
     (tmp_path / "broken.nrrd").write_bytes(b"NRRD0004\ntype: float\n")
+    (tmp_path / "huge.nrrd").write_bytes(b"NRRD0004\ntype: float\ndimension: 3\nsizes: 4000 4000 4000\n"
+                                         b"space: LPS\nencoding: raw\n\n")
     argv = ["-o", str(tmp_path / "o.nrrd"), "--model", str(tiny_checkpoint)]
     _one_line_error(capsys, ["synthesize", str(tmp_path / "nospace.nrrd")] + argv, "not a patient space", tmp_path)
     _one_line_error(capsys, ["synthesize", str(tmp_path / "vector.nrrd")] + argv, "multi-component", tmp_path)
     _one_line_error(capsys, ["synthesize", str(tmp_path / "broken.nrrd")] + argv, "cannot read", tmp_path)
+    _one_line_error(capsys, ["synthesize", str(tmp_path / "huge.nrrd")] + argv, "more than the", tmp_path)
