@@ -139,7 +139,7 @@ table.summary td.num{text-align:right;font-variant-numeric:tabular-nums}
 .row{display:flex;flex-wrap:wrap;gap:10px;margin-top:8px}
 figure{margin:0}figure img{display:block;background:#000}
 figcaption{font-size:12px;color:#555;margin-top:2px}
-.meta{font-size:13px;margin-top:6px}.meta a{margin-right:12px}
+.meta{font-size:13px;margin-top:6px}.meta a{margin-right:12px}.meta a.src{margin-right:0}
 .status-done{color:#1a7f37}.status-failed{color:#c00}
 """
 
@@ -232,7 +232,7 @@ def _source_link(uri: str, raw_root: str | None) -> str:
     text = f"<code>{html.escape(uri)}</code>"
     if raw_root and uri.startswith("bids:raw:"):
         href = raw_root.rstrip("/") + "/" + urllib.parse.quote(uri[len("bids:raw:"):])
-        return f'<a href="{html.escape(href)}">{text}</a>'
+        return f'<a class="src" href="{html.escape(href)}">{text}</a>'
     return text
 
 
