@@ -84,14 +84,27 @@ def load_nrrd(path: Path) -> Volume:
 
 
 def save_nrrd(volume: Volume, path: Path) -> Path:
-    """Write a float32 NRRD in LPS (Slicer's convention), gzip-encoded.
+    """Write ``volume`` to ``path`` (``.nrrd`` or ``.nhdr``) atomically; see :func:`write_nrrd`."""
+    path = Path(path)
+    try:
+        with atomic_path(path, suffix=path.suffix) as tmp:
+            write_nrrd(volume, tmp, target=path)
+    except OSError as error:
+        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
+    return path
 
-    ``.nrrd``: one file, via :func:`atomic_path`. ``.nhdr``: header + ``<name>.raw.gz``, both
-    written in a temporary folder beside the target and renamed into place, data file first,
-    so the header never points at missing or partial data.
+
+def write_nrrd(volume: Volume, path, target=None) -> None:
+    """Write a float32, gzip-encoded NRRD in LPS (Slicer's convention) to ``path``.
+
+    ``path`` may be a temporary name that is renamed to ``target`` afterwards (atomic writing).
+    ``.nhdr``: the header goes to ``path`` and names the data file ``<target name>.raw.gz``, which
+    is written complete under a temporary name and renamed beside ``target`` first, so the header,
+    once renamed into place, never points at missing or partial data.
     """
     import nrrd
 
+    target = Path(target if target is not None else path)
     lps = np.diag([-1.0, -1.0, 1.0])
     header = {
         "type": "float", "encoding": "gzip", "space": "left-posterior-superior",
@@ -100,19 +113,13 @@ def save_nrrd(volume: Volume, path: Path) -> Path:
         "space origin": lps @ volume.affine[:3, 3],
     }
     data = np.asarray(volume.array, dtype=np.float32)
-    try:
-        if path.name.lower().endswith(".nrrd"):
-            with atomic_path(path, suffix=".nrrd") as tmp:
-                nrrd.write(tmp, data, header, index_order="F")
-            return path
-        data_name = path.name[: -len(".nhdr")] + ".raw.gz"
-        folder = tempfile.mkdtemp(prefix=".tmp-", dir=str(path.parent))
-        try:
-            nrrd.write(str(Path(folder) / path.name), data, header, index_order="F")
-            os.replace(Path(folder) / data_name, path.parent / data_name)
-            os.replace(Path(folder) / path.name, path)
-        finally:
-            shutil.rmtree(folder, ignore_errors=True)
-    except OSError as error:
-        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-    return path
+    if not target.name.lower().endswith(".nhdr"):
+        nrrd.write(str(path), data, header, index_order="F")
+        return
+    data_name = target.name[: -len(".nhdr")] + ".raw.gz"
+    folder = tempfile.mkdtemp(prefix=".tmp-", dir=str(target.parent))
+    try:  # pynrrd names the data file in the header by the basename of this path
+        nrrd.write(str(path), data, header, detached_header=str(Path(folder) / data_name), index_order="F")
+        os.replace(Path(folder) / data_name, target.parent / data_name)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
