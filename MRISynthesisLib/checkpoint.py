@@ -97,6 +97,8 @@ class ModelMetadata:
         """Check every field's type and range; raises :class:`CheckpointError` naming the field.
 
         Nothing is allocated: the bounds keep a crafted file from asking for a huge network or slice.
+        (In-memory models, e.g. an identity network in a study, may have any architecture name;
+        metadata read from a file must also name a registered generator, see :meth:`from_json`.)
         """
         for name in _TEXT_FIELDS:
             value = getattr(self, name)
@@ -106,7 +108,6 @@ class ModelMetadata:
             raise CheckpointError(f"checkpoint format_version must be a positive integer, got {_short(self.format_version)}")
         if self.direction not in DIRECTIONS:
             raise CheckpointError(f"checkpoint direction '{self.direction}' is not one of {', '.join(DIRECTIONS)}")
-        _check_generator(self.architecture)
         _check_config(self.config)
         if not _is_int(self.slice_size) or not 16 <= self.slice_size <= MAX_SLICE_SIZE:
             raise CheckpointError(f"checkpoint slice_size must be an integer from 16 to {MAX_SLICE_SIZE}, "
@@ -173,6 +174,7 @@ class ModelMetadata:
         known = {f for f in cls.__dataclass_fields__}
         metadata = cls(**{k: v for k, v in data.items() if k in known})
         metadata.validate()
+        _check_generator(metadata.architecture)  # a file must name a registered generator
         return metadata
 
 
@@ -401,6 +403,12 @@ def _existing(path) -> Path:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size < 16:
         raise CheckpointError(f"{path.name} is empty or truncated ({path.stat().st_size} bytes)")
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    # torch.save writes a zip archive (PK..) or, before torch 1.6, a raw pickle (0x80, protocol 2-5).
+    if start.startswith(b"PK\x03\x04") or (start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        raise CheckpointError(f"{path.name} is a PyTorch pickle file (.pt/.pth), not a .safetensors checkpoint; "
+                              "pickles are never loaded because loading one can run code")
     return path
 
 
