@@ -552,7 +552,11 @@ def _reference_in_model_units(ref: np.ndarray, mask: np.ndarray) -> tuple[np.nda
     """The reference as training validation scores against: p0.5..p99.5 in the mask -> [0, 1], 0 outside."""
     from .preprocessing import percentile_normalise
 
-    normalised, (low, high) = percentile_normalise(ref, mask, PERCENTILE_LOW, PERCENTILE_HIGH)
+    try:
+        normalised, (low, high) = percentile_normalise(ref, mask, PERCENTILE_LOW, PERCENTILE_HIGH)
+    except InputError:
+        raise InputError("ref is constant inside the mask, so it cannot be normalised to model units; "
+                         "use a larger mask or --normalisation none") from None
     info = {"mode": "percentile in the mask, 0 outside (preprocessing.percentile_normalise)", "low": low,
             "high": high, "percentiles": [PERCENTILE_LOW, PERCENTILE_HIGH]}
     return normalised.astype(np.float64), info
