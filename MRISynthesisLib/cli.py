@@ -1,7 +1,9 @@
 """The ``mrisynthesis`` command line: synthesize, evaluate, models, train.
 
 Every error a user can cause is printed as one line (``error: ...``) with exit status 2
-(bad input/option) or 1 (failed run); nothing is written and no input is modified.
+(bad input/option, unwritable output) or 1 (out of memory); nothing is written and no input is
+modified. Ctrl-C exits with 130, SIGTERM with 143 (temporary files removed), a closed stdout pipe
+(``| head``) with 141 and no traceback.
 """
 
 from __future__ import annotations
