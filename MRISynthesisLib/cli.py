@@ -171,7 +171,9 @@ def _synthesize(args) -> int:
         mask_choice = mask_volume.array
 
     from .brain_extraction import choose_brain_mask, mask_used
-    from .synthesis import Synthesizer
+    from .synthesis import Synthesizer, require_positive_intensities
+
+    require_positive_intensities(volume.array)  # before brain extraction, which would blame the mask
 
     synthesizer = Synthesizer(model_path, device=args.device, batch_size=args.batch_size, flip_tta=args.tta)
     if args.uncertainty and not synthesizer.supports_uncertainty:

@@ -105,9 +105,7 @@ class Synthesizer:
             mask_stack, _ = to_canonical_slices(mask.astype(bool), volume.affine)
             if not mask_stack.any():
                 raise InputError("the given mask is empty (no voxel inside); give a mask of the brain or none")
-        elif float(stack.max()) <= 0 and float(stack.min()) < 0:
-            raise InputError(f"the volume has no positive voxels (values {float(stack.min()):g} to "
-                             f"{float(stack.max()):g}); MRI magnitude images are positive")
+        require_positive_intensities(stack)
         norm = self.metadata.normalisation
         model_input, mask_stack = normalise_stack(stack, mask_stack, float(norm.get("low", 0.5)),
                                                   float(norm.get("high", 99.5)))
@@ -175,6 +173,14 @@ class Synthesizer:
                 "model_content_sha256": self.metadata.content_sha256, "flip_tta": self.flip_tta,
                 "input_check": self.input_check.as_dict(), "units": self.metadata.output_units,
                 "note": "synthetic image, not for diagnosis"}
+
+
+def require_positive_intensities(array: np.ndarray) -> None:
+    """InputError for a volume with negative values and no positive one (not an MRI magnitude
+    image), named as such rather than as an empty volume."""
+    if float(array.max()) <= 0 and float(array.min()) < 0:
+        raise InputError(f"the volume has no positive voxels (values {float(array.min()):g} to "
+                         f"{float(array.max()):g}); MRI magnitude images are positive")
 
 
 def describe(metadata: ModelMetadata) -> str:

@@ -174,8 +174,9 @@ def test_negative_only_input_and_empty_mask_are_named(tmp_path, t1, tiny_checkpo
                              str(tiny_checkpoint), "--quiet"], "no positive voxels", tmp_path)
     empty = _write(tmp_path / "mask.nii.gz", np.zeros((30, 34, 20), np.float32),
                    affine_for("RAS", spacing=(0.9, 0.9, 5.5)))
-    _one_error_line(capsys, ["synthesize", str(t1), "-o", str(tmp_path / "o.nii.gz"), "--mask", str(empty),
-                             "--model", str(tiny_checkpoint), "--quiet"], "--mask mask.nii.gz is empty", tmp_path)
+    _one_error_line(capsys, ["synthesize", str(t1), "-o", str(tmp_path / "o.nii.gz"), "--brain-mask", str(empty),
+                             "--model", str(tiny_checkpoint), "--quiet"], "--brain-mask mask.nii.gz is empty",
+                    tmp_path)
 
 
 def test_pickle_file_is_named_as_a_pickle(tmp_path, t1, capsys):
@@ -312,14 +313,15 @@ def test_noise_and_ct_raise_warnings_recorded_in_the_output(tmp_path, tiny_check
     from MRISynthesisLib.io import read_provenance
 
     noise, ct = _noise_and_ct()
-    for name, array, words in (("noise", noise, ("fills", "independent")), ("ct", ct, ("negative", "one intensity"))):
+    # (the foreground and histogram warnings depend on the brain mask, which brain extraction may shrink)
+    for name, array, words in (("noise", noise, ("independent",)), ("ct", ct, ("negative",))):
         path = _write(tmp_path / f"{name}.nii.gz", array, affine_for("RAS", spacing=(1.5, 1.5, 4.0)))
         out = tmp_path / f"{name}-t2.nii.gz"
         assert main(["synthesize", str(path), "-o", str(out), "--model", str(tiny_checkpoint), "--quiet"]) == 0
         warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
-        assert len(warnings) == 2 and all(w in " ".join(warnings) for w in words), warnings
+        assert warnings and all(w in " ".join(warnings) for w in words), warnings
         provenance = read_provenance(out)
-        assert provenance["input_check"]["ok"] is False and len(provenance["input_check"]["warnings"]) == 2
+        assert provenance["input_check"]["ok"] is False and len(provenance["input_check"]["warnings"]) == len(warnings)
         assert provenance["model_id"] == "test-baseline"
         assert b"INPUT CHECK WARNINGS" in nib.load(str(out)).header["descrip"].tobytes()
 
