@@ -11,10 +11,14 @@ PYTHON="${PYTHON:-python3}"
 
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
+    echo "run.sh: first run: creating $VENV and installing PyTorch and the other dependencies" \
+         "(about 2 minutes; later runs only check them)" >&2
     "$PYTHON" -m venv "$VENV"
+  else
+    echo "run.sh: checking the packages in $VENV" >&2
   fi
   # torch 2.13.0 is pinned first so pip takes the CPU build available locally instead of
-  # resolving a multi-GB CUDA build; any torch >= 2.1 works with MRISynthesis.
+  # resolving a multi-GB CUDA build; synthesis works with torch >= 2.1, training needs >= 2.3.
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "torch==2.13.0"
   "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check -e ".[dev,train,examples]"
 }

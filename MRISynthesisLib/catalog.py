@@ -62,11 +62,45 @@ def list_models(direction: str | None = None, resources: Path | None = None) -> 
         return []
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        entries = [CatalogEntry(**{k: v for k, v in item.items() if k in CatalogEntry.__dataclass_fields__})
-                   for item in data.get("models", [])]
-    except (json.JSONDecodeError, TypeError) as error:
-        raise CheckpointError(f"model catalog {path} is malformed: {error}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise CheckpointError(f"model catalog {path} is malformed: {_first_line(error)}") from None
+    entries = [_entry(item, index, path) for index, item in enumerate(_models_list(data, path))]
     return [e for e in entries if direction is None or e.direction == direction]
+
+
+_REQUIRED = ("id", "title", "direction", "file", "sha256")
+
+
+def _models_list(data, path: Path) -> list:
+    if not isinstance(data, dict) or not isinstance(data.get("models", []), list):
+        raise CheckpointError(f"model catalog {path} is malformed: expected {{\"models\": [...]}}")
+    return data.get("models", [])
+
+
+def _entry(item, index: int, path: Path) -> CatalogEntry:
+    """One catalog entry, every field type-checked (a malformed catalog gives one clear line)."""
+    fields = CatalogEntry.__dataclass_fields__
+    if not isinstance(item, dict):
+        raise CheckpointError(f"model catalog {path} is malformed: entry {index + 1} is not an object")
+    missing = [name for name in _REQUIRED if name not in item]
+    if missing:
+        raise CheckpointError(f"model catalog {path} is malformed: entry {index + 1} lacks {', '.join(missing)}")
+    values = {k: v for k, v in item.items() if k in fields}
+    for name, value in values.items():
+        expected = str if name in _REQUIRED else type(fields[name].default)
+        if expected is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        else:
+            ok = isinstance(value, expected)
+        if not ok:
+            raise CheckpointError(f"model catalog {path} is malformed: entry {index + 1} ({item.get('id')!r}) "
+                                  f"has {name} = {value!r}; expected {expected.__name__}")
+    return CatalogEntry(**values)
+
+
+def _first_line(error: Exception) -> str:
+    lines = str(error).strip().splitlines()
+    return lines[0] if lines else type(error).__name__
 
 
 def default_model(direction: str, resources: Path | None = None) -> CatalogEntry:

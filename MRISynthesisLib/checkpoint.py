@@ -97,6 +97,8 @@ class ModelMetadata:
         """Check every field's type and range; raises :class:`CheckpointError` naming the field.
 
         Nothing is allocated: the bounds keep a crafted file from asking for a huge network or slice.
+        (In-memory models, e.g. an identity network in a study, may have any architecture name;
+        metadata read from a file must also name a registered generator, see :meth:`from_json`.)
         """
         for name in _TEXT_FIELDS:
             value = getattr(self, name)
@@ -106,7 +108,6 @@ class ModelMetadata:
             raise CheckpointError(f"checkpoint format_version must be a positive integer, got {_short(self.format_version)}")
         if self.direction not in DIRECTIONS:
             raise CheckpointError(f"checkpoint direction '{self.direction}' is not one of {', '.join(DIRECTIONS)}")
-        _check_generator(self.architecture)
         _check_config(self.config)
         if not _is_int(self.slice_size) or not 16 <= self.slice_size <= MAX_SLICE_SIZE:
             raise CheckpointError(f"checkpoint slice_size must be an integer from 16 to {MAX_SLICE_SIZE}, "
@@ -173,6 +174,7 @@ class ModelMetadata:
         known = {f for f in cls.__dataclass_fields__}
         metadata = cls(**{k: v for k, v in data.items() if k in known})
         metadata.validate()
+        _check_generator(metadata.architecture)  # a file must name a registered generator
         return metadata
 
 
@@ -202,11 +204,11 @@ def _check_generator(architecture: str) -> None:
 def _check_config(config) -> None:
     """Every model option must be a bounded JSON scalar or a short list of them (any architecture)."""
     if not isinstance(config, dict):
-        raise CheckpointError("checkpoint metadata 'config' must be a JSON object")
+        raise CheckpointError("the model config must be a JSON object")
     for key, value in config.items():
         items = value if isinstance(value, list) else [value]
         if isinstance(value, list) and len(value) > MAX_CONFIG_LIST:
-            raise CheckpointError(f"checkpoint config '{key}' has {len(value)} items (at most {MAX_CONFIG_LIST})")
+            raise CheckpointError(f"config '{key}' has {len(value)} items (at most {MAX_CONFIG_LIST})")
         for item in items:
             if isinstance(item, bool) or item is None:
                 continue
@@ -216,7 +218,7 @@ def _check_config(config) -> None:
                 continue
             if isinstance(item, float) and math.isfinite(item) and abs(item) <= MAX_CONFIG_INT:
                 continue
-            raise CheckpointError(f"checkpoint config '{key}' = {_short(value)} is out of range "
+            raise CheckpointError(f"config '{key}' = {_short(value)} is out of range "
                                   f"(numbers from -{MAX_CONFIG_INT} to {MAX_CONFIG_INT}, short strings, booleans)")
 
 
@@ -356,17 +358,10 @@ def _check_declared_tensors(path: Path, metadata: ModelMetadata, declared: dict)
 
     Generic for every registered generator: the size guard needs no per-model list.
     """
-    import torch
-
-    from .models import build_model
-
     try:
-        with torch.device("meta"):
-            network = build_model(metadata.architecture, **metadata.config)
-    except Exception as error:  # a config the constructor rejects (InputError, negative sizes, ...)
-        raise CheckpointError(f"{path.name}: cannot build its network '{metadata.architecture}': "
-                              f"{_first_line(error)}") from None
-    expected = {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
+        expected = network_shapes(metadata.architecture, metadata.config)
+    except CheckpointError as error:
+        raise CheckpointError(f"{path.name}: {error}") from None
     size = sum(math.prod(shape) for shape in expected.values())
     if size > MAX_PARAMETERS:
         raise CheckpointError(f"{path.name}: its config describes a network of {size:,} values "
@@ -380,6 +375,50 @@ def _check_declared_tensors(path: Path, metadata: ModelMetadata, declared: dict)
         raise CheckpointError(f"{path.name}: weights do not fit architecture '{metadata.architecture}' "
                               f"with its config ({len(missing) + len(unexpected) + len(wrong)} tensors differ; "
                               f"{detail})")
+
+
+def network_shapes(architecture: str, config: dict) -> dict:
+    """``{tensor name: shape}`` of the network ``architecture`` with ``config``, built on PyTorch's
+    ``meta`` device (no memory is allocated; any registered model). :class:`CheckpointError` for
+    unbounded option values or a config its constructor rejects."""
+    import torch
+
+    from .models import build_model
+
+    _check_config(config)
+    try:
+        with torch.device("meta"), _skip_meta_initialisers():
+            network = build_model(architecture, **config)
+    except Exception as error:  # a config the constructor rejects (InputError, negative sizes, ...)
+        raise CheckpointError(f"cannot build its network '{architecture}': {_first_line(error)}") from None
+    return {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
+
+
+def _skip_meta_initialisers():
+    """A torch function mode that turns in-place operations on meta tensors (the weight
+    initialisers: ``nn.init.normal_``, ``uniform_``, ``fill_``...) into no-ops.
+
+    Meta tensors hold no values, so nothing is lost; without it, torch's meta ``normal_`` imports
+    the compiler stack on first use (seconds to a minute)."""
+    import torch
+    from torch.overrides import TorchFunctionMode
+
+    class SkipInitialisers(TorchFunctionMode):
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            name = getattr(func, "__name__", "")
+            target = args[0] if args else kwargs.get("tensor")
+            if (name.endswith("_") and not name.startswith("__") and name not in ("resize_", "set_", "requires_grad_")
+                    and isinstance(target, torch.Tensor) and target.is_meta):
+                return target
+            return func(*args, **kwargs)
+
+    return SkipInitialisers()
+
+
+def network_size(architecture: str, config: dict) -> int:
+    """Number of values (parameters and buffers) of a network, measured without allocating it."""
+    return sum(math.prod(shape) for shape in network_shapes(architecture, config).values())
 
 
 def upgrade_checkpoint(source, target) -> Path:
@@ -401,6 +440,12 @@ def _existing(path) -> Path:
         raise CheckpointError(f"checkpoint not found: {path}")
     if path.stat().st_size < 16:
         raise CheckpointError(f"{path.name} is empty or truncated ({path.stat().st_size} bytes)")
+    with open(path, "rb") as handle:
+        start = handle.read(4)
+    # torch.save writes a zip archive (PK..) or, before torch 1.6, a raw pickle (0x80, protocol 2-5).
+    if start.startswith(b"PK\x03\x04") or (start[:1] == b"\x80" and start[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")):
+        raise CheckpointError(f"{path.name} is a PyTorch pickle file (.pt/.pth), not a .safetensors checkpoint; "
+                              "pickles are never loaded because loading one can run code")
     return path
 
 

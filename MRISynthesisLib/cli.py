@@ -1,21 +1,27 @@
 """The ``mrisynthesis`` command line: synthesize, evaluate, models, bids (the BIDS App), train.
 
 Every error a user can cause is printed as one line (``error: ...``) with exit status 2
-(bad input/option) or 1 (failed run); nothing is written and no input is modified.
+(bad input/option, unwritable output) or 1 (out of memory); nothing is written and no input is
+modified. Ctrl-C exits with 130, SIGTERM with 143 (temporary files removed), a closed stdout pipe
+(``| head``) with 141 and no traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from pathlib import Path
 
 from . import __version__
+from .atomic import Terminated
 from .errors import Cancelled, MRISynthesisError
 
 DIRECTION_ALIASES = {"t1-to-t2": "t1-to-t2", "t2-to-t1": "t2-to-t1", "t1t2": "t1-to-t2", "t2t1": "t2-to-t1"}
 NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
+AXIAL_SLICES = "axial (canonical slices, index 0 = most inferior), whatever the files' storage order"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -66,9 +72,12 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--pred", required=True, help="synthetic volume (NIfTI)")
     ev.add_argument("--ref", required=True, help="real reference volume (NIfTI) on the same grid")
     ev.add_argument("--mask", default=None, help="brain mask (NIfTI); default: the reference's foreground mask (preprocessing.brain_mask)")
-    ev.add_argument("--normalisation", default="percentile", choices=["percentile", "minmax", "zscore", "none"],
-                    help="intensity normalisation of both volumes before the metrics (default: percentile "
-                         "0.5-99.5 inside the mask -> [0, 1])")
+    ev.add_argument("--normalisation", default="model-units",
+                    choices=["model-units", "percentile", "minmax", "zscore", "none"],
+                    help="model-units (default, the conventions of the README's model table and of training "
+                         "validation): the reference is normalised (percentiles 0.5-99.5 inside the mask -> [0, 1]) "
+                         "and the synthetic volume, already in those units, is compared as it is; percentile, "
+                         "minmax, zscore: both volumes normalised the same way; none: values as they are")
     ev.add_argument("--per-slice", action="store_true", help="also report per-slice values")
     ev.add_argument("--json", default=None, metavar="PATH", help="also write the results as JSON")
 
@@ -86,10 +95,33 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from .atomic import terminate_cleanly
+
+    terminate_cleanly()  # SIGTERM unwinds like Ctrl-C: temporary files are removed
     if argv and argv[0] == "train":
         from Training.cli import main as train_main  # lazy: the core never needs Training
 
         return train_main(argv[1:])
+    with quiet_when_pipe_closes():
+        return _main(argv)
+
+
+@contextlib.contextmanager
+def quiet_when_pipe_closes():
+    """``mrisynthesis ... | head``: when the reader closes the pipe, stop printing quietly.
+
+    Exit status 141 (128 + SIGPIPE, as Unix tools); no BrokenPipeError traceback, also not at exit.
+    """
+    try:
+        yield
+        sys.stdout.flush()  # a closed pipe shows here rather than at interpreter exit
+    except BrokenPipeError:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        raise SystemExit(141) from None
+
+
+def _main(argv) -> int:
     parser = _parser()
     args = parser.parse_args(argv)
     if args.command is None:
@@ -100,14 +132,15 @@ def main(argv=None) -> int:
     except Cancelled as error:
         print(f"cancelled: {error}", file=sys.stderr)
         return 130
-    except KeyboardInterrupt:
-        print("interrupted; nothing was written", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM (atomic.Terminated)
+        print(f"interrupted ({error or 'Ctrl-C'}); nothing was written", file=sys.stderr)
+        return 143 if isinstance(error, Terminated) else 130
     except MRISynthesisError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except MemoryError:
-        print("error: out of memory; try a smaller --batch-size", file=sys.stderr)
+        print("error: out of memory: the volume and the model do not fit in this machine's memory; "
+              "try a smaller --batch-size or a smaller volume", file=sys.stderr)
         return 1
 
 
@@ -115,7 +148,7 @@ def _synthesize(args) -> int:
     from . import catalog
     from .checkpoint import read_metadata
     from .errors import InputError
-    from .io import check_output_path, load_volume, save_volume
+    from .io import check_output_path, load_volume, write_outputs, write_volume
 
     direction = DIRECTION_ALIASES.get(args.direction) if args.direction else None
     mask_file = args.brain_mask if args.brain_mask.lower() not in ("auto", "none") else None
@@ -138,12 +171,19 @@ def _synthesize(args) -> int:
     if mask_file:
         mask_volume = load_volume(mask_file)
         _require_same_grid(mask_volume, volume, "--brain-mask", "the input")
+        if not (mask_volume.array > 0).any():
+            raise InputError(f"--brain-mask {Path(mask_file).name} is empty (no voxel > 0)")
         mask_choice = mask_volume.array
 
     from .brain_extraction import choose_brain_mask, mask_used
-    from .synthesis import Synthesizer
+    from .synthesis import Synthesizer, require_positive_intensities
+
+    require_positive_intensities(volume.array)  # before brain extraction, which would blame the mask
 
     synthesizer = Synthesizer(model_path, device=args.device, batch_size=args.batch_size, flip_tta=args.tta)
+    if args.uncertainty and not synthesizer.supports_uncertainty:
+        raise InputError(f"--uncertainty needs a model that can sample (a VAE); '{metadata.model_id}' is "
+                         f"{metadata.architecture} (no shipped model is a VAE: train one with configs/vae.yaml)")
     progress, close = _progress_bar(args.quiet, "brain extraction", unit="step")
     try:
         chosen = choose_brain_mask(volume, mask_choice, device=synthesizer.device, progress=progress)
@@ -158,16 +198,21 @@ def _synthesize(args) -> int:
             result, std = synthesizer.synthesize(volume, progress=progress, mask=mask), None
     finally:
         close()
-    written = [save_volume(result, args.output, inputs=[args.input])]
+    writers = [(args.output, lambda tmp: write_volume(result, tmp, target=args.output))]
     if args.save_mask:
         used = volume.with_array(mask_used(volume, chosen).astype("float32"))
-        written.append(save_volume(used, args.save_mask, inputs=[args.input, mask_file]))
+        writers.append((args.save_mask, lambda tmp: write_volume(used, tmp, target=args.save_mask)))
     if std is not None:
-        written.append(save_volume(std, args.uncertainty, inputs=[args.input]))
+        writers.append((args.uncertainty, lambda tmp: write_volume(std, tmp, target=args.uncertainty)))
     if args.preview:
-        from .preview import write_preview
+        from .preview import render_preview, write_png
 
-        written.append(write_preview(volume, result, args.preview))
+        picture = render_preview(volume, result)
+        writers.append((args.preview, lambda tmp: write_png(picture, tmp)))
+    written = write_outputs(writers)  # all or none
+    for warning in result.meta["input_check"]["warnings"]:
+        print(f"warning: the input does not look like the brain MRI the model was trained on: {warning}",
+              file=sys.stderr)
     print(f"model: {metadata.model_id} ({metadata.architecture}, {metadata.source_contrast} -> "
           f"{metadata.target_contrast}) on {synthesizer.device}", file=sys.stderr)
     print(f"brain mask: {chosen.describe()}", file=sys.stderr)
@@ -186,16 +231,20 @@ def _bids(args) -> int:
 def _progress_bar(quiet: bool, label: str, unit: str = "slice"):
     if quiet:
         return None, lambda: None
+    import time
+
     from tqdm import tqdm
 
     bars = []  # created at the first report, so input errors print no empty bar
+    started = time.time()  # the rate counts from here, not from the first report (which came after a batch)
 
     def update(done, total):
         if not bars:
-            bars.append(tqdm(total=total, unit=unit, desc=label, file=sys.stderr, dynamic_ncols=True))
+            bar = tqdm(total=total, unit=unit, desc=label, file=sys.stderr, dynamic_ncols=True)
+            bar.start_t = bar.last_print_t = started
+            bars.append(bar)
         bars[0].total = total
-        bars[0].n = done
-        bars[0].refresh()
+        bars[0].update(done - bars[0].n)
         return True
 
     def close():
@@ -207,7 +256,7 @@ def _progress_bar(quiet: bool, label: str, unit: str = "slice"):
 
 def _evaluate(args) -> int:
     from .io import check_output_path, load_volume
-    from .metrics import evaluate, format_table
+    from .metrics import evaluate, format_table, json_compatible
 
     if args.json:
         check_output_path(args.json, inputs=[args.pred, args.ref, args.mask], suffixes=(".json",))
@@ -218,6 +267,10 @@ def _evaluate(args) -> int:
         mask_volume = load_volume(args.mask)
         _require_same_grid(mask_volume, ref, "--mask", "--ref")
         mask = mask_volume.array > 0
+        if not mask.any():
+            from .errors import InputError
+
+            raise InputError(f"--mask {Path(args.mask).name} is empty (no voxel > 0)")
     from .orientation import to_canonical_slices
 
     # Metrics are computed on canonical axial slices, so "per slice" means axial whatever the storage.
@@ -233,9 +286,14 @@ def _evaluate(args) -> int:
                       slice_axis=0, per_slice=args.per_slice)
     result["conventions"]["mask"] = (f"given ({Path(args.mask).name})" if args.mask
                                      else "automatic foreground mask of the reference (preprocessing.brain_mask)")
+    # The stacks are canonical: their axis 0 is axial whatever the files' storage order.
+    result["conventions"]["slice_axis"] = AXIAL_SLICES
+    if args.json:  # before printing, so a closed stdout (| head) cannot lose it
+        _write_json_atomic(Path(args.json), json_compatible(result))
     print(format_table(result))
+    for warning in result["warnings"]:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        _write_json_atomic(Path(args.json), result)
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
 
@@ -252,10 +310,13 @@ def _require_same_grid(volume, other, name: str, other_name: str) -> None:
 
 
 def _write_json_atomic(path: Path, data) -> None:
-    from .atomic import atomic_path
+    from .io import write_outputs
 
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as out:
-        json.dump(data, out, indent=2, default=float)
+    def write(tmp):
+        with open(tmp, "w", encoding="utf-8") as out:
+            json.dump(data, out, indent=2, allow_nan=False)
+
+    write_outputs([(path, write)])
 
 
 def _models(args) -> int:

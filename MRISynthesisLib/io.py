@@ -1,24 +1,29 @@
 """Reading and writing volumes (NIfTI via nibabel; NRRD in :mod:`MRISynthesisLib.nrrd_io`), with
 checks that give one-line errors.
 
-Outputs are written atomically (temporary file in the target folder, then rename) and never over
-an input file.
+Outputs are written atomically (temporary file in the target folder, then rename), several
+outputs of one command all or nothing (:func:`write_outputs`), and never over an input file.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
+from .atomic import atomic_paths
 from .errors import InputError, OutputError
 from .volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES
+#: Largest volume accepted (voxels): 2^28, e.g. 640^3, 1 GiB as float32; clinical MRI is ~2^24.
+MAX_VOXELS = 2 ** 28
+#: deflate cannot compress better than about 1032:1, so a .gz file of n bytes holds at most ~1032 n.
+MAX_GZIP_RATIO = 1100
 
 
 def _suffix(path: Path) -> str:
@@ -65,6 +70,7 @@ def load_volume(path) -> Volume:
     if len(shape) > 3:
         raise InputError(f"{path.name} has shape {image.shape}: a {len(shape)}D image with several "
                          f"volumes/components; expected one 3D volume")
+    _check_declared_size(path, image, shape)
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
@@ -77,6 +83,24 @@ def load_volume(path) -> Volume:
         raise InputError(f"{path.name} contains NaN or infinite values")
     affine = np.asarray(image.affine, dtype=np.float64)
     return Volume(data, affine, {"path": str(path), "header": image.header})
+
+
+def _check_declared_size(path: Path, image, shape) -> None:
+    """Refuse, before any voxel is read, a header that declares more data than the file can hold
+    or than any brain MRI needs (a tiny crafted file must not make us allocate gigabytes)."""
+    voxels = int(np.prod(shape, dtype=np.int64)) if all(n < 2 ** 31 for n in shape) else 2 ** 62
+    if voxels > MAX_VOXELS:
+        raise InputError(f"{path.name} declares {' x '.join(str(n) for n in shape)} = {voxels:,} voxels, more than "
+                         f"the {MAX_VOXELS:,} accepted; crop or downsample it first")
+    needed = voxels * image.get_data_dtype().itemsize
+    offset = int(getattr(image.dataobj, "offset", 0) or 0)  # where the voxels start in the (uncompressed) file
+    size = path.stat().st_size
+    compressed = _suffix(path) == ".nii.gz"
+    possible = (size * MAX_GZIP_RATIO) if compressed else (size - offset)
+    if needed > possible:
+        raise InputError(f"{path.name} declares {' x '.join(str(n) for n in shape)} voxels ({needed:,} bytes of data) "
+                         f"but the file is only {size:,} bytes{' compressed' if compressed else ''}; "
+                         "it is truncated or its header is wrong")
 
 
 def _reason(error: Exception) -> str:
@@ -115,20 +139,18 @@ def _same_file(a: Path, b: Path) -> bool:
     return a.resolve() == b.resolve()
 
 
-def save_volume(volume: Volume, path, inputs=()) -> Path:
-    """Write ``volume`` as float32 NIfTI (or NRRD, by the suffix) atomically.
+def nifti_image(volume: Volume):
+    """``volume`` as a float32 NIfTI image; its affine is stored in sform and qform.
 
-    NIfTI: the affine is stored in sform and qform; the header of the source volume
-    (``volume.meta['header']``), when known, provides units and the sform/qform codes, so a
-    viewer places the output exactly where it places the input. NRRD: see :mod:`.nrrd_io`.
+    When the source header is known (``volume.meta['header']``, set by :func:`load_volume`), its
+    units and its sform/qform codes are kept as they were, including an unset (0) form, so a
+    viewer reads the output's placement from the same form as the input's. Without a source header
+    (e.g. a volume from Slicer) both forms are set with code 1 (scanner). A synthetic volume's
+    ``meta['provenance']`` (model, input check) is stored in ``descrip`` (short) and as a JSON
+    comment extension (:func:`read_provenance`).
     """
     import nibabel as nib
 
-    path = check_output_path(path, inputs)
-    if _suffix(path) in NRRD_SUFFIXES:
-        from .nrrd_io import save_nrrd
-
-        return save_nrrd(volume, path)
     data = np.asarray(volume.array, dtype=np.float32)
     header = volume.meta.get("header")
     image = nib.Nifti1Image(data, volume.affine)
@@ -136,16 +158,79 @@ def save_volume(volume: Volume, path, inputs=()) -> Path:
     if header is not None and hasattr(header, "get_sform"):
         try:
             image.header.set_xyzt_units(*header.get_xyzt_units())
-            sform_code = int(header["sform_code"]) or 1
-            qform_code = int(header["qform_code"]) or 1
+            sform_code, qform_code = int(header["sform_code"]), int(header["qform_code"])
         except Exception:
-            pass
+            sform_code, qform_code = 1, 1
     image.set_sform(volume.affine, code=sform_code)
     image.set_qform(volume.affine, code=qform_code)
     image.header.set_data_dtype(np.float32)
+    provenance = volume.meta.get("provenance")
+    if provenance:  # what made a synthetic volume travels with it: descrip + a JSON comment extension
+        check = provenance.get("input_check") or {}
+        flag = "" if check.get("ok", True) else "; INPUT CHECK WARNINGS"
+        image.header["descrip"] = f"MRISynthesis {provenance.get('model_id', '')}; not for diagnosis{flag}"[:79].encode()
+        text = json.dumps({"mrisynthesis_provenance": provenance}, sort_keys=True, default=str, allow_nan=False)
+        image.header.extensions.append(nib.nifti1.Nifti1Extension("comment", text.encode()))
+    return image
+
+
+def read_provenance(path) -> dict | None:
+    """The provenance record MRISynthesis stored in a NIfTI file it wrote, or None."""
+    import nibabel as nib
+
+    for extension in nib.load(str(path)).header.extensions:
+        if extension.get_code() == 6:  # comment
+            try:
+                record = json.loads(extension.get_content())
+            except ValueError:
+                continue
+            if isinstance(record, dict) and "mrisynthesis_provenance" in record:
+                return record["mrisynthesis_provenance"]
+    return None
+
+
+def write_nifti(volume: Volume, path) -> None:
+    """Write ``volume`` to ``path`` as it is (no checks, not atomic): the writer behind
+    :func:`save_volume` and :func:`write_outputs`."""
+    import nibabel as nib
+
+    nib.save(nifti_image(volume), str(path))
+
+
+def write_volume(volume: Volume, path, target=None) -> None:
+    """Write ``volume`` to ``path`` in the format of ``target``'s suffix (``path`` may be its
+    temporary name): NIfTI (:func:`write_nifti`) or NRRD (:func:`MRISynthesisLib.nrrd_io.write_nrrd`)."""
+    if _suffix(Path(target if target is not None else path)) in NRRD_SUFFIXES:
+        from .nrrd_io import write_nrrd
+
+        write_nrrd(volume, path, target=target)
+    else:
+        write_nifti(volume, path)
+
+
+def save_volume(volume: Volume, path, inputs=()) -> Path:
+    """Write ``volume`` as float32 NIfTI or NRRD (by the suffix) atomically, never over one of ``inputs``."""
+    path = check_output_path(path, inputs)
+    return write_outputs([(path, lambda tmp: write_volume(volume, tmp, target=path))])[0]
+
+
+def write_outputs(writers) -> list[Path]:
+    """Write several outputs all or nothing: ``writers`` is ``[(path, write(temporary_path))]``.
+
+    Each writer fills a temporary file beside its target; the targets are replaced only when every
+    writer succeeded (:func:`~MRISynthesisLib.atomic.atomic_paths`). A failure (full disk, lost
+    permission) raises :class:`OutputError` naming the file, and no output is left, not even a
+    temporary file.
+    """
+    paths = [Path(path) for path, _ in writers]
+    current = paths[0] if paths else None
     try:
-        with atomic_path(path, suffix=_suffix(path)) as tmp:
-            nib.save(image, tmp)
+        with atomic_paths(paths, [_suffix(p) if _suffix(p) in NIFTI_SUFFIXES else p.suffix for p in paths]) as temps:
+            for tmp, path, (_, write) in zip(temps, paths, writers):
+                current = path
+                write(tmp)
+            current = None
     except OSError as error:
-        raise OutputError(f"cannot write {path}: {error.strerror or error}") from None
-    return path
+        where = f"cannot write {current}" if current is not None else "cannot write the outputs"
+        raise OutputError(f"{where}: {error.strerror or error}; no output was written") from None
+    return paths

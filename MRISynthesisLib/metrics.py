@@ -13,6 +13,10 @@ Conventions (all of them are also stated in the ``conventions`` entry of :func:`
   the BraTS BraSyn evaluation) clips each volume to its own p0.5..p99.5 inside the mask and maps
   that to [0, 1]; ``'minmax'`` does the same with the mask's min..max; ``'zscore'`` subtracts the
   mask mean and divides by the mask standard deviation; ``'none'`` keeps the values.
+  ``'model-units'`` normalises only the reference, exactly as training validation and the
+  README's model table do (:func:`MRISynthesisLib.preprocessing.percentile_normalise`: p0.5..p99.5
+  in the mask -> [0, 1], 0 outside the mask) and compares the synthetic volume as it is, since a
+  model's output is already in those units; the command line uses it by default.
 - ``data_range`` (SSIM constants, PSNR peak) is 1.0 after ``'percentile'`` or ``'minmax'``,
   otherwise max - min of the normalised reference inside the mask. It is never taken from the
   dtype.
@@ -29,8 +33,9 @@ Conventions (all of them are also stated in the ``conventions`` entry of :func:`
   of all slices pooled). ``'per-slice'``: one value per slice that contains mask voxels (empty
   slices are never included) and their unweighted mean; the volume's ``data_range`` is used.
 - PSNR is ``10 log10(data_range^2 / MSE)`` in dB and ``inf`` when MSE is 0. All numbers are
-  python floats, so results are JSON-serialisable; ``json.dumps`` writes ``inf`` as
-  ``Infinity`` (convert it before writing strict JSON).
+  python floats; :func:`json_compatible` turns ``inf`` into ``null`` with a note, for strict JSON.
+- A mask of fewer than :data:`MIN_MASK_VOXELS` voxels gives numbers that mean little (one voxel
+  scores perfectly); :func:`evaluate` then adds a ``warnings`` entry.
 - Mutual information: joint histogram with ``bins`` x ``bins`` (default 64) equal-width bins,
   each axis spanning that image's own min..max over the selected voxels;
   MI = H(A) + H(B) - H(A,B) in bits; NMI = (H(A) + H(B)) / H(A,B) (Studholme), 1 (independent)
@@ -48,6 +53,10 @@ from skimage.metrics import structural_similarity
 from .errors import InputError
 
 NORMALISATIONS = ("none", "minmax", "percentile", "zscore")
+#: :func:`evaluate` also accepts 'model-units' (reference normalised, synthetic compared as it is).
+EVALUATE_NORMALISATIONS = NORMALISATIONS + ("model-units",)
+#: Fewer mask voxels than this (1 cm^3 at 1 mm) and :func:`evaluate` warns that the numbers mean little.
+MIN_MASK_VOXELS = 1000
 METRIC_NAMES = ("mae", "mse", "psnr", "ssim", "mi_bits", "nmi")
 GLCM_PROPERTIES = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
 
@@ -457,6 +466,8 @@ def evaluate(
             or all voxels if ``ref`` has no positive voxel.
         normalisation: ``'percentile'`` (default), ``'minmax'``, ``'zscore'`` or ``'none'``; see
             :func:`normalise_for_metrics`. Applied to each image separately, statistics in the mask.
+            ``'model-units'``: only the reference is normalised (as in training validation and the
+            README's model table), the synthetic volume is compared as it is, data range 1.
         slice_axis: axis of the 3D arrays along which 2D SSIM slices (and per-slice values) are taken.
         bins: bins per axis of the joint histogram for MI/NMI.
         per_slice: also return one value per slice containing mask voxels and their mean.
@@ -465,7 +476,8 @@ def evaluate(
         dict with ``mae``, ``mse``, ``psnr`` (dB), ``ssim``, ``mi_bits``, ``nmi`` inside the mask
         (per-volume pooling), ``whole_slice`` (the same metrics over all voxels of the slices that
         contain mask voxels), ``per_slice`` if requested (``slice_indices``, a list per metric and
-        ``mean``) and ``conventions``. All values are python types; PSNR may be ``inf``.
+        ``mean``), ``conventions`` and ``warnings`` (list of strings, e.g. a tiny mask). All values
+        are python types; PSNR may be ``inf`` (see :func:`json_compatible`).
 
     Raises:
         InputError: mismatched shapes, an empty mask, NaN/inf values, unknown normalisation,
@@ -478,9 +490,16 @@ def evaluate(
         raise InputError(f"bins must be an integer >= 2, got {bins!r}")
     bins = int(bins)
 
-    pred_n, pred_info = normalise_for_metrics(pred, mask, normalisation)
-    ref_n, ref_info = normalise_for_metrics(ref, mask, normalisation)
-    data_range = _data_range(ref_n, mask, normalisation)
+    if normalisation not in EVALUATE_NORMALISATIONS:
+        raise InputError(f"normalisation must be one of {', '.join(EVALUATE_NORMALISATIONS)}; got {normalisation!r}")
+    if normalisation == "model-units":
+        pred_n, pred_info = pred, {"mode": "none (synthetic values in model units, compared as they are)"}
+        ref_n, ref_info = _reference_in_model_units(ref, mask)
+        data_range = 1.0
+    else:
+        pred_n, pred_info = normalise_for_metrics(pred, mask, normalisation)
+        ref_n, ref_info = normalise_for_metrics(ref, mask, normalisation)
+        data_range = _data_range(ref_n, mask, normalisation)
 
     pred_stack, ref_stack, mask_stack = (_slice_stack(a, axis) for a in (pred_n, ref_n, mask))
     slices = [int(s) for s in np.flatnonzero(mask_stack.any(axis=(1, 2)))]
@@ -522,7 +541,47 @@ def evaluate(
         "psnr": "dB, 10 log10(data_range^2 / MSE), inf when MSE is 0",
         "slice_axis": axis if ref.ndim == 3 else None,
     }
+    voxels = result["conventions"]["mask_voxels"]
+    result["warnings"] = ([f"the mask has only {voxels} voxel{'s' if voxels != 1 else ''} (fewer than "
+                           f"{MIN_MASK_VOXELS}); these numbers say little about the image"]
+                          if voxels < MIN_MASK_VOXELS else [])
     return result
+
+
+def _reference_in_model_units(ref: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict]:
+    """The reference as training validation scores against: p0.5..p99.5 in the mask -> [0, 1], 0 outside."""
+    from .preprocessing import percentile_normalise
+
+    try:
+        normalised, (low, high) = percentile_normalise(ref, mask, PERCENTILE_LOW, PERCENTILE_HIGH)
+    except InputError:
+        raise InputError("ref is constant inside the mask, so it cannot be normalised to model units; "
+                         "use a larger mask or --normalisation none") from None
+    info = {"mode": "percentile in the mask, 0 outside (preprocessing.percentile_normalise)", "low": low,
+            "high": high, "percentiles": [PERCENTILE_LOW, PERCENTILE_HIGH]}
+    return normalised.astype(np.float64), info
+
+
+def json_compatible(result):
+    """``result`` for strict JSON: infinite or NaN numbers become ``None`` and a ``notes`` entry
+    (top level) says which; ``json.dumps(..., allow_nan=False)`` then succeeds."""
+    replaced = []
+
+    def convert(value, where):
+        if isinstance(value, dict):
+            return {key: convert(item, f"{where}.{key}" if where else str(key)) for key, item in value.items()}
+        if isinstance(value, (list, tuple)):
+            return [convert(item, f"{where}[{index}]") for index, item in enumerate(value)]
+        if isinstance(value, float) and not math.isfinite(value):
+            replaced.append(f"{where} = {value}")
+            return None
+        return value
+
+    converted = convert(result, "")
+    if replaced and isinstance(converted, dict):
+        converted["notes"] = list(converted.get("notes") or []) + [
+            "null stands for a non-finite value (PSNR is infinite when MSE is 0): " + ", ".join(replaced)]
+    return converted
 
 
 def _format_number(value) -> str:

@@ -6,9 +6,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .atomic import atomic_path
 from .orientation import to_canonical_slices
 from .volume import Volume
+
+#: Longest side of one panel in pixels; larger (or very anisotropic) slices are scaled down.
+MAX_PANEL_PIXELS = 1024
 
 
 def _display(slice_: np.ndarray) -> np.ndarray:
@@ -19,10 +21,28 @@ def _display(slice_: np.ndarray) -> np.ndarray:
 def write_preview(source: Volume, synthetic: Volume, path, reference: Volume | None = None) -> Path:
     """Write a PNG of one axial slice of each volume side by side (input | synthetic [| reference]).
 
+    See :func:`render_preview`. Written atomically (:func:`~MRISynthesisLib.io.write_outputs`).
+    """
+    from .io import write_outputs
+
+    canvas = render_preview(source, synthetic, reference)
+    return write_outputs([(Path(path), lambda tmp: write_png(canvas, tmp))])[0]
+
+
+def write_png(canvas: np.ndarray, path) -> None:
+    """Write a 2D uint8 image as PNG (``path`` must end in .png; no checks, not atomic)."""
+    from skimage.io import imsave
+
+    imsave(str(path), canvas, check_contrast=False)
+
+
+def render_preview(source: Volume, synthetic: Volume, reference: Volume | None = None) -> np.ndarray:
+    """The preview picture as a 2D uint8 array (rows, cols).
+
     The slice is the synthetic volume's axial slice with the most foreground, the same slice in
     every panel (all volumes share the input's grid); radiological view (patient right on the
-    image's left), aspect-correct for anisotropic voxels, each panel windowed to its own
-    0.5..99.5 percentiles. Written atomically.
+    image's left), aspect-correct for anisotropic voxels but at most :data:`MAX_PANEL_PIXELS` on
+    a side, each panel windowed to its own 0.5..99.5 percentiles.
     """
     from skimage.transform import resize
 
@@ -38,8 +58,10 @@ def write_preview(source: Volume, synthetic: Volume, path, reference: Volume | N
     for stack, transform in stacks:
         image = _display(stack[index].astype(np.float32))
         row_mm, col_mm = transform.canonical_spacing[1:]
-        height = max(1, int(round(image.shape[0] * row_mm / min(row_mm, col_mm))))
-        width = max(1, int(round(image.shape[1] * col_mm / min(row_mm, col_mm))))
+        height = image.shape[0] * row_mm / min(row_mm, col_mm)
+        width = image.shape[1] * col_mm / min(row_mm, col_mm)
+        scale = min(1.0, MAX_PANEL_PIXELS / max(height, width))
+        height, width = max(1, int(round(height * scale))), max(1, int(round(width * scale)))
         panels.append(resize(image, (height, width), order=1, anti_aliasing=True))
     height = max(p.shape[0] for p in panels)
     canvas = np.zeros((height, sum(p.shape[1] for p in panels) + 4 * (len(panels) - 1)), np.float32)
@@ -47,9 +69,4 @@ def write_preview(source: Volume, synthetic: Volume, path, reference: Volume | N
     for panel in panels:
         canvas[: panel.shape[0], x: x + panel.shape[1]] = panel
         x += panel.shape[1] + 4
-    path = Path(path)
-    from skimage.io import imsave
-
-    with atomic_path(path) as tmp:
-        imsave(tmp, (canvas * 255).astype(np.uint8), check_contrast=False)
-    return path
+    return (canvas * 255).astype(np.uint8)

@@ -16,6 +16,7 @@ import numpy as np
 from .checkpoint import ModelMetadata, load_checkpoint
 from .device import autocast_dtype, select_device
 from .errors import Cancelled, InputError
+from .input_check import check_stack
 from .orientation import from_canonical_slices, to_canonical_slices
 from .preprocessing import SliceGeometry, foreground_slices, gather_context, normalise_stack
 from .volume import Volume
@@ -32,6 +33,10 @@ class Synthesizer:
     ``batch_size``: slices per forward pass; memory use grows linearly with it.
     ``mixed_precision``: autocast on CUDA (bfloat16 where supported, else float16).
     ``flip_tta``: average the prediction with that of the left-right mirrored slice.
+
+    Every input is checked for resemblance to brain MRI (:mod:`MRISynthesisLib.input_check`);
+    ``input_check`` holds the check of the last input, and each result carries it in
+    ``meta['input_check']`` and ``meta['provenance']``.
     """
 
     def __init__(self, checkpoint, device="auto", batch_size: int = 8, mixed_precision: bool = True,
@@ -45,6 +50,7 @@ class Synthesizer:
         self.batch_size = int(batch_size)
         self.mixed_precision = bool(mixed_precision)
         self.flip_tta = bool(flip_tta)
+        self.input_check = None
 
     @classmethod
     def from_model(cls, model, metadata: ModelMetadata, device="auto", **options) -> "Synthesizer":
@@ -97,9 +103,14 @@ class Synthesizer:
             if mask.shape != array.shape:
                 raise InputError(f"mask shape {mask.shape} does not match the volume's shape {array.shape}")
             mask_stack, _ = to_canonical_slices(mask.astype(bool), volume.affine)
+            if not mask_stack.any():
+                raise InputError("the given mask is empty (no voxel inside); give a mask of the brain or none")
+        require_positive_intensities(stack)
         norm = self.metadata.normalisation
         model_input, mask_stack = normalise_stack(stack, mask_stack, float(norm.get("low", 0.5)),
                                                   float(norm.get("high", 99.5)))
+        # Not refused, but the result says so: is this like the brain MRI the model saw?
+        self.input_check = check_stack(stack, mask_stack, transform.canonical_spacing, model_input)
         geometry = SliceGeometry(rows, cols, transform.canonical_spacing[1:], int(self.metadata.slice_size),
                                  self.metadata.pixel_spacing_mm)
         return model_input, mask_stack, transform, geometry
@@ -144,12 +155,32 @@ class Synthesizer:
             progress(0, 0)
         mean_stack *= mask_stack
         out_meta = {k: v for k, v in volume.meta.items() if k == "header"}
-        out_meta.update(model_id=self.metadata.model_id, direction=self.metadata.direction)
+        out_meta.update(model_id=self.metadata.model_id, direction=self.metadata.direction,
+                        input_check=self.input_check.as_dict(), provenance=self._provenance())
         mean = Volume(from_canonical_slices(mean_stack, transform), volume.affine.copy(), out_meta)
         if not samples:
             return mean, None
         std_stack *= mask_stack
         return mean, Volume(from_canonical_slices(std_stack, transform), volume.affine.copy(), dict(out_meta))
+
+
+    def _provenance(self) -> dict:
+        """What made this output (stored in the NIfTI header by :func:`MRISynthesisLib.io.nifti_image`)."""
+        from . import __version__
+
+        return {"software": f"MRISynthesis {__version__}", "model_id": self.metadata.model_id,
+                "model_architecture": self.metadata.architecture, "direction": self.metadata.direction,
+                "model_content_sha256": self.metadata.content_sha256, "flip_tta": self.flip_tta,
+                "input_check": self.input_check.as_dict(), "units": self.metadata.output_units,
+                "note": "synthetic image, not for diagnosis"}
+
+
+def require_positive_intensities(array: np.ndarray) -> None:
+    """InputError for a volume with negative values and no positive one (not an MRI magnitude
+    image), named as such rather than as an empty volume."""
+    if float(array.max()) <= 0 and float(array.min()) < 0:
+        raise InputError(f"the volume has no positive voxels (values {float(array.min()):g} to "
+                         f"{float(array.max()):g}); MRI magnitude images are positive")
 
 
 def describe(metadata: ModelMetadata) -> str:

@@ -29,8 +29,10 @@ class Volume:
         affine = np.asarray(self.affine, dtype=np.float64)
         if array.ndim != 3:
             raise InputError(f"expected a 3D volume, got an array with shape {array.shape}")
-        if affine.shape != (4, 4) or not np.all(np.isfinite(affine)):
-            raise InputError(f"expected a finite 4x4 index-to-RAS matrix, got shape {affine.shape}")
+        if affine.shape != (4, 4):
+            raise InputError(f"expected a 4x4 index-to-RAS matrix, got shape {affine.shape}")
+        if not np.all(np.isfinite(affine)):
+            raise InputError("the index-to-RAS matrix contains NaN or infinite values (a corrupt header?)")
         if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise InputError("the index-to-RAS matrix is singular (a voxel axis has no direction)")
         object.__setattr__(self, "array", array)

@@ -1,6 +1,6 @@
 """Command line of the training package: ``mrisynthesis train`` and ``python -m Training``.
 
-    mrisynthesis train --config configs/pix2pix.yaml [section.key=value ...]
+    mrisynthesis train --config configs/pix2pix.yaml [--data DIR] [section.key=value ...]
     mrisynthesis train --resume runs/NAME [section.key=value ...]
     mrisynthesis train --config configs/pix2pix.yaml --print-config
     mrisynthesis train --list-options
@@ -14,6 +14,7 @@ continued with ``--resume``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -26,7 +27,7 @@ from . import config as config_module
 from . import distributed
 
 USAGE_EXAMPLES = """examples:
-  mrisynthesis train --config configs/supervised.yaml data.root=../shared/data/paired train.epochs=5
+  mrisynthesis train --config configs/supervised.yaml --data path/to/paired train.epochs=5
   mrisynthesis train --resume runs/supervised-demo
   mrisynthesis train --config configs/pix2pix.yaml --print-config
   torchrun --nproc_per_node 2 -m Training --config configs/pix2pix.yaml name=ddp-run
@@ -38,6 +39,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="mrisynthesis train", description="Train a T1<->T2 synthesis model (headless).",
         epilog=USAGE_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", help="YAML or JSON configuration file (defaults are used for missing keys)")
+    parser.add_argument("--data", metavar="DIR", help="folder of paired subject folders, each with a T1 and a T2 "
+                        "volume of the same subject on one grid (same as data.root=DIR; see docs/training.md#data)")
     parser.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last saved state "
                         "(its config.yaml is used; overrides such as train.epochs=20 still apply)")
     parser.add_argument("--print-config", action="store_true", help="print the effective configuration and exit")
@@ -48,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_config(args) -> tuple[config_module.Config, Path | None]:
     """The effective configuration and, with --resume, the run folder to continue."""
+    if args.data is not None:
+        args.overrides = [f"data.root={args.data}"] + list(args.overrides)
     if args.resume:
         run_dir = Path(args.resume)
         if not (run_dir / "config.yaml").is_file():
@@ -60,20 +65,68 @@ def resolve_config(args) -> tuple[config_module.Config, Path | None]:
 
 
 def check_new_run_folder(config) -> Path:
-    """``output_dir/name`` must not exist yet (no silent overwrite) and ``output_dir`` must be writable."""
+    """``output_dir/name`` must not exist yet (no silent overwrite) and ``output_dir`` (or, if it does
+    not exist yet, its nearest existing parent) must be writable. Nothing is created."""
     output_dir = Path(config.output_dir)
     run_dir = output_dir / config.name
     if run_dir.exists():
         raise OutputError(f"run folder {run_dir} already exists; continue it with --resume {run_dir} "
                           f"or choose another name (name=...)")
+    existing = output_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
     try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=str(output_dir))
+        if not existing.is_dir():
+            raise NotADirectoryError(20, "not a folder")
+        handle, probe = tempfile.mkstemp(prefix=".write-test-", dir=str(existing))
         os.close(handle)
         os.remove(probe)
     except OSError as error:
         raise OutputError(f"output folder {output_dir} is not writable: {error.strerror or error}") from None
     return run_dir
+
+
+def check_data_exists(config) -> None:
+    """Refuse a missing data folder before anything is created, saying what data is needed."""
+    data = config.data
+    if data.mode == "unpaired":
+        folders = [("data.t1_dir", data.t1_dir), ("data.t2_dir", data.t2_dir)]
+    elif data.manifest:
+        folders = []
+        if not Path(data.manifest).expanduser().is_file():
+            raise config_module.ConfigError(f"data manifest not found: {data.manifest}")
+    else:
+        folders = [("data folder", data.root)]
+    for what, folder in folders:
+        if folder and Path(folder).expanduser().exists() and not Path(folder).expanduser().is_dir():
+            raise config_module.ConfigError(f"{what} is not a folder: {folder}")
+        if not folder or not Path(folder).expanduser().is_dir():
+            raise config_module.ConfigError(
+                f"{what} not found: {folder or '(empty)'}. Training needs paired T1/T2 volumes of the same subjects "
+                "(e.g. the public IXI or BraTS collections), one folder per subject; pass it with --data DIR "
+                "(see docs/training.md#data)")
+
+
+class _EchoValidation:
+    """The run's logger, also printing each validation as it happens (the bar shows only losses)."""
+
+    def __init__(self, logger, log):
+        self._logger, self._log = logger, log
+
+    def log(self, kind, epoch, step, values):
+        self._logger.log(kind, epoch, step, values)
+        if kind in ("val", "baseline") and all(k in values for k in ("mae", "psnr", "ssim")):
+            what = "inverted-intensity baseline" if kind == "baseline" else f"validation after epoch {epoch} (step {step})"
+            text = f"{what}: brain MAE {values['mae']:.4f}  PSNR {values['psnr']:.2f} dB  SSIM {values['ssim']:.3f}"
+            if self._log is print:
+                from tqdm import tqdm
+
+                tqdm.write(text)  # above the progress bar, not through it
+            else:
+                self._log(text)
+
+    def __getattr__(self, name):
+        return getattr(self._logger, name)
 
 
 def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
@@ -90,8 +143,11 @@ def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
             torch.set_num_threads(config.train.threads)
         seed_everything(config.seed + context.rank, config.deterministic)
         created = resume_dir is None
+        new_output_dir = False
         if created:
+            check_data_exists(config)
             run_dir = check_new_run_folder(config)
+            new_output_dir = not run_dir.parent.exists()
             distributed.barrier(context)
             if context.is_main:
                 run_dir.mkdir(parents=True)
@@ -102,14 +158,24 @@ def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
         try:
             data = prepare_data(config, run_dir, context, resume=not created, log=log)
             logger = RunLogger(run_dir, enabled=context.is_main)
-            trainer = TRAINERS[config.family](config, run_dir, data, context, logger)
+            trainer = TRAINERS[config.family](config, run_dir, data, context,
+                                              _EchoValidation(logger, log) if context.is_main else logger)
             if not created:
                 trainer.resume()
-        except MRISynthesisError:
+        except BaseException as error:
             # A run that could not even start leaves nothing behind (so the same name works
             # again); a failed resume leaves the run, and its config.yaml, as they were.
             if created and context.is_main:
                 shutil.rmtree(run_dir, ignore_errors=True)
+                if new_output_dir:
+                    with contextlib.suppress(OSError):
+                        run_dir.parent.rmdir()  # only if empty
+            if isinstance(error, (MRISynthesisError, KeyboardInterrupt)):
+                raise
+            if isinstance(error, Exception):  # torch/OS errors while building (e.g. out of memory)
+                first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+                raise MRISynthesisError(f"the run could not be set up: {type(error).__name__}"
+                                        f"{': ' + first if first else ''}") from None
             raise
         if not created and context.is_main:
             (run_dir / "config.yaml").write_text(config_module.to_yaml(config), encoding="utf-8")
@@ -129,7 +195,20 @@ def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
 
 
 def main(argv=None) -> int:
+    from MRISynthesisLib.atomic import terminate_cleanly
+    from MRISynthesisLib.cli import quiet_when_pipe_closes
+
+    terminate_cleanly()  # SIGTERM unwinds like Ctrl-C: temporary files removed, last state kept
+    with quiet_when_pipe_closes():
+        return _main(argv)
+
+
+def _main(argv) -> int:
     parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv:  # nothing to do: say how, create nothing
+        parser.print_help()
+        return 2
     args = parser.parse_args(argv)
     try:
         if args.list_options:

@@ -313,10 +313,74 @@ def validate(config: Config) -> Config:
                                 ("validation.every_epochs", config.validation.every_epochs, 1),
                                 ("loss.pool_size", config.loss.pool_size, 0)):
         check(value >= minimum, f"{key} must be >= {minimum}; got {value}")
-    check(config.optim.lr > 0, f"optim.lr must be > 0; got {config.optim.lr}")
+    _check_ranges(config, check)
     check(bool(config.name) and "/" not in config.name and config.name not in (".", ".."),
           f"name must be a plain folder name; got {config.name!r}")
     return config
+
+
+def _check_ranges(config: Config, check) -> None:
+    """Upper bounds and finiteness, so that no value fails later with a traceback, trains on NaN
+    or allocates an absurd network (the size guard is the checkpoint loader's, for any model)."""
+    from MRISynthesisLib.checkpoint import MAX_CONTEXT_SLICES, MAX_SLICE_SIZE
+
+    def finite(key, value, low, high, low_open=False, high_open=False):
+        ok = math.isfinite(value) and (value > low if low_open else value >= low) and (
+            value < high if high_open else value <= high)
+        check(ok, f"{key} must be a finite number in {'(' if low_open else '['}{low:g}, {high:g}"
+                  f"{')' if high_open else ']'}; got {value}")
+
+    o, d, loss = config.optim, config.data, config.loss
+    finite("optim.lr", o.lr, 0, 1, low_open=True)
+    finite("optim.beta1", o.beta1, 0, 1, high_open=True)
+    finite("optim.beta2", o.beta2, 0, 1, high_open=True)
+    finite("optim.weight_decay", o.weight_decay, 0, 1)
+    finite("optim.gamma", o.gamma, 0, 1, low_open=True)
+    finite("optim.step_epochs", o.step_epochs, 0, 1e6, low_open=True)
+    check(o.decay_epochs == -1 or (math.isfinite(o.decay_epochs) and o.decay_epochs >= 0),
+          f"optim.decay_epochs must be -1 (half of the epochs) or >= 0; got {o.decay_epochs}")
+    for key in ("gradient_penalty", "l1", "cycle", "identity", "supervised_weight", "beta"):
+        finite(f"loss.{key}", getattr(loss, key), 0, 1e6)
+    finite("data.low_percentile", d.low_percentile, 0, 100)
+    finite("data.high_percentile", d.high_percentile, 0, 100)
+    check(d.low_percentile < d.high_percentile, f"data.low_percentile ({d.low_percentile}) must be below "
+          f"data.high_percentile ({d.high_percentile})")
+    finite("data.min_foreground", d.min_foreground, 0, 1, high_open=True)
+    if d.pixel_spacing_mm is not None:
+        finite("data.pixel_spacing_mm", d.pixel_spacing_mm, 0, 100, low_open=True, high_open=True)
+    check(d.slice_size <= MAX_SLICE_SIZE, f"data.slice_size must be <= {MAX_SLICE_SIZE}; got {d.slice_size}")
+    check(d.context_slices <= MAX_CONTEXT_SLICES,
+          f"data.context_slices must be <= {MAX_CONTEXT_SLICES}; got {d.context_slices}")
+    for key, value, high in (("data.batch_size", d.batch_size, 4096), ("data.num_workers", d.num_workers, 256),
+                             ("train.epochs", config.train.epochs, 1_000_000), ("loss.pool_size", loss.pool_size, 10_000),
+                             ("validation.batch_size", config.validation.batch_size, 4096),
+                             ("train.threads", config.train.threads, 4096)):
+        check(value <= high, f"{key} must be <= {high}; got {value}")
+    check(config.validation.batch_size >= 1, f"validation.batch_size must be >= 1; got {config.validation.batch_size}")
+    check(config.train.threads >= 0, f"train.threads must be >= 0; got {config.train.threads}")
+    generator = dict(config.model.generator_options, in_channels=config.in_channels, out_channels=1)
+    if config.generator_name == "vae":
+        generator["image_size"] = d.slice_size
+    _check_network_size("model.generator_options", config.generator_name, generator, check)
+    if config.family in ("pix2pix", "cyclegan", "unit"):
+        discriminator = dict(config.model.discriminator_options, in_channels=config.in_channels + 1)
+        _check_network_size("model.discriminator_options", config.model.discriminator, discriminator, check)
+
+
+def _check_network_size(key: str, name: str, options: dict, check) -> None:
+    """Bounded option values and a network of at most MAX_PARAMETERS values, measured on the meta
+    device (nothing allocated). Options the registry rejects are left to the trainer's message."""
+    from MRISynthesisLib.checkpoint import MAX_PARAMETERS, network_size
+    from MRISynthesisLib.errors import CheckpointError
+
+    try:
+        size = network_size(name, options)
+    except CheckpointError as error:
+        check(False, f"{key}: {error}")
+    except Exception:  # noqa: BLE001 - an unknown option or name gets the trainer's own clear message
+        return
+    check(size <= MAX_PARAMETERS, f"{key} describe a {name} of {size:,} values; at most {MAX_PARAMETERS:,} "
+          "are accepted (lower ngf or the number of blocks)")
 
 
 def parse_override(text: str) -> tuple[list[str], object]:

@@ -68,6 +68,12 @@ def load_state(path, map_location="cpu") -> dict:
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for damaged files
+        # torch's own message suggests weights_only=False, which would run the file's pickled code:
+        # never repeat that advice.
+        if "weights_only" in str(error) or "Unsupported global" in str(error):
+            raise InputError(f"cannot read the training state {path}: it holds objects other than tensors and "
+                             "plain values, so it is not a state written by MRISynthesis (it is not unpickled, "
+                             "as that could run code)") from None
         first = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
         raise InputError(f"cannot read the training state {path}: {first}") from None
     if not isinstance(state, dict) or state.get("version") != STATE_VERSION:

@@ -273,6 +273,7 @@ class Trainer:
             while self.epoch < config.train.epochs:
                 for batch in self._loader(self.epoch):
                     losses = self.train_step(self.to_device(batch))
+                    self._stop_if_not_finite(losses)
                     self.scaler.update()
                     self.update_ema()
                     self.train_cpu_seconds += time.process_time() - cpu_mark
@@ -312,6 +313,18 @@ class Trainer:
         """True once ``train.max_cpu_minutes`` of training CPU time (validation excluded) are used."""
         budget = self.config.train.max_cpu_minutes
         return bool(budget) and self.train_cpu_seconds >= 60.0 * budget
+
+    def _stop_if_not_finite(self, losses: dict) -> None:
+        """Stop (InputError) before anything is saved once the weights or, without fp16 loss
+        scaling (whose skipped steps are normal), a loss are NaN or infinite: the last saved state
+        and checkpoints stay the last good ones."""
+        parameters = [p for network in self.networks.values() for p in network.parameters()]
+        bad_weights = bool(parameters) and not bool(torch.stack([torch.isfinite(p).all() for p in parameters]).all())
+        bad_losses = [k for k, v in losses.items() if not np.isfinite(float(v))] if not self.scaler.is_enabled() else []
+        if bad_weights or bad_losses:
+            what = f"loss {bad_losses[0]} is {float(losses[bad_losses[0]])}" if bad_losses else "the weights became NaN or infinite"
+            raise InputError(f"training stopped at step {self.global_step + 1}: {what}; nothing was saved after the "
+                             "last good state (lower optim.lr, or check the data)")
 
     # -- validation and export --------------------------------------------------------------
 
