@@ -104,6 +104,19 @@ class Device(enum.Enum):
         return {"auto": _("Auto"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}[self.value]
 
 
+class Precision(enum.Enum):
+    """Arithmetic of the network (MRISynthesisLib.device.resolve_precision)."""
+
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
+    FP16 = "fp16"
+
+    def label(self):
+        return {"auto": _("Auto"), "fp32": _("float32 (reproducible)"), "bf16": _("bfloat16"),
+                "fp16": _("float16")}[self.value]
+
+
 @parameterNodeWrapper
 class MRISynthesisParameterNode:
     """
@@ -117,6 +130,7 @@ class MRISynthesisParameterNode:
     maskVolume - optional brain mask (labelmap or segmentation); None (Automatic) keeps a skull-stripped
         input as it is and brain-extracts a whole-head scan, showing the mask as an editable segmentation.
     uncertainty - also compute a standard-deviation map (models that can sample only).
+    precision - network arithmetic; Auto is bfloat16 on CPUs with native bfloat16 and on GPUs, else float32.
     """
 
     inputVolume: vtkMRMLScalarVolumeNode
@@ -128,6 +142,7 @@ class MRISynthesisParameterNode:
     batchSize: Annotated[int, WithinRange(1, 64)] = 8
     maskVolume: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
     uncertainty: bool = False
+    precision: Precision = Precision.AUTO
 
 
 #
@@ -342,6 +357,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                                         device=p.device.value, referenceVolume=p.referenceVolume,
                                         progress=self._onProgress, batchSize=p.batchSize,
                                         maskVolume=p.maskVolume, uncertainty=p.uncertainty,
+                                        precision=p.precision.value,
                                         onStage=self._onStage)
         except Cancelled as cancelled:
             # The logic names a node that was removed or a scene that was closed during the run.
@@ -379,8 +395,9 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._parameterNode.device == Device.AUTO else ""
         self.ui.deviceStatusLabel.text = picked
         lines = [_("Synthetic volume: {name}").format(name=result.outputVolume.GetName()),
-                 _("Model: {model}; device: {device}; batch size: {batch}").format(
-                     model=result.modelId, device=result.device, batch=result.batchSize)]
+                 _("Model: {model}; device: {device}; batch size: {batch}; precision: {precision}").format(
+                     model=result.modelId, device=result.device, batch=result.batchSize,
+                     precision=result.precision)]
         lines += result.notes
         if result.differenceVolume is not None:
             lines.append(_("Difference map (synthetic \u2212 reference): {name}; fade it in with the reference "

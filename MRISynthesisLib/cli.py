@@ -53,6 +53,10 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                      help="auto: CUDA, then Apple MPS, then CPU (default: auto)")
     syn.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default: 8)")
+    syn.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                     help="arithmetic of the network: auto = bf16 on CPUs with native bfloat16 (AVX-512 BF16 "
+                          "or AMX) and on CUDA GPUs that support it (else fp16), fp32 elsewhere; fp32 gives "
+                          "reproducible results on any machine (default: auto)")
     syn.add_argument("--brain-mask", "--mask", dest="brain_mask", default="auto", metavar="auto|none|FILE",
                      help="auto (default): keep a skull-stripped input as it is, brain-extract a whole-head scan "
                           "(deepbet); none: no extraction; FILE: a brain mask NIfTI on the input's grid "
@@ -180,7 +184,8 @@ def _synthesize(args) -> int:
 
     require_positive_intensities(volume.array)  # before brain extraction, which would blame the mask
 
-    synthesizer = Synthesizer(model_path, device=args.device, batch_size=args.batch_size, flip_tta=args.tta)
+    synthesizer = Synthesizer(model_path, device=args.device, batch_size=args.batch_size, flip_tta=args.tta,
+                              precision=args.precision)
     if args.uncertainty and not synthesizer.supports_uncertainty:
         raise InputError(f"--uncertainty needs a model that can sample (a VAE); '{metadata.model_id}' is "
                          f"{metadata.architecture} (no shipped model is a VAE: train one with configs/vae.yaml)")
@@ -214,7 +219,7 @@ def _synthesize(args) -> int:
         print(f"warning: the input does not look like the brain MRI the model was trained on: {warning}",
               file=sys.stderr)
     print(f"model: {metadata.model_id} ({metadata.architecture}, {metadata.source_contrast} -> "
-          f"{metadata.target_contrast}) on {synthesizer.device}", file=sys.stderr)
+          f"{metadata.target_contrast}) on {synthesizer.device}, {synthesizer.precision.describe()}", file=sys.stderr)
     print(f"brain mask: {chosen.describe()}", file=sys.stderr)
     for path in written:
         print(f"wrote {path}", file=sys.stderr)

@@ -45,3 +45,83 @@ def autocast_dtype(device):
     if device.type != "cuda":
         return None
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+# -- inference precision -------------------------------------------------------------------------
+
+PRECISION_CHOICES = ("auto", "fp32", "bf16", "fp16")
+
+
+class Precision:
+    """How a model runs: ``name`` ('fp32', 'bf16' or 'fp16'), the autocast ``dtype`` (None for
+    full float32) and whether tensors use the channels-last memory format (faster bf16 on CPUs)."""
+
+    def __init__(self, name: str, dtype=None, channels_last: bool = False):
+        self.name, self.dtype, self.channels_last = name, dtype, bool(channels_last)
+
+    def __repr__(self):
+        return f"Precision({self.name!r}{', channels_last' if self.channels_last else ''})"
+
+    def describe(self) -> str:
+        return self.name + (" + channels_last" if self.channels_last else "")
+
+
+def cpu_has_native_bf16() -> bool:
+    """True when this CPU computes bfloat16 natively (x86 AVX-512 BF16 or AMX).
+
+    Without such instructions bfloat16 is emulated and slower than float32. Uses torch's CPU
+    feature queries when present, else the Linux ``/proc/cpuinfo`` flags; False when unknown.
+    """
+    import torch
+
+    mkldnn = getattr(torch.backends, "mkldnn", None)
+    if mkldnn is None or not mkldnn.is_available():
+        return False
+    cpu = getattr(torch, "cpu", None)
+    queries = [getattr(cpu, name, None) for name in ("_is_avx512_bf16_supported", "_is_amx_tile_supported")]
+    if all(callable(query) for query in queries):
+        try:
+            return any(bool(query()) for query in queries)
+        except Exception:  # noqa: BLE001 - a failing feature query means "unknown"
+            pass
+    return bool(_cpuinfo_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def _cpuinfo_flags() -> set:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def resolve_precision(requested: str, device) -> Precision:
+    """The :class:`Precision` for ``requested`` ('auto', 'fp32', 'bf16' or 'fp16') on ``device``.
+
+    'auto': on CUDA bfloat16 autocast where the GPU supports it, else float16; on a CPU with
+    native bfloat16 (:func:`cpu_has_native_bf16`) bfloat16 autocast + channels_last, else float32;
+    float32 on Apple MPS. An explicit choice is honoured on any device (bf16 on a CPU without
+    native support runs, emulated and slower); bf16 on a GPU without bf16 support is refused.
+    """
+    import torch
+
+    name = str(requested or "auto").lower()
+    if name not in PRECISION_CHOICES:
+        raise InputError(f"unknown precision '{requested}'; expected one of {', '.join(PRECISION_CHOICES)}")
+    kind = device.type
+    if name == "auto":
+        if kind == "cuda":
+            name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        elif kind == "cpu" and cpu_has_native_bf16():
+            name = "bf16"
+        else:
+            name = "fp32"
+    if name == "fp32":
+        return Precision("fp32")
+    if name == "bf16" and kind == "cuda" and not torch.cuda.is_bf16_supported():
+        raise InputError("precision 'bf16' was requested but this GPU does not support bfloat16; use fp16 or auto")
+    dtype = torch.bfloat16 if name == "bf16" else torch.float16
+    return Precision(name, dtype, channels_last=kind == "cpu")

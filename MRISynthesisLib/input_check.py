@@ -62,8 +62,13 @@ def check_stack(stack: np.ndarray, mask_stack: np.ndarray, spacing_mm, normalise
     warnings = []
     if not mask_stack.any():
         return InputCheck(("the input has no foreground",), {"foreground_fraction": 0.0})
-    bright = float(np.percentile(stack[mask_stack][:: max(1, int(mask_stack.sum()) // 1_000_000)], 99.5))
-    stats["negative_fraction"] = float(np.count_nonzero(stack < -0.01 * abs(bright)) / stack.size)
+    # Statistics slab by slab or from a sample of slices: no full-volume temporaries (synthesis keeps
+    # its memory near input + output, see benchmarks/bench_inference.py).
+    step = max(1, stack.shape[0] // SAMPLE_SLICES)
+    bright = float(np.percentile(stack[::step][mask_stack[::step]], 99.5))
+    threshold = -0.01 * abs(bright)
+    stats["negative_fraction"] = float(sum(np.count_nonzero(stack[k] < threshold) for k in range(stack.shape[0]))
+                                       / stack.size)
     if stats["negative_fraction"] > MAX_NEGATIVE_FRACTION:
         warnings.append(f"{100 * stats['negative_fraction']:.0f} % of the voxels are negative; MRI magnitude images "
                         "are positive (is this CT, a phase or a difference map?)")
@@ -82,16 +87,24 @@ def check_stack(stack: np.ndarray, mask_stack: np.ndarray, spacing_mm, normalise
 
     slices = np.flatnonzero(mask_stack.any(axis=(1, 2)))
     slices = slices[:: max(1, len(slices) // SAMPLE_SLICES)]
-    values, inside = normalised[slices], mask_stack[slices]
-    both = inside[:, :, :-1] & inside[:, :, 1:]
-    left, right = values[:, :, :-1][both], values[:, :, 1:][both]
-    correlation = float(np.corrcoef(left, right)[0, 1]) if left.size > 100 and left.std() > 0 and right.std() > 0 else 1.0
+    # One sampled slice at a time (sums for the correlation, counts for the histogram): no copy of
+    # the sample is kept.
+    sums = np.zeros(6)  # n, sum x, sum y, sum xx, sum yy, sum xy of horizontally neighbouring voxels
+    counts = np.zeros(20)
+    for k in slices:
+        values, inside = normalised[k], mask_stack[k]
+        both = inside[:, :-1] & inside[:, 1:]
+        left, right = values[:, :-1][both].astype(np.float64), values[:, 1:][both].astype(np.float64)
+        sums += [left.size, left.sum(), right.sum(), (left * left).sum(), (right * right).sum(), (left * right).sum()]
+        counts += np.histogram((values[inside] + 1.0) * 0.5, bins=20, range=(0.0, 1.0))[0]
+    n, sx, sy, sxx, syy, sxy = sums
+    var_x, var_y = (sxx - sx * sx / n, syy - sy * sy / n) if n else (0.0, 0.0)
+    correlation = float((sxy - sx * sy / n) / np.sqrt(var_x * var_y)) if n > 100 and var_x > 0 and var_y > 0 else 1.0
     stats["neighbour_correlation"] = round(correlation, 4)
     if correlation < MIN_NEIGHBOUR_CORRELATION:
         warnings.append(f"neighbouring voxels are nearly independent (correlation {correlation:.2f}); "
                         "anatomy is smooth (is this noise?)")
-    foreground = (values[inside] + 1.0) * 0.5
-    shares = np.histogram(foreground, bins=20, range=(0.0, 1.0))[0] / max(foreground.size, 1)
+    shares = counts / max(counts.sum(), 1)
     stats["histogram_peak"] = round(float(shares.max()), 4)
     if stats["histogram_peak"] > MAX_HISTOGRAM_PEAK:
         warnings.append(f"{100 * stats['histogram_peak']:.0f} % of the foreground has nearly one intensity; "

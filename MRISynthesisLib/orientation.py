@@ -62,8 +62,12 @@ class CanonicalTransform:
         return (lps_shape[2], lps_shape[1], lps_shape[0])
 
 
-def to_canonical_slices(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarray, CanonicalTransform]:
-    """``array[i, j, k]`` -> ``stack[slice, row, col]`` in the canonical axial orientation (a copy)."""
+def to_canonical_slices(array: np.ndarray, affine: np.ndarray, copy: bool = True
+                        ) -> tuple[np.ndarray, CanonicalTransform]:
+    """``array[i, j, k]`` -> ``stack[slice, row, col]`` in the canonical axial orientation.
+
+    A C-contiguous copy, or with ``copy=False`` a strided view of ``array`` (flips and axis swaps
+    only: no memory is used, and writing into the view writes into ``array``)."""
     array = np.asarray(array)
     if array.ndim != 3:
         raise InputError(f"expected a 3D array, got shape {array.shape}")
@@ -73,7 +77,9 @@ def to_canonical_slices(array: np.ndarray, affine: np.ndarray) -> tuple[np.ndarr
     for axis, (target, _) in enumerate(ornt):
         lps_spacing[int(target)] = float(spacing[axis])
     lps = nio.apply_orientation(array, nio.ornt_transform(ornt, _LPS))
-    stack = np.ascontiguousarray(lps.transpose(2, 1, 0))
+    stack = lps.transpose(2, 1, 0)
+    if copy:
+        stack = np.ascontiguousarray(stack)
     transform = CanonicalTransform(tuple(array.shape), ornt, (lps_spacing[2], lps_spacing[1], lps_spacing[0]))
     return stack, transform
 

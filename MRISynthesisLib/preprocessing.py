@@ -44,30 +44,51 @@ def brain_mask(array: np.ndarray) -> np.ndarray:
 
     Returns a boolean array of the input's shape.
     """
-    array = np.asarray(array, dtype=np.float32)
+    array = np.asarray(array, dtype=np.float32)  # no copy for float32 (also for strided views)
     if array.size == 0:
         raise InputError("cannot compute a mask of an empty array")
     positive = array > 0
-    values = array[positive]
-    if values.size == 0:
+    count = int(np.count_nonzero(positive))
+    if count == 0:
         return positive
-    if _stripped(array.size, values.size, positive):
+    if _stripped(array.size, count, positive):
         return positive
     # The threshold is a statistic: a regular subsample of at most ~2 M voxels gives the same
-    # value without two more full-volume copies.
-    values = values[:: max(1, values.size // 2_000_000)]
+    # value without full-volume copies.
+    values = _regular_subsample(array, positive, max(1, count // 2_000_000))
     lo, hi = np.percentile(values, [1, 99])
     if hi <= lo:
         return positive
     from skimage.filters import threshold_otsu
 
     threshold = 0.5 * float(threshold_otsu(np.clip(values, lo, hi)))
+    del positive, values
     mask = ndimage.binary_fill_holes(array > threshold)
-    labels, count = ndimage.label(mask)
-    if count > 1:
-        sizes = ndimage.sum(mask, labels, index=np.arange(1, count + 1))
-        mask = labels == (int(np.argmax(sizes)) + 1)
-    return mask
+    return _largest_component(mask)
+
+
+def _regular_subsample(array: np.ndarray, selected: np.ndarray, step: int) -> np.ndarray:
+    """``array[selected][::step]``, gathered slab by slab (never a full-size copy)."""
+    if step == 1 or array.ndim == 0:
+        return masked_values(array, selected)
+    pieces, offset = [], 0
+    for part in slabs(array.shape[0], array.shape):
+        values = masked_values(array[part], selected[part])
+        pieces.append(values[(-offset) % step::step])
+        offset += values.size
+    return np.concatenate(pieces)
+
+
+def _largest_component(mask: np.ndarray) -> np.ndarray:
+    """Largest 6-connected component of ``mask`` (labels in 16 bits when they fit: half the memory)."""
+    try:
+        labels, count = ndimage.label(mask, output=np.uint16)
+    except RuntimeError:  # more than 65535 components
+        labels, count = ndimage.label(mask)
+    if count <= 1:
+        return mask
+    sizes = ndimage.sum_labels(mask, labels, index=np.arange(1, count + 1))
+    return labels == (int(np.argmax(sizes)) + 1)
 
 
 def looks_skull_stripped(array: np.ndarray) -> bool:
@@ -88,8 +109,34 @@ def _max_face_fraction(mask: np.ndarray) -> float:
     fractions = []
     for axis in range(mask.ndim):
         for index in (0, -1):
-            fractions.append(float(np.take(mask, index, axis=axis).mean()))
+            face = mask[(slice(None),) * axis + (index,)]  # a view (np.take copies, slowly on strided arrays)
+            fractions.append(float(face.mean()))
     return max(fractions)
+
+
+def slabs(n: int, shape, voxels: int = 4_000_000):
+    """``slice`` objects cutting axis 0 of an array of ``shape`` into pieces of about ``voxels`` voxels."""
+    step = max(1, n * voxels // max(1, int(np.prod(shape))))
+    return [slice(start, min(n, start + step)) for start in range(0, n, step)]
+
+
+def contiguous_copy(array: np.ndarray, dtype=None) -> np.ndarray:
+    """C-contiguous copy of a (strided) array: read in memory order first, then reordered.
+
+    Going through a memory-order copy is about twice as fast as one transposing copy for the
+    canonical views of volumes, whose innermost axis often has the largest stride."""
+    if array.flags.c_contiguous:
+        return np.array(array, dtype=dtype)
+    return np.ascontiguousarray(np.array(array, dtype=dtype, order="K"))
+
+
+def masked_values(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """``array[mask]`` (same values, same order), gathered slab by slab: fast on strided views too."""
+    if array.flags.c_contiguous and mask.flags.c_contiguous:
+        return array[mask]
+    pieces = [contiguous_copy(array[part])[contiguous_copy(mask[part], bool)]
+              for part in slabs(array.shape[0], array.shape, 1_000_000)]
+    return np.concatenate(pieces) if pieces else array[mask]
 
 
 def percentile_normalise(array: np.ndarray, mask: np.ndarray, low: float = 0.5, high: float = 99.5
@@ -100,17 +147,41 @@ def percentile_normalise(array: np.ndarray, mask: np.ndarray, low: float = 0.5, 
     """
     array = np.asarray(array, dtype=np.float32)
     mask = np.asarray(mask, dtype=bool)
+    lo, hi = normalisation_range(array, mask, low, high)
+    return scale_to_unit(array, mask, lo, hi), (lo, hi)
+
+
+def normalisation_range(array: np.ndarray, mask: np.ndarray, low: float = 0.5, high: float = 99.5
+                        ) -> tuple[float, float]:
+    """The ``low`` and ``high`` percentiles of ``array`` inside ``mask`` (exact, as ``np.percentile``).
+
+    Errors: no foreground, or a constant foreground."""
     if not mask.any():
         raise InputError("the volume has no foreground voxels (it is empty or constant)")
-    # In place where possible: a 512 x 512 x 300 volume should cost few extra copies.
-    lo, hi = (float(v) for v in np.percentile(array[mask], [low, high], overwrite_input=True))
+    # One copy of the foreground values, partitioned in place.
+    lo, hi = (float(v) for v in np.percentile(masked_values(array, mask), [low, high], overwrite_input=True))
     if not hi > lo:
         raise InputError(f"the volume's foreground is constant (intensity {lo:g}); nothing to synthesise from")
-    out = np.subtract(array, np.float32(lo), dtype=np.float32)
+    return lo, hi
+
+
+def scale_to_unit(array: np.ndarray, mask: np.ndarray, lo: float, hi: float, in_place: bool = False) -> np.ndarray:
+    """``(array - lo) / (hi - lo)`` clipped to [0, 1], 0 outside ``mask``, float32: a new array, or
+    ``array`` itself with ``in_place`` (it must then be a float32 array the caller owns).
+
+    Elementwise, so a slab of slices gives bit for bit the same values as the whole volume."""
+    out = np.subtract(array, np.float32(lo), dtype=np.float32, out=array if in_place else None)
     out /= np.float32(hi - lo)
     np.clip(out, 0.0, 1.0, out=out)
     out[~mask] = 0.0
-    return out, (lo, hi)
+    return out
+
+
+def to_model_range(normalised: np.ndarray) -> np.ndarray:
+    """[0, 1] -> the model's [-1, 1], in place (background 0 becomes -1)."""
+    normalised *= 2.0
+    normalised -= 1.0
+    return normalised
 
 
 def normalise_stack(stack: np.ndarray, mask_stack: np.ndarray | None = None, low: float = 0.5,
@@ -123,14 +194,14 @@ def normalise_stack(stack: np.ndarray, mask_stack: np.ndarray | None = None, low
     if mask_stack is None:
         mask_stack = brain_mask(stack)
     normalised, _ = percentile_normalise(stack, mask_stack, low, high)
-    normalised *= 2.0
-    normalised -= 1.0
-    return normalised, mask_stack
+    return to_model_range(normalised), mask_stack
 
 
 def foreground_slices(mask_stack: np.ndarray, min_fraction: float = MIN_SLICE_FOREGROUND) -> np.ndarray:
     """Indices of the slices (axis 0) whose foreground fraction is at least ``min_fraction``."""
-    per_slice = mask_stack.reshape(mask_stack.shape[0], -1).mean(axis=1)
+    mask_stack = np.asarray(mask_stack, dtype=bool)
+    counts = mask_stack.sum(axis=tuple(range(1, mask_stack.ndim)), dtype=np.intp)  # no copy, any layout
+    per_slice = counts / float(np.prod(mask_stack.shape[1:]))
     return np.flatnonzero(per_slice >= max(min_fraction, 1e-12))
 
 
@@ -143,6 +214,12 @@ def gather_context(stack: np.ndarray, indices: np.ndarray, context: int) -> np.n
     indices = np.asarray(indices)
     offsets = np.arange(-context, context + 1)
     neighbour = np.clip(indices[:, None] + offsets[None, :], 0, stack.shape[0] - 1)
+    if not stack.flags.c_contiguous and neighbour.size:
+        # Strided view (e.g. the canonical view of a volume): one contiguous copy of the slabs
+        # spanned (fast strided copy) when they are few, then the gather inside it.
+        first, last = int(neighbour.min()), int(neighbour.max())
+        if last - first + 1 <= 2 * neighbour.size:
+            return contiguous_copy(stack[first:last + 1])[neighbour - first]
     return stack[neighbour]
 
 

@@ -2,8 +2,13 @@
 
 volume -> canonical axial stack -> foreground mask and percentile normalisation ->
 batches of slices resampled to the model grid -> model -> back to the input grid ->
-volume with the input's geometry. Memory is bounded by the batch size: only one batch of
-model-sized slices exists at a time.
+volume with the input's geometry.
+
+Memory: besides the input and the output, only a bit-packed mask and one batch of slices exist.
+The canonical stack is a strided view of the input (no copy); each batch is normalised when it
+is gathered; results are written straight into the preallocated output array (through the same
+view), only inside the mask, so output pages that hold no brain are never touched. A 512 x 512 x 300
+volume thus needs about input + output + the model (``benchmarks/bench_inference.py --large``).
 """
 
 from __future__ import annotations
@@ -14,11 +19,12 @@ from pathlib import Path
 import numpy as np
 
 from .checkpoint import ModelMetadata, load_checkpoint
-from .device import autocast_dtype, select_device
+from .device import resolve_precision, select_device
 from .errors import Cancelled, InputError
 from .input_check import check_stack
-from .orientation import from_canonical_slices, to_canonical_slices
-from .preprocessing import SliceGeometry, foreground_slices, gather_context, normalise_stack
+from .orientation import to_canonical_slices
+from .preprocessing import (SliceGeometry, brain_mask, contiguous_copy, foreground_slices, gather_context, normalisation_range,
+                            scale_to_unit, slabs, to_model_range)
 from .volume import Volume
 
 #: Smallest in-plane size (voxels) that is synthesised; smaller inputs are refused.
@@ -31,7 +37,11 @@ class Synthesizer:
     ``checkpoint``: path of a ``.safetensors`` checkpoint (see :mod:`MRISynthesisLib.checkpoint`).
     ``device``: 'auto' (CUDA, then MPS, then CPU), 'cpu', 'cuda' or 'mps'.
     ``batch_size``: slices per forward pass; memory use grows linearly with it.
-    ``mixed_precision``: autocast on CUDA (bfloat16 where supported, else float16).
+    ``precision``: 'auto', 'fp32', 'bf16' or 'fp16' (see :func:`MRISynthesisLib.device.resolve_precision`):
+    'auto' is bfloat16 autocast + channels_last on CPUs with native bfloat16, bfloat16 (else
+    float16) autocast on CUDA, float32 elsewhere. ``self.precision`` is the resolved choice.
+    ``mixed_precision``: ``False`` forces float32 whatever ``precision`` says (training validation
+    and the study use it, so their numbers do not depend on the machine).
     ``flip_tta``: average the prediction with that of the left-right mirrored slice.
 
     Every input is checked for resemblance to brain MRI (:mod:`MRISynthesisLib.input_check`);
@@ -40,15 +50,17 @@ class Synthesizer:
     """
 
     def __init__(self, checkpoint, device="auto", batch_size: int = 8, mixed_precision: bool = True,
-                 flip_tta: bool = False):
+                 flip_tta: bool = False, precision: str = "auto"):
         if int(batch_size) < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
         self.device = select_device(device)
+        self.precision = resolve_precision(precision if mixed_precision else "fp32", self.device)
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
         if checkpoint is not None:
-            self.model, self.metadata = load_checkpoint(checkpoint, device=self.device)
+            model, self.metadata = load_checkpoint(checkpoint, device=self.device)
+            self.model = self._prepare_model(model)
         self.batch_size = int(batch_size)
-        self.mixed_precision = bool(mixed_precision)
+        self.mixed_precision = self.precision.dtype is not None
         self.flip_tta = bool(flip_tta)
         self.input_check = None
 
@@ -56,11 +68,20 @@ class Synthesizer:
     def from_model(cls, model, metadata: ModelMetadata, device="auto", **options) -> "Synthesizer":
         """Wrap an in-memory model (e.g. during training validation) with the same inference path.
 
-        The model is switched to eval mode; the caller switches it back to training mode."""
+        The model is switched to eval mode (and to channels_last when the precision asks for it);
+        the caller switches it back to training mode."""
         synthesizer = cls(None, device=device, **options)
         metadata.validate()
-        synthesizer.model, synthesizer.metadata = model.to(synthesizer.device).eval(), metadata
+        synthesizer.model = synthesizer._prepare_model(model.to(synthesizer.device).eval())
+        synthesizer.metadata = metadata
         return synthesizer
+
+    def _prepare_model(self, model):
+        if self.precision.channels_last:
+            import torch
+
+            model = model.to(memory_format=torch.channels_last)
+        return model
 
     @property
     def supports_uncertainty(self) -> bool:
@@ -89,38 +110,49 @@ class Synthesizer:
     # -- internals ---------------------------------------------------------------------------
 
     def _prepare(self, volume: Volume, mask):
+        """Canonical view of the input, its foreground mask (bit-packed), normalisation range, geometry."""
         array = np.asarray(volume.array, dtype=np.float32)
-        if not np.all(np.isfinite(array)):
+        if not _all_finite(array):
             raise InputError("the input volume contains NaN or infinite values")
-        stack, transform = to_canonical_slices(array, volume.affine)
+        stack, transform = to_canonical_slices(array, volume.affine, copy=False)
         _, rows, cols = stack.shape
         if rows < MIN_INPLANE_VOXELS or cols < MIN_INPLANE_VOXELS:
             raise InputError(f"the axial slices are only {rows} x {cols} voxels; at least "
                              f"{MIN_INPLANE_VOXELS} x {MIN_INPLANE_VOXELS} are needed")
-        mask_stack = None
         if mask is not None:
             mask = np.asarray(mask)
             if mask.shape != array.shape:
                 raise InputError(f"mask shape {mask.shape} does not match the volume's shape {array.shape}")
-            mask_stack, _ = to_canonical_slices(mask.astype(bool), volume.affine)
+            mask_stack, _ = to_canonical_slices(mask if mask.dtype == bool else mask.astype(bool), volume.affine,
+                                                copy=False)
             if not mask_stack.any():
                 raise InputError("the given mask is empty (no voxel inside); give a mask of the brain or none")
+        else:
+            mask_stack = brain_mask(stack)
         require_positive_intensities(stack)
         norm = self.metadata.normalisation
-        model_input, mask_stack = normalise_stack(stack, mask_stack, float(norm.get("low", 0.5)),
-                                                  float(norm.get("high", 99.5)))
+        lo_hi = normalisation_range(stack, mask_stack, float(norm.get("low", 0.5)), float(norm.get("high", 99.5)))
         # Not refused, but the result says so: is this like the brain MRI the model saw?
-        self.input_check = check_stack(stack, mask_stack, transform.canonical_spacing, model_input)
+        self.input_check = check_stack(stack, mask_stack, transform.canonical_spacing,
+                                       _NormalisedSlices(stack, mask_stack, *lo_hi))
+        indices = foreground_slices(mask_stack)
+        packed = np.empty(mask_stack.shape[:2] + ((cols + 7) // 8,), dtype=np.uint8)  # 1 bit per voxel
+        for part in slabs(mask_stack.shape[0], mask_stack.shape, 1_000_000):
+            packed[part] = np.packbits(contiguous_copy(mask_stack[part], bool), axis=-1)
         geometry = SliceGeometry(rows, cols, transform.canonical_spacing[1:], int(self.metadata.slice_size),
                                  self.metadata.pixel_spacing_mm)
-        return model_input, mask_stack, transform, geometry
+        return stack, packed, indices, lo_hi, transform, geometry
+
+    def _autocast(self):
+        import torch
+
+        dtype = self.precision.dtype
+        return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def _forward(self, x):
         import torch
 
-        dtype = autocast_dtype(self.device) if self.mixed_precision else None
-        cast = torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-        with cast:
+        with self._autocast():
             y = self.model(x)
             if self.flip_tta:
                 y = 0.5 * (y + torch.flip(self.model(torch.flip(x, dims=[3])), dims=[3]))
@@ -129,39 +161,46 @@ class Synthesizer:
     def _run(self, volume: Volume, progress, mask, samples: int):
         import torch
 
-        model_input, mask_stack, transform, geometry = self._prepare(volume, mask)
-        indices = foreground_slices(mask_stack)
-        mean_stack = np.zeros(model_input.shape, dtype=np.float32)
-        std_stack = np.zeros(model_input.shape, dtype=np.float32) if samples else None
+        stack, packed, indices, (lo, hi), transform, geometry = self._prepare(volume, mask)
+        cols = stack.shape[2]
+        # Outputs on the input's grid, filled through canonical views (np.zeros pages cost no memory
+        # until written, and only voxels inside the mask are written).
+        mean = np.zeros(transform.original_shape, dtype=np.float32)
+        mean_stack = to_canonical_slices(mean, volume.affine, copy=False)[0]
+        std = np.zeros(transform.original_shape, dtype=np.float32) if samples else None
+        std_stack = to_canonical_slices(std, volume.affine, copy=False)[0] if samples else None
         context = int(self.metadata.context_slices)
         total = len(indices)
         generator = torch.Generator(device="cpu").manual_seed(0)
         with torch.inference_mode():
             for start in range(0, total, self.batch_size):
                 batch = indices[start:start + self.batch_size]
-                x = torch.from_numpy(gather_context(model_input, batch, context)).to(self.device)
-                x = geometry.to_model(x)
+                masks = np.unpackbits(gather_context(packed, batch, context), axis=-1, count=cols).view(bool)
+                x = to_model_range(scale_to_unit(gather_context(stack, batch, context), masks, lo, hi, in_place=True))
+                x = geometry.to_model(torch.from_numpy(x).to(self.device))
+                if self.precision.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                inside = masks[:, context]
                 if samples:
-                    draws = self.model.sample(x, samples, generator=generator).float()
+                    with self._autocast():
+                        draws = self.model.sample(x, samples, generator=generator).float()
                     y_mean, y_std = draws.mean(dim=0), draws.std(dim=0)
-                    std_stack[batch] = geometry.from_model(y_std * 0.5)[:, 0].cpu().numpy()
+                    _write_inside(std_stack, batch, geometry.from_model(y_std * 0.5)[:, 0].cpu().numpy(), inside)
                 else:
                     y_mean = self._forward(x)
-                y = (geometry.from_model(y_mean)[:, 0] + 1.0) * 0.5
-                mean_stack[batch] = y.clamp_(0.0, 1.0).cpu().numpy()
+                y = geometry.from_model(y_mean)[:, 0].add_(1.0).mul_(0.5).clamp_(0.0, 1.0)  # in place: one batch
+                _write_inside(mean_stack, batch, y.cpu().numpy(), inside)
                 if progress is not None and progress(min(start + len(batch), total), total) is False:
                     raise Cancelled("synthesis cancelled; nothing was written")
         if total == 0 and progress is not None:
             progress(0, 0)
-        mean_stack *= mask_stack
         out_meta = {k: v for k, v in volume.meta.items() if k == "header"}
         out_meta.update(model_id=self.metadata.model_id, direction=self.metadata.direction,
                         input_check=self.input_check.as_dict(), provenance=self._provenance())
-        mean = Volume(from_canonical_slices(mean_stack, transform), volume.affine.copy(), out_meta)
+        result = Volume(mean, volume.affine.copy(), out_meta)
         if not samples:
-            return mean, None
-        std_stack *= mask_stack
-        return mean, Volume(from_canonical_slices(std_stack, transform), volume.affine.copy(), dict(out_meta))
+            return result, None
+        return result, Volume(std, volume.affine.copy(), dict(out_meta))
 
 
     def _provenance(self) -> dict:
@@ -173,6 +212,32 @@ class Synthesizer:
                 "model_content_sha256": self.metadata.content_sha256, "flip_tta": self.flip_tta,
                 "input_check": self.input_check.as_dict(), "units": self.metadata.output_units,
                 "note": "synthetic image, not for diagnosis"}
+
+class _NormalisedSlices:
+    """The model-range values of whole slices of ``stack``, computed when indexed (the input check
+    reads a sample of slices; no normalised copy of the volume is kept)."""
+
+    def __init__(self, stack, mask_stack, lo, hi):
+        self.stack, self.mask_stack, self.lo, self.hi = stack, mask_stack, lo, hi
+
+    def __getitem__(self, index):
+        return to_model_range(scale_to_unit(np.array(self.stack[index], dtype=np.float32), self.mask_stack[index],
+                                            self.lo, self.hi, in_place=True))
+
+
+def _all_finite(array: np.ndarray, voxels_per_chunk: int = 4_000_000) -> bool:
+    """``np.isfinite(array).all()`` without a full-size temporary."""
+    if array.ndim == 0 or array.shape[0] == 0:
+        return bool(np.all(np.isfinite(array)))
+    step = max(1, array.shape[0] * voxels_per_chunk // max(1, array.size))
+    return all(bool(np.isfinite(array[i:i + step]).all()) for i in range(0, array.shape[0], step))
+
+
+def _write_inside(out_stack: np.ndarray, batch: np.ndarray, values: np.ndarray, inside: np.ndarray) -> None:
+    """``out_stack[batch] = values * inside`` for a zero-initialised output, writing only inside the mask."""
+    for index, slice_values, slice_inside in zip(batch, values, inside):
+        np.copyto(out_stack[index], slice_values, where=slice_inside)
+
 
 
 def require_positive_intensities(array: np.ndarray) -> None:

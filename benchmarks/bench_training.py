@@ -1,12 +1,16 @@
-"""Training speed (images/s) of every model family at 256x256 on this machine.
+"""Training speed (images/s) of every model family at 256x256, fp32 vs bf16 + channels_last, one run.
 
 Runs the real trainers (``Training.trainers``: the same train_step, optimisers, autocast and
 schedule as ``mrisynthesis train``) on random 256x256 slices held in memory, so only compute is
 measured (no data loading, no validation). Networks are the literature defaults unless
 ``--ngf`` is given: pix2pix/supervised unet_256, cyclegan resnet_9blocks, vae, unit, baseline.
+By default every family is measured in fp32 and in bf16 autocast + channels_last, at batch 1
+and 4, side by side in one run (the machine is shared: compare the ratios), as images per CPU
+second (wall-clock in brackets).
 
-    python benchmarks/bench_training.py                 # all families, batch 1, 3 timed steps
-    python benchmarks/bench_training.py --families pix2pix cyclegan --batch-size 4 --ngf 32
+    python benchmarks/bench_training.py                               # all families, fp32 and bf16, batch 1 and 4
+    python benchmarks/bench_training.py --families pix2pix --ngf 64 --batch-sizes 1 --steps 2
+    python benchmarks/bench_training.py --modes fp32                  # one precision only
 """
 
 from __future__ import annotations
@@ -43,50 +47,65 @@ class RandomSlices(torch.utils.data.Dataset):
         return {"source": self.source[i], "target": self.target[i]}
 
 
-def images_per_second(family, args):
-    overrides = [f"family={family}", "device=cpu", f"data.batch_size={args.batch_size}", "data.slice_size=256",
-                 f"train.precision={args.precision}", f"train.channels_last={str(args.channels_last).lower()}"]
-    if args.ngf:
+MODES = {"fp32": ("fp32", False), "bf16": ("bf16", True)}  # precision, channels_last
+
+
+def images_per_second(family, args, batch_size, mode):
+    precision, channels_last = MODES[mode]
+    overrides = [f"family={family}", "device=cpu", f"data.batch_size={batch_size}", "data.slice_size=256",
+                 f"train.precision={precision}", f"train.channels_last={str(channels_last).lower()}"]
+    if args.ngf and family != "baseline":
         key = "nf" if family == "vae" else "ngf"
-        overrides.append(f"model.generator_options={{{key}: {args.ngf}}}") if family != "baseline" else None
+        overrides.append(f"model.generator_options={{{key}: {args.ngf}}}")
     config = load_config(None, overrides)
-    batch = {"source": torch.rand(args.batch_size, 1, 256, 256) * 2 - 1,
-             "target": torch.rand(args.batch_size, 1, 256, 256) * 2 - 1}
+    batch = {"source": torch.rand(batch_size, 1, 256, 256) * 2 - 1,
+             "target": torch.rand(batch_size, 1, 256, 256) * 2 - 1}
     with tempfile.TemporaryDirectory() as run_dir:
-        data = RunData(RandomSlices(args.batch_size * 4, 256), None, {"train": [], "val": [], "test": []})
+        data = RunData(RandomSlices(batch_size * 4, 256), None, {"train": [], "val": [], "test": []})
         trainer = TRAINERS[family](config, run_dir, data, DistributedContext())
         batch = trainer.to_device(batch)
         for _ in range(args.warmup):
             trainer.train_step(batch)
-        start = time.perf_counter()
+        wall, cpu = time.perf_counter(), time.process_time()
         for _ in range(args.steps):
             trainer.train_step(batch)
             trainer.scaler.update()
-        seconds = time.perf_counter() - start
+        wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     params = sum(p.numel() for n in trainer.networks.values() for p in n.parameters())
-    return args.steps * args.batch_size / seconds, params
+    images = args.steps * batch_size
+    return images / cpu, images / wall, params
 
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
-    parser.add_argument("--batch-size", type=int, default=1)
+    parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
+                        help="fp32, and bf16 = bf16 autocast + channels_last (default: both)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--ngf", type=int, default=0, help="generator width (0 = literature default)")
-    parser.add_argument("--precision", default="fp32", choices=("fp32", "bf16"))
-    parser.add_argument("--channels-last", action="store_true")
     parser.add_argument("--threads", type=int, default=0)
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     torch.manual_seed(0)
-    print(f"training images/s at 256x256, batch {args.batch_size}, {args.precision}, "
-          f"{torch.get_num_threads()} threads, torch {torch.__version__}")
-    print(f"{'family':<12}{'parameters':>14}{'images/s':>12}")
+    from MRISynthesisLib.device import cpu_has_native_bf16
+
+    print(f"training images per CPU second (wall-clock in brackets) at 256x256, {torch.get_num_threads()} threads, "
+          f"torch {torch.__version__}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
+    columns = [(b, m) for b in args.batch_sizes for m in args.modes]
+    print(f"{'family':<12}{'parameters':>12}" + "".join(f"{f'b{b} {m}':>20}" for b, m in columns)
+          + "".join(f"{f'b{b} bf16/fp32':>14}" for b in args.batch_sizes if len(args.modes) == 2))
     for family in args.families:
-        rate, params = images_per_second(family, args)
-        print(f"{family:<12}{params:>14,}{rate:>12.3f}", flush=True)
+        rates, params = {}, 0
+        for b, m in columns:
+            cpu_rate, wall_rate, params = images_per_second(family, args, b, m)
+            rates[b, m] = (cpu_rate, wall_rate)
+        line = f"{family:<12}{params:>12,}" + "".join(f"{rates[c][0]:>11.3f} ({rates[c][1]:>6.3f})" for c in columns)
+        if len(args.modes) == 2:
+            line += "".join(f"{rates[b, 'bf16'][0] / rates[b, 'fp32'][0]:>13.2f}x" for b in args.batch_sizes)
+        print(line, flush=True)
 
 
 if __name__ == "__main__":

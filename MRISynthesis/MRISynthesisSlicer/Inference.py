@@ -11,10 +11,10 @@ import logging
 import sys
 
 
-def defaultSynthesizerFactory(checkpoint, device, batchSize):
+def defaultSynthesizerFactory(checkpoint, device, batchSize, precision="auto"):
     from MRISynthesisLib.synthesis import Synthesizer
 
-    return Synthesizer(checkpoint, device=device, batch_size=batchSize)
+    return Synthesizer(checkpoint, device=device, batch_size=batchSize, precision=precision)
 
 
 def isOutOfMemory(error: BaseException) -> bool:

@@ -4,6 +4,7 @@ Usable from Slicer's Python console and from tests without the module's widget. 
 ``MRISynthesisLogic`` delegates to it after making sure PyTorch is importable.
 """
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -41,6 +42,7 @@ class SynthesisResult:
     metrics: dict = None  # MRISynthesisLib.metrics.evaluate result, conventions included
     brainMaskSegmentation: object = None  # the automatically extracted brain mask, editable
     notes: list = field(default_factory=list)  # e.g. GPU out-of-memory fallbacks
+    precision: str = ""  # resolved network arithmetic, e.g. "fp32" or "bf16 + channels_last"
 
 
 def checkOutputVolume(outputVolume, inputVolume, referenceVolume=None, maskVolume=None) -> None:
@@ -95,7 +97,8 @@ class SynthesisLogic:
         self.createSynthesizer = createSynthesizer
 
     def process(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None,
-                progress=None, batchSize=8, maskVolume=None, uncertainty=False, showResults=True, onStage=None):
+                progress=None, batchSize=8, maskVolume=None, uncertainty=False, showResults=True, onStage=None,
+                precision="auto"):
         """Synthesize ``direction``'s target contrast of ``inputVolume`` with ``model``.
 
         ``model``: catalog id (``MRISynthesisLib.catalog``), checkpoint path, or None for the
@@ -129,7 +132,10 @@ class SynthesisLogic:
                          "voxel grid; the synthetic volume is under the same transform.")
         mask = maskArrayFromNode(maskVolume, inputVolume) if maskVolume is not None else None
 
-        synthesizer = self.createSynthesizer(checkpoint, device, batchSize)
+        createSynthesizer = self.createSynthesizer
+        if precision != "auto":  # a factory is given precision= only when it is not 'auto'
+            createSynthesizer = functools.partial(self.createSynthesizer, precision=precision)
+        synthesizer = createSynthesizer(checkpoint, device, batchSize)
         metadata = synthesizer.metadata
         if metadata.direction != direction:
             raise ValueError(f"Model '{metadata.model_id}' synthesizes {metadata.direction}, but {direction} "
@@ -150,7 +156,7 @@ class SynthesisLogic:
 
         def createOrReuse(path, dev, batch):
             # The synthesizer loaded above is used for the first attempt; fallbacks make new ones.
-            return firstSynthesizer.pop() if firstSynthesizer else self.createSynthesizer(path, dev, batch)
+            return firstSynthesizer.pop() if firstSynthesizer else createSynthesizer(path, dev, batch)
 
         def progressUnlessNodesRemoved(done, total):
             # The widget's progress callback processes GUI events, so the user may close the scene or
@@ -178,6 +184,8 @@ class SynthesisLogic:
                 changes.willModify(outputVolume)
             result = SynthesisResult(outputVolume, metadata.model_id, direction, deviceName(synthesizer),
                                      int(synthesizer.batch_size), 0.0, notes=notes)
+            resolved = getattr(synthesizer, "precision", None)
+            result.precision = resolved.describe() if hasattr(resolved, "describe") else str(resolved or "")
             self._fillDerivedVolume(outputVolume, synthetic, "synthetic", metadata, direction, inputVolume)
 
             if extracted:
