@@ -56,9 +56,11 @@ def add_parser(commands) -> None:
                      help="catalog id or .safetensors checkpoint; default: the shipped default of --direction")
     app.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                      help="auto: CUDA, then Apple MPS, then CPU (default: auto)")
-    # HOOK(precision): when Synthesizer(precision=...) exists (issue 8), add the option here, e.g.
-    #   app.add_argument("--precision", default="auto", choices=[...], help=...)
-    # AppOptions.precision, _LazySynthesizer and the sidecar's "Precision" already carry it.
+    app.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                     help="network arithmetic (default auto: bf16 where the hardware computes it natively, else fp32)")
+    app.add_argument("--brain-mask", default="auto", choices=["auto", "none"],
+                     help="auto: extract the brain of whole-head scans first (skull-stripped inputs are left "
+                          "alone); none: synthesise inside the foreground mask as is (default: auto)")
     app.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default: 8)")
     app.add_argument("--jobs", type=int, default=1,
                      help="items processed in parallel, one process each (default: 1); on a cluster, "
@@ -84,6 +86,7 @@ class AppOptions:
     batch_size: int = 8
     precision: str | None = None
     skip_existing: bool = True
+    brain_mask: str = "auto"
 
 
 @dataclass
@@ -132,9 +135,10 @@ def reference_metrics(synthetic, target, low: float, high: float):
 
 
 def _precision_of(synthesizer) -> str:
-    explicit = getattr(synthesizer, "precision", None)  # HOOK(precision): Synthesizer's own description
-    if explicit:
-        return str(explicit)
+    explicit = getattr(synthesizer, "precision", None)
+    if explicit is not None and hasattr(explicit, "name"):
+        name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(explicit.name, explicit.name)
+        return name + (" + channels_last" if getattr(explicit, "channels_last", False) else "")
     from .device import autocast_dtype
 
     dtype = autocast_dtype(synthesizer.device) if synthesizer.mixed_precision else None
@@ -173,10 +177,14 @@ def _synthesize_item(item, options, synthesizer, paths, failure_record, start) -
     from .io import load_volume, save_volume
 
     source_contrast, target_contrast = SUFFIXES[options.direction]
+    from .brain_extraction import choose_brain_mask
+
     volume = load_volume(item.source)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        synthetic = synthesizer.synthesize(volume)
+        # whole-head scans are brain-extracted first; skull-stripped ones pass unchanged (mask None)
+        chosen = choose_brain_mask(volume, options.brain_mask, device=synthesizer.device)
+        synthetic = synthesizer.synthesize(volume, mask=chosen.mask)
     # The core's input plausibility check (out-of-distribution input, in meta['input_check'] when
     # the core records it) and any Python warning raised during synthesis reach the sidecar.
     check = synthetic.meta.get("input_check") or {}
@@ -207,7 +215,7 @@ def _synthesize_item(item, options, synthesizer, paths, failure_record, start) -
         "SourceContrast": source_contrast, "TargetContrast": target_contrast, "Direction": options.direction,
         "ModelId": metadata.model_id, "ModelArchitecture": metadata.architecture,
         "ModelSHA256": options.model_sha256, "SoftwareName": "MRISynthesis", "SoftwareVersion": __version__,
-        "Device": str(synthesizer.device), "Precision": _precision_of(synthesizer),
+        "Device": str(synthesizer.device), "Precision": _precision_of(synthesizer), "BrainMask": chosen.source,
         "IntensityUnits": metadata.output_units,
         "InputNormalisation": metadata.normalisation,
         "Geometry": "the source image's voxel grid and affine, unchanged",
@@ -383,7 +391,7 @@ def main(args) -> int:
     _create_output(output_dir)
     options = AppOptions(bids_dir.resolve(), output_dir, args.direction, model_path, metadata.model_id,
                          file_sha256(model_path), args.device, args.batch_size,
-                         getattr(args, "precision", None), args.skip_existing)
+                         args.precision, args.skip_existing, args.brain_mask)
     ensure_dataset_description(output_dir, dataset_description(bids_dir, args.direction, metadata.model_id,
                                                                options.model_sha256))
     create_once(output_dir / ".bidsignore", BIDSIGNORE)

@@ -150,7 +150,8 @@ def test_quick_study_trains_evaluates_writes_results_and_resumes(tmp_path):
     assert done["steps_done"] > 0 and done["calibration"]["seconds_per_step"] > 0
     scores = json.loads((out / "eval" / "t1-to-t2" / "baseline1x1.json").read_text())["subjects"]
     assert [row["subject"] for row in scores] == split["test"]
-    assert 0 < scores[0]["mask"]["mae"] < 1 and 0 < scores[0]["mask"]["ssim"] <= 1
+    # a 3-second 1x1 model can score an SSIM just below 0 (the range is -1..1); the ceiling below must beat it
+    assert 0 < scores[0]["mask"]["mae"] < 1 and -1 <= scores[0]["mask"]["ssim"] <= 1
     assert scores[0]["texture"]["lesion"] is not None  # CBICA has a lesion mask
     ceiling = json.loads((out / "eval" / "t1-to-t2" / "ceiling.json").read_text())["subjects"][0]["mask"]
     # Only the loss of the (coarse, 4 mm in quick mode) grid: far better than a trained 1x1 network.
