@@ -95,10 +95,12 @@ class TestCase:
         return int(np.argmax(mask.reshape(mask.shape[0], -1).sum(axis=1)))
 
 
-def predict(method, case: TestCase, checkpoint=None, lookup: IntensityLookup | None = None, grid=None):
+def predict(method, case: TestCase, checkpoint=None, lookup: IntensityLookup | None = None, grid=None,
+            flip_tta: bool = False):
     """``(synthetic [i, j, k] in [0, 1], CPU seconds)`` of ``method`` (a protocol.Method) on ``case``.
 
     ``grid``: ``(slice_size, pixel_spacing_mm)`` of the trained models, for the 'ceiling' kind.
+    ``flip_tta``: trained models also average the left-right mirrored prediction.
     CPU seconds of the process (all threads), because the machine is shared."""
     started = time.process_time()
     if method.kind == "ceiling":
@@ -110,7 +112,7 @@ def predict(method, case: TestCase, checkpoint=None, lookup: IntensityLookup | N
     else:
         from MRISynthesisLib.synthesis import Synthesizer
 
-        synthesizer = Synthesizer(checkpoint, device="cpu", mixed_precision=False)
+        synthesizer = Synthesizer(checkpoint, device="cpu", mixed_precision=False, flip_tta=flip_tta)
         started = time.process_time()
         synthetic = synthesizer.synthesize(case.source).array  # as a user would: no mask given
     return synthetic, time.process_time() - started

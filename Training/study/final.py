@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +29,7 @@ from MRISynthesisLib.errors import MRISynthesisError
 from . import evaluate, figures, protocol
 
 BASELINES = ("inverted", "lookup", "baseline1x1")
+TRAINED = protocol.Method("checkpoint", "a trained checkpoint", "trained")
 HIGHER = {"mae": False, "psnr": True, "ssim": True}
 
 
@@ -42,15 +42,6 @@ def _subjects(study_dir: Path, split: str):
     return [subjects[i] for i in ids]
 
 
-def _predict(checkpoint, case, tta: bool):
-    from MRISynthesisLib.synthesis import Synthesizer
-
-    synthesizer = Synthesizer(checkpoint, device="cpu", mixed_precision=False, flip_tta=tta)
-    started = time.process_time()
-    synthetic = synthesizer.synthesize(case.source).array
-    return synthetic, time.process_time() - started
-
-
 def run(study_dir, direction: str, models: dict, split: str = "test", tta=(), figure=None) -> dict:
     study_dir = Path(study_dir)
     rows: dict = {}
@@ -61,7 +52,7 @@ def run(study_dir, direction: str, models: dict, split: str = "test", tta=(), fi
         for name, checkpoint in models.items():
             for flip in ((False, True) if name in tta else (False,)):
                 label = f"{name}+tta" if flip else name
-                synthetic, seconds = _predict(checkpoint, case, flip)
+                synthetic, seconds = evaluate.predict(TRAINED, case, checkpoint, flip_tta=flip)
                 rows.setdefault(label, []).append(evaluate.score(case, synthetic, seconds))
                 if not flip:
                     subject_panels["methods"][name] = evaluate.figure_panels(case, synthetic)
