@@ -98,6 +98,8 @@ def build_model(name, **config):
     # A class may ask for another initialisation than pix2pix's N(0, 0.02) (He init for the
     # deeper residual U-Net, whose signal would otherwise shrink through its many convolutions).
     init_weights(model, kind=getattr(entry.cls, "init_kind", "normal"))
+    if hasattr(model, "after_init"):  # a class's own adjustment on top (resunet without normalisation)
+        model.after_init()
     model.registry_name = name
     model.config = full_config
     return model

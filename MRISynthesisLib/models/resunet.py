@@ -45,7 +45,10 @@ class ResUnetGenerator(nn.Module):
     ``blocks`` residual blocks. A 1x1 convolution and tanh give the output.
 
     ``norm``: 'batch' (default; running statistics in eval mode, so a crop and a whole slice
-    are treated alike), 'instance' or 'none'. Weights are He-initialised (``init_kind``).
+    are treated alike), 'instance' or 'none'. Weights are He-initialised (``init_kind``); without
+    normalisation the last convolution of every residual branch then starts at zero
+    (:meth:`after_init`), so each block starts as the identity and the signal does not grow
+    with depth.
     ``in_channels > 1`` takes neighbouring slices as channels (2.5D input).
     """
 
@@ -60,6 +63,7 @@ class ResUnetGenerator(nn.Module):
         self.in_channels = in_channels
         self.out_channels = out_channels
         self.levels = levels
+        self.norm = norm
         widths = [ngf * min(2 ** level, max_mult) for level in range(levels + 1)]
 
         self.stem = _conv_norm_relu(in_channels, widths[0], norm)
@@ -77,6 +81,14 @@ class ResUnetGenerator(nn.Module):
         self.decoder = nn.ModuleList(
             nn.Sequential(*[_Residual(widths[level], norm) for _ in range(blocks)]) for level in range(levels))
         self.head = nn.Sequential(nn.Conv2d(widths[0], out_channels, 1), nn.Tanh())
+
+    def after_init(self):
+        """Called by the model registry after the weight initialisation."""
+        if self.norm == "none":
+            with torch.no_grad():
+                for module in self.modules():
+                    if isinstance(module, _Residual):
+                        module.body[-2].weight.zero_()
 
     def forward(self, x):
         check_image_batch(x, "resunet", self.in_channels, multiple=2 ** self.levels)

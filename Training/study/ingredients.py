@@ -31,6 +31,7 @@ V1 = {"model.generator": "unet_256", "model.generator_options": {"ngf": 24, "dro
       "loss.foreground_l1": True, "optim.lr": 1e-3, "data.augment_preset": "basic", "train.ema_decay": 0.0}
 RESUNET = {"model.generator": "resunet", "model.generator_options": {"ngf": 16, "levels": 4, "blocks": 1},
            "data.crop_size": 128, "optim.beta1": 0.9, "train.ema_decay": 0.998, "validation.raw_too": True}
+NO_NORM = {"ngf": 16, "levels": 4, "blocks": 1, "norm": "none"}
 INGREDIENTS = [
     ("v1", "v1 recipe: unet_256 ngf 24, whole 256 px slices, L1 in the brain", V1),
     ("resunet_crops", "+ residual U-Net (4 levels, ngf 16) on 128 px crops, EMA 0.998", {**V1, **RESUNET}),
@@ -39,6 +40,11 @@ INGREDIENTS = [
      {**V1, **RESUNET, "loss.ssim": 1.0, "data.augment_preset": "strong"}),
     ("context", "+ 2.5D input (one neighbouring slice on each side)",
      {**V1, **RESUNET, "loss.ssim": 1.0, "data.augment_preset": "strong", "data.context_slices": 1}),
+    # Not cumulative: the "ssim" row without batch normalisation, with and without site augmentation.
+    ("no_norm", "ssim row without batch normalisation (residual branches start at zero)",
+     {**V1, **RESUNET, "loss.ssim": 1.0, "model.generator_options": NO_NORM}),
+    ("no_norm_strong", "no_norm + site augmentation",
+     {**V1, **RESUNET, "loss.ssim": 1.0, "model.generator_options": NO_NORM, "data.augment_preset": "strong"}),
 ]
 
 
