@@ -56,6 +56,8 @@ class DataConfig:
     max_subjects: int = _f(0, "use only the first N discovered subjects (sorted by name); 0 = all")
     split: list = _f([0.8, 0.1, 0.1], "train/validation/test fractions of the subjects (subject-level split)")
     split_seed: int = _f(42, "random seed of the subject split")
+    split_file: str = _f("", "a split.json (lists 'train', 'val', 'test' of subject ids) used instead of drawing "
+                         "the split from 'split' and 'split_seed'")
     slice_size: int = _f(256, "model slice size in pixels (square); unet_256 needs 256, unet_128 128")
     pixel_spacing_mm: float = _f(1.0, "in-plane pixel spacing of the model grid in mm (null: no resampling)")
     context_slices: int = _f(0, "neighbouring slices on each side given as extra input channels (2.5D)")

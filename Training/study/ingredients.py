@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from Training.data import discover_subjects
+from Training.data import discover_subjects, write_split
 
 from . import protocol
 
@@ -48,7 +48,23 @@ INGREDIENTS = [
 ]
 
 
-def _overrides(name, extra, args, manifest, n_trainval, steps_per_epoch):
+def _other_sites_split(split, by_id, path) -> Path:
+    """Validate on other sites than the study's validation side: the training subjects of every
+    source other than the validation subjects' (one per source), training on the rest (the study's
+    validation subjects included). The test subjects stay out of it."""
+    val_sources = {by_id[i].source for i in split["val"]}
+    held, seen = [], set()
+    for subject_id in sorted(split["train"]):
+        source = by_id[subject_id].source
+        if source not in val_sources and source not in seen and \
+                sum(by_id[i].source == source for i in split["train"] + split["test"]) > 1:
+            held.append(subject_id)
+            seen.add(source)
+    train = [i for i in split["train"] + split["val"] if i not in held]
+    return write_split({"train": train, "val": held, "test": list(split["test"])}, path)
+
+
+def _overrides(name, extra, args, manifest, n_trainval, steps_per_epoch, split_file=None):
     values = {"name": name, "output_dir": str(args.out), "family": "supervised", "device": "cpu", "seed": 0,
               "data.manifest": str(manifest), "data.direction": args.direction,
               "data.split": protocol.validation_fractions(n_trainval, 2), "data.split_seed": 42,
@@ -57,6 +73,8 @@ def _overrides(name, extra, args, manifest, n_trainval, steps_per_epoch):
               "train.epochs": 100000, "train.steps_per_epoch": steps_per_epoch, "train.checkpoint_every": 0,
               "train.threads": 1, "train.max_cpu_minutes": args.minutes, "train.precision": "fp32",
               "validation.metric": "ssim"}
+    if split_file:
+        values["data.split_file"] = str(split_file)
     values.update(extra)
     return [f"{key}={json.dumps(value)}" for key, value in values.items()]
 
@@ -68,17 +86,20 @@ def run(args) -> list[dict]:
     split = protocol.study_split(subjects, 42, 2)
     by_id = {s.id: s for s in subjects}
     trainval = [by_id[i] for i in split["train"] + split["val"]]
+    split_file = None
+    if args.other_sites:
+        split_file = _other_sites_split(split, by_id, out / "split-other-sites.json")
     manifest = protocol.write_manifest(trainval, out / "trainval.csv")
     rows = []
     for name, title, extra in INGREDIENTS:
         if args.only and name not in args.only:
             continue
-        run_dir = out / f"{args.direction}-{name}"
+        run_dir = out / f"{args.direction}-{name}" if not args.other_sites else out / f"{args.direction}-{name}-other-sites"
         if not (run_dir / "report.md").exists():  # written when a run ends
             # whole slices cost ~4x a 128 px crop per step: fewer steps between validations
             steps = args.steps_per_point if extra.get("data.crop_size") else max(2, args.steps_per_point // 3)
             command = [sys.executable, "-m", "Training", *_overrides(run_dir.name, extra, args, manifest,
-                                                                       len(trainval), steps)]
+                                                                       len(trainval), steps, split_file)]
             if run_dir.exists():
                 command = [sys.executable, "-m", "Training", "--resume", str(run_dir)]
             print(f"== {name}: {title}", flush=True)
@@ -123,10 +144,14 @@ def main(argv=None) -> int:
     parser.add_argument("--steps-per-point", type=int, default=40,
                         help="optimisation steps between validations (crop rows; whole-slice rows a third)")
     parser.add_argument("--only", nargs="*", help="run only these ingredients")
+    parser.add_argument("--other-sites", action="store_true",
+                        help="validate on one training subject of each other source than the validation side's "
+                             "(BraTS, MSLUB, TCGA here) and train on the rest: what an ingredient buys on other sites")
     args = parser.parse_args(argv)
     rows = run(args)
     text = table(rows, args.direction)
-    (Path(args.out) / f"table-{args.direction}.md").write_text(text)
+    suffix = "-other-sites" if args.other_sites else ""
+    (Path(args.out) / f"table-{args.direction}{suffix}.md").write_text(text)
     print(text)
     return 0
 

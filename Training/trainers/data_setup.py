@@ -65,6 +65,10 @@ def prepare_data(config, run_dir, context: distributed.DistributedContext, resum
     split_path = run_dir / "split.json"
     if resume and split_path.exists():
         split = read_split(split_path)
+    elif config.data.split_file:
+        split = read_split(config.data.split_file)
+        if context.is_main:
+            write_split(split, split_path)
     else:
         split = split_subjects(report.subjects, tuple(config.data.split), seed=config.data.split_seed)
         if context.is_main:

@@ -192,3 +192,44 @@ def test_final_scoring_names_every_subject_and_metric_that_does_not_beat_a_basel
     assert "| v2 | 0.0750 | 17.50 | 0.700 | no: b mae vs inverted, b psnr vs inverted |" in text
     assert "| real | 2.000 | 1.000 |" in text and "| v2 | 1.000 | 0.500 |" in text
     assert _beats(rows, {"inverted": {"c": _row("c", 0.1, 15.0, 0.7)}}) == {"v2": None}  # nothing to compare
+
+
+def test_resunet_without_normalisation_starts_each_residual_block_as_the_identity():
+    from MRISynthesisLib.models import build_model
+    from MRISynthesisLib.models.resunet import _Residual
+
+    model = build_model("resunet", ngf=4, levels=2, norm="none").eval()
+    blocks = [m for m in model.modules() if isinstance(m, _Residual)]
+    assert len(blocks) == 5  # two encoder levels, the bottleneck, two decoder levels
+    for block in blocks:
+        assert torch.count_nonzero(block.body[-2].weight) == 0
+        x = torch.rand(1, block.body[-2].weight.shape[0], 8, 8)
+        assert torch.equal(block(x.clone()), x)  # ReLU(x + 0) of a non-negative input
+    with_batch_norm = build_model("resunet", ngf=4, levels=2, norm="batch")
+    assert all(torch.count_nonzero(m.body[-2].weight) == 0 for m in with_batch_norm.modules()
+               if isinstance(m, _Residual)) is False  # batch norm keeps the plain He initialisation
+    out = model(torch.rand(2, 1, 32, 32) * 2 - 1)
+    assert out.shape == (2, 1, 32, 32) and torch.isfinite(out).all() and 0.01 < float(out.std()) < 0.9
+
+
+@pytest.mark.realdata
+def test_split_file_fixes_which_subjects_train_and_validate(manifest, cache_root, tmp_path, tiny_overrides):
+    import csv
+
+    with open(manifest, newline="") as stream:
+        ids = sorted(row[0] for row in list(csv.reader(stream))[1:])
+    # both assignments: each run must follow its file, whatever data.split would have drawn
+    for train_id, val_id in ((ids[0], ids[1]), (ids[1], ids[0])):
+        split_file = tmp_path / f"split-{train_id}.json"
+        split_file.write_text(json.dumps({"train": [train_id], "val": [val_id], "test": []}))
+        name = f"fixed-{train_id}"
+        config = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, "supervised", name=name, **V2,
+                                                  train__epochs=1, train__steps_per_epoch=1,
+                                                  data__split_file=str(split_file)))
+        train(config, log=lambda *a: None)
+        written = json.loads((tmp_path / name / "split.json").read_text())
+        assert written["train"] == [train_id] and written["val"] == [val_id]
+    missing = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, "supervised", name="missing", **V2,
+                                               data__split_file=str(tmp_path / "nope.json")))
+    with pytest.raises(InputError, match="split file not found"):
+        train(missing, log=lambda *a: None)
