@@ -25,9 +25,11 @@ from pathlib import Path
 
 from . import __version__
 from .atomic import _default_mode
+from .conventions import DIRECTIONS, SOURCE_CONTRAST, TARGET_CONTRAST
 from .errors import InputError, OutputError
 
-SUFFIXES = {"t1-to-t2": ("T1w", "T2w"), "t2-to-t1": ("T2w", "T1w")}
+#: BIDS suffixes (source, target) of each direction: 'T1w' for contrast 'T1'.
+SUFFIXES = {direction: (f"{SOURCE_CONTRAST[direction]}w", f"{TARGET_CONTRAST[direction]}w") for direction in DIRECTIONS}
 DESCRIPTION = "synthetic"
 BIDS_VERSION = "1.10.0"
 _LABEL = re.compile(r"^[A-Za-z0-9]+$")

@@ -27,6 +27,7 @@ from pathlib import Path
 from . import __version__
 from .bids import (SUFFIXES, BidsItem, create_once, dataset_description, derivative_paths, discover,
                    ensure_dataset_description)
+from .conventions import DEFAULT_DIRECTION
 from .errors import InputError, MRISynthesisError, OutputError
 from .qc_report import FAILURE_SUFFIX, write_figures, write_report
 
@@ -50,7 +51,7 @@ def add_parser(commands) -> None:
                      help="only these participants (with or without 'sub-'); default: all")
     app.add_argument("--session-label", nargs="+", default=None, metavar="LABEL",
                      help="only these sessions (with or without 'ses-'); default: all")
-    app.add_argument("--direction", default="t1-to-t2", choices=sorted(SUFFIXES),
+    app.add_argument("--direction", default=DEFAULT_DIRECTION, choices=sorted(SUFFIXES),
                      help="t1-to-t2 reads *_T1w, writes *_desc-synthetic_T2w (default); t2-to-t1 the reverse")
     app.add_argument("--model", default=None,
                      help="catalog id or .safetensors checkpoint; default: the shipped default of --direction")
@@ -198,9 +199,7 @@ def _synthesize_item(item, options, synthesizer, paths, failure_record, start) -
                 notes.append(f"the real {target_contrast} image is on another voxel grid than the {source_contrast} "
                              "(not co-registered): no metrics")
             else:
-                norm = synthesizer.metadata.normalisation
-                metrics, reference = reference_metrics(synthetic, target, float(norm.get("low", 0.5)),
-                                                       float(norm.get("high", 99.5)))
+                metrics, reference = reference_metrics(synthetic, target, *synthesizer.metadata.percentiles)
                 metrics["Reference"] = _bids_uri(item.reference, options.bids_dir)
         except MRISynthesisError as error:
             notes.append(f"real {target_contrast} image not usable for metrics: {error}")

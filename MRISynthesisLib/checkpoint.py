@@ -33,6 +33,7 @@ from pathlib import Path
 
 from . import __version__
 from .atomic import atomic_path
+from .conventions import DIRECTIONS, PERCENTILE_HIGH, PERCENTILE_LOW, SOURCE_CONTRAST, TARGET_CONTRAST
 from .errors import CheckpointError, InputError
 
 FORMAT = "mrisynthesis-checkpoint"
@@ -40,7 +41,6 @@ FORMAT_VERSION = 2
 #: Older formats that can still be read when the caller vouches for their unprotected metadata.
 LEGACY_FORMAT_VERSIONS = (1,)
 METADATA_KEY = "mrisynthesis"
-DIRECTIONS = ("t1-to-t2", "t2-to-t1")
 ORIENTATION_CONVENTION = ("canonical axial slices: slice inferior->superior, row anterior->posterior, "
                           "column right->left (nibabel LPS axis order, indexed [k, j, i])")
 
@@ -71,7 +71,8 @@ class ModelMetadata:
     pixel_spacing_mm: float | None = 1.0
     context_slices: int = 0
     normalisation: dict = field(default_factory=lambda: {
-        "method": "percentile", "low": 0.5, "high": 99.5, "mask": "foreground", "model_range": [-1.0, 1.0]})
+        "method": "percentile", "low": PERCENTILE_LOW, "high": PERCENTILE_HIGH, "mask": "foreground",
+        "model_range": [-1.0, 1.0]})
     orientation: str = ORIENTATION_CONVENTION
     output_units: str = "normalised: 0 background, 1 = 99.5th percentile of the target contrast in the brain"
     training_data: dict = field(default_factory=dict)
@@ -87,11 +88,18 @@ class ModelMetadata:
 
     @property
     def source_contrast(self) -> str:
-        return self.direction.split("-to-")[0].upper()
+        return SOURCE_CONTRAST[self.direction]
 
     @property
     def target_contrast(self) -> str:
-        return self.direction.split("-to-")[1].upper()
+        return TARGET_CONTRAST[self.direction]
+
+    @property
+    def percentiles(self) -> tuple[float, float]:
+        """``(low, high)``: the intensity percentiles (inside the brain mask) the model's inputs were
+        normalised with (:data:`MRISynthesisLib.conventions.PERCENTILE_LOW` / ``_HIGH`` if unstated)."""
+        norm = self.normalisation
+        return float(norm.get("low", PERCENTILE_LOW)), float(norm.get("high", PERCENTILE_HIGH))
 
     def validate(self) -> None:
         """Check every field's type and range; raises :class:`CheckpointError` naming the field.
@@ -126,7 +134,7 @@ class ModelMetadata:
         norm = self.normalisation
         if not isinstance(norm, dict):
             raise CheckpointError("checkpoint metadata 'normalisation' must be a JSON object")
-        low, high = norm.get("low", 0.5), norm.get("high", 99.5)
+        low, high = norm.get("low", PERCENTILE_LOW), norm.get("high", PERCENTILE_HIGH)
         if not (_is_number(low) and _is_number(high) and 0 <= low < high <= 100):
             raise CheckpointError(f"checkpoint normalisation percentiles must satisfy 0 <= low < high <= 100, "
                                   f"got {_short(low)}, {_short(high)}")

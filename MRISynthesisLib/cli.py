@@ -17,9 +17,9 @@ from pathlib import Path
 
 from . import __version__
 from .atomic import Terminated
+from .conventions import DEFAULT_DIRECTION, DIRECTION_ALIASES, PERCENTILE_HIGH, PERCENTILE_LOW
 from .errors import Cancelled, MRISynthesisError
 
-DIRECTION_ALIASES = {"t1-to-t2": "t1-to-t2", "t2-to-t1": "t2-to-t1", "t1t2": "t1-to-t2", "t2t1": "t2-to-t1"}
 NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
 AXIAL_SLICES = "axial (canonical slices, index 0 = most inferior), whatever the files' storage order"
 
@@ -41,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     syn = commands.add_parser("synthesize", help="synthesize the other contrast of a NIfTI or NRRD volume",
                               description="Synthesize a T2w volume from a T1w volume (or the reverse). The output "
                                           "has exactly the input's grid and orientation; values are normalised "
-                                          f"units (0 background, 1 = 99.5th brain percentile). {NOT_FOR_DIAGNOSIS}")
+                                          f"units (0 background, 1 = {PERCENTILE_HIGH:g}th brain percentile). {NOT_FOR_DIAGNOSIS}")
     syn.add_argument("input", help="input 3D volume: NIfTI (.nii, .nii.gz) or NRRD (.nrrd, .nhdr)")
     syn.add_argument("-o", "--output", required=True,
                      help="output volume, NIfTI or NRRD by its suffix (NRRD is written in LPS); never the input")
@@ -49,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
                      help="catalog id (see 'mrisynthesis models') or a .safetensors checkpoint; "
                           "default: the shipped default model of --direction")
     syn.add_argument("--direction", default=None, choices=sorted(DIRECTION_ALIASES),
-                     help="t1-to-t2 (default when no model is named) or t2-to-t1; must match the model")
+                     help=f"{DEFAULT_DIRECTION} (default when no model is named) or the reverse; must match the model")
     syn.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "mps"],
                      help="auto: CUDA, then Apple MPS, then CPU (default: auto)")
     syn.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default: 8)")
@@ -79,7 +79,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--normalisation", default="model-units",
                     choices=["model-units", "percentile", "minmax", "zscore", "none"],
                     help="model-units (default, the conventions of the README's model table and of training "
-                         "validation): the reference is normalised (percentiles 0.5-99.5 inside the mask -> [0, 1]) "
+                         f"validation): the reference is normalised (percentiles {PERCENTILE_LOW:g}-{PERCENTILE_HIGH:g} "
+                         "inside the mask -> [0, 1]) "
                          "and the synthetic volume, already in those units, is compared as it is; percentile, "
                          "minmax, zscore: both volumes normalised the same way; none: values as they are")
     ev.add_argument("--per-slice", action="store_true", help="also report per-slice values")
@@ -166,7 +167,7 @@ def _synthesize(args) -> int:
         raise InputError("--output, --uncertainty, --preview and --save-mask must be different files")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    model_path = catalog.resolve_model(args.model, direction or ("t1-to-t2" if args.model is None else None))
+    model_path = catalog.resolve_model(args.model, direction or (DEFAULT_DIRECTION if args.model is None else None))
     metadata = read_metadata(model_path)
     if direction and metadata.direction != direction:
         raise InputError(f"model '{metadata.model_id}' synthesizes {metadata.direction}, not {direction}")

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from .cli import main as cli_main
+from .conventions import T1_TO_T2
 
 TEMPLATE = "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz"
 
@@ -44,7 +45,7 @@ def main(argv=None) -> int:
     stem = source.name.split(".nii")[0]
     output = out_dir / f"{stem}_synthetic_T2.nii.gz"
     preview = out_dir / f"{stem}_synthetic_T2_preview.png"
-    argv = ["synthesize", str(source), "-o", str(output), "--preview", str(preview), "--direction", "t1-to-t2"]
+    argv = ["synthesize", str(source), "-o", str(output), "--preview", str(preview), "--direction", T1_TO_T2]
     if args.model:
         argv += ["--model", args.model]
     code = cli_main(argv)

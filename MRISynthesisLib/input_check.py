@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
+
 #: Fraction of voxels clearly below zero (< -1 % of the bright end); real MRI: at most 0.0013.
 MAX_NEGATIVE_FRACTION = 0.05
 #: Fraction of the field of view that is foreground; real MRI: 0.11 to 0.54, uniform noise: 0.98.
@@ -65,7 +67,7 @@ def check_stack(stack: np.ndarray, mask_stack: np.ndarray, spacing_mm, normalise
     # Statistics slab by slab or from a sample of slices: no full-volume temporaries (synthesis keeps
     # its memory near input + output, see benchmarks/bench_inference.py).
     step = max(1, stack.shape[0] // SAMPLE_SLICES)
-    bright = float(np.percentile(stack[::step][mask_stack[::step]], 99.5))
+    bright = float(np.percentile(stack[::step][mask_stack[::step]], PERCENTILE_HIGH))
     threshold = -0.01 * abs(bright)
     stats["negative_fraction"] = float(sum(np.count_nonzero(stack[k] < threshold) for k in range(stack.shape[0]))
                                        / stack.size)
@@ -114,7 +116,7 @@ def check_stack(stack: np.ndarray, mask_stack: np.ndarray, spacing_mm, normalise
     return InputCheck(tuple(warnings), stats)
 
 
-def check_volume(volume, mask=None, low: float = 0.5, high: float = 99.5) -> InputCheck:
+def check_volume(volume, mask=None, low: float = PERCENTILE_LOW, high: float = PERCENTILE_HIGH) -> InputCheck:
     """:func:`check_stack` of a :class:`~MRISynthesisLib.volume.Volume` (e.g. before a long run).
 
     ``mask``: optional foreground mask ``[i, j, k]``; default :func:`preprocessing.brain_mask`.

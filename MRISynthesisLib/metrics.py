@@ -50,6 +50,7 @@ import numpy as np
 from skimage.feature import graycomatrix, graycoprops
 from skimage.metrics import structural_similarity
 
+from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 from .errors import InputError
 
 NORMALISATIONS = ("none", "minmax", "percentile", "zscore")
@@ -60,8 +61,6 @@ MIN_MASK_VOXELS = 1000
 METRIC_NAMES = ("mae", "mse", "psnr", "ssim", "mi_bits", "nmi")
 GLCM_PROPERTIES = ("contrast", "dissimilarity", "homogeneity", "energy", "correlation")
 
-PERCENTILE_LOW = 0.5
-PERCENTILE_HIGH = 99.5
 SSIM_SIGMA = 1.5
 SSIM_K1 = 0.01
 SSIM_K2 = 0.03
@@ -267,8 +266,8 @@ def relative_error_map(pred, ref, mask, eps: float = 1e-2) -> np.ndarray:
     mask = _as_mask(mask, ref.shape)
     if not (math.isfinite(eps) and eps > 0):
         raise InputError(f"eps must be a positive finite number, got {eps!r}")
-    relative = np.abs(pred - ref) / (np.abs(ref) + eps)
-    return np.where(mask, relative, 0.0).astype(np.float32)
+    relative = absolute_error_map(pred, ref, mask) / (np.abs(ref) + eps)  # 0 outside the mask
+    return relative.astype(np.float32, copy=False)
 
 
 # --------------------------------------------------------------------------------------------

@@ -51,10 +51,6 @@ class CanonicalTransform:
     canonical_spacing: tuple  # mm between slices, rows, columns
 
     @property
-    def axial_axis(self) -> int:
-        return int(np.flatnonzero(self.original_ornt[:, 0] == 2)[0])
-
-    @property
     def stack_shape(self) -> tuple:
         lps_shape = [0, 0, 0]
         for axis, (target, _) in enumerate(self.original_ornt):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
+from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 from .errors import InputError
 
 #: Fraction of exactly-zero voxels above which a volume is treated as skull-stripped / masked.
@@ -139,7 +140,8 @@ def masked_values(array: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.concatenate(pieces) if pieces else array[mask]
 
 
-def percentile_normalise(array: np.ndarray, mask: np.ndarray, low: float = 0.5, high: float = 99.5
+def percentile_normalise(array: np.ndarray, mask: np.ndarray, low: float = PERCENTILE_LOW,
+                         high: float = PERCENTILE_HIGH
                          ) -> tuple[np.ndarray, tuple[float, float]]:
     """Scale so the ``low``/``high`` percentiles inside ``mask`` become 0/1; clip to [0, 1]; 0 outside.
 
@@ -151,7 +153,8 @@ def percentile_normalise(array: np.ndarray, mask: np.ndarray, low: float = 0.5, 
     return scale_to_unit(array, mask, lo, hi), (lo, hi)
 
 
-def normalisation_range(array: np.ndarray, mask: np.ndarray, low: float = 0.5, high: float = 99.5
+def normalisation_range(array: np.ndarray, mask: np.ndarray, low: float = PERCENTILE_LOW,
+                        high: float = PERCENTILE_HIGH
                         ) -> tuple[float, float]:
     """The ``low`` and ``high`` percentiles of ``array`` inside ``mask`` (exact, as ``np.percentile``).
 
@@ -184,8 +187,8 @@ def to_model_range(normalised: np.ndarray) -> np.ndarray:
     return normalised
 
 
-def normalise_stack(stack: np.ndarray, mask_stack: np.ndarray | None = None, low: float = 0.5,
-                    high: float = 99.5) -> tuple[np.ndarray, np.ndarray]:
+def normalise_stack(stack: np.ndarray, mask_stack: np.ndarray | None = None, low: float = PERCENTILE_LOW,
+                    high: float = PERCENTILE_HIGH) -> tuple[np.ndarray, np.ndarray]:
     """Canonical stack -> model input in [-1, 1] (background -1) and its foreground mask.
 
     The one place where inference and training turn raw intensities into model values: the mask

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 from .orientation import to_canonical_slices
 from .volume import Volume
 
@@ -14,7 +15,7 @@ MAX_PANEL_PIXELS = 1024
 
 
 def _display(slice_: np.ndarray) -> np.ndarray:
-    lo, hi = np.percentile(slice_, [0.5, 99.5]) if slice_.any() else (0.0, 1.0)
+    lo, hi = np.percentile(slice_, [PERCENTILE_LOW, PERCENTILE_HIGH]) if slice_.any() else (0.0, 1.0)
     return np.clip((slice_ - lo) / max(hi - lo, 1e-6), 0, 1)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_path
+from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 from .orientation import to_canonical_slices
 from .volume import Volume
 
@@ -104,7 +105,7 @@ def write_figures(figures_dir, stem: str, source: Volume, synthetic: Volume,
                                            else np.array(foreground.shape) / 2))
     images = {}
     source_values = canonical["input"][canonical["input"] > 0]
-    lo, hi = (np.percentile(source_values, [0.5, 99.5]) if source_values.size else (0.0, 1.0))
+    lo, hi = (np.percentile(source_values, [PERCENTILE_LOW, PERCENTILE_HIGH]) if source_values.size else (0.0, 1.0))
     images["input"] = _montage([_grey(p, lo, hi) for p in _planes(canonical["input"], spacing, centre)])
     images["synthetic"] = _montage([_grey(p, 0, 1) for p in _planes(canonical["synthetic"], spacing, centre)])
     if reference is not None:

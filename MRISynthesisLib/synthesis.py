@@ -130,8 +130,7 @@ class Synthesizer:
         else:
             mask_stack = brain_mask(stack)
         require_positive_intensities(stack)
-        norm = self.metadata.normalisation
-        lo_hi = normalisation_range(stack, mask_stack, float(norm.get("low", 0.5)), float(norm.get("high", 99.5)))
+        lo_hi = normalisation_range(stack, mask_stack, *self.metadata.percentiles)
         # Not refused, but the result says so: is this like the brain MRI the model saw?
         self.input_check = check_stack(stack, mask_stack, transform.canonical_spacing,
                                        _NormalisedSlices(stack, mask_stack, *lo_hi))
@@ -246,8 +245,3 @@ def require_positive_intensities(array: np.ndarray) -> None:
     if float(array.max()) <= 0 and float(array.min()) < 0:
         raise InputError(f"the volume has no positive voxels (values {float(array.min()):g} to "
                          f"{float(array.max()):g}); MRI magnitude images are positive")
-
-
-def describe(metadata: ModelMetadata) -> str:
-    """One line naming the model, e.g. for logs and node attributes."""
-    return f"{metadata.model_id} ({metadata.architecture}, {metadata.source_contrast}->{metadata.target_contrast})"

@@ -15,10 +15,11 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from MRISynthesisLib.conventions import (DEFAULT_DIRECTION, DIRECTIONS, MIN_TRAINING_FOREGROUND, PERCENTILE_HIGH,
+                                         PERCENTILE_LOW)
 from MRISynthesisLib.errors import InputError
 
 FAMILIES = ("pix2pix", "cyclegan", "vae", "unit", "supervised", "baseline")
-DIRECTIONS = ("t1-to-t2", "t2-to-t1")
 GAN_MODES = ("vanilla", "lsgan", "hinge", "wgan-gp")
 LR_POLICIES = ("linear", "step", "cosine", "constant")
 UNIT_PRESETS = ("nips2017", "munit-master")
@@ -52,7 +53,7 @@ class DataConfig:
                    "only: t1_dir and t2_dir are independent folders)")
     t1_dir: str = _f("", "unpaired mode: folder of T1 volumes")
     t2_dir: str = _f("", "unpaired mode: folder of T2 volumes")
-    direction: str = _f("t1-to-t2", "'t1-to-t2' or 't2-to-t1': which contrast is synthesised")
+    direction: str = _f(DEFAULT_DIRECTION, f"{' or '.join(map(repr, DIRECTIONS))}: which contrast is synthesised")
     max_subjects: int = _f(0, "use only the first N discovered subjects (sorted by name); 0 = all")
     split: list = _f([0.8, 0.1, 0.1], "train/validation/test fractions of the subjects (subject-level split)")
     split_seed: int = _f(42, "random seed of the subject split")
@@ -61,9 +62,9 @@ class DataConfig:
     slice_size: int = _f(256, "model slice size in pixels (square); unet_256 needs 256, unet_128 128")
     pixel_spacing_mm: float = _f(1.0, "in-plane pixel spacing of the model grid in mm (null: no resampling)")
     context_slices: int = _f(0, "neighbouring slices on each side given as extra input channels (2.5D)")
-    low_percentile: float = _f(0.5, "intensity percentile (in the brain mask) mapped to 0")
-    high_percentile: float = _f(99.5, "intensity percentile (in the brain mask) mapped to 1")
-    min_foreground: float = _f(0.05, "skip slices whose brain-mask fraction is below this")
+    low_percentile: float = _f(PERCENTILE_LOW, "intensity percentile (in the brain mask) mapped to 0")
+    high_percentile: float = _f(PERCENTILE_HIGH, "intensity percentile (in the brain mask) mapped to 1")
+    min_foreground: float = _f(MIN_TRAINING_FOREGROUND, "skip slices whose brain-mask fraction is below this")
     max_slices_per_subject: int = _f(0, "keep at most N slices per subject (evenly spaced); 0 = all")
     cache_dir: str = _f("", "slice cache folder; empty = <run>/cache (built once, memory-mapped)")
     augment: bool = _f(True, "random flips, small affine, gamma and bias-field augmentation")

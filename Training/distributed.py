@@ -72,17 +72,6 @@ def barrier(context: DistributedContext) -> None:
         dist.barrier()
 
 
-def broadcast_flag(context: DistributedContext, flag: bool) -> bool:
-    """Rank 0's ``flag`` on every rank (e.g. 'an error happened while preparing the data')."""
-    if not context.enabled:
-        return flag
-    import torch.distributed as dist
-
-    value = torch.tensor([1 if flag else 0], device=context.device if context.device.type == "cuda" else "cpu")
-    dist.broadcast(value, src=0)
-    return bool(value.item())
-
-
 def has_batchnorm(module: nn.Module) -> bool:
     return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in module.modules())
 

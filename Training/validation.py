@@ -28,6 +28,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from MRISynthesisLib import metrics as core_metrics
+from MRISynthesisLib.conventions import PERCENTILE_HIGH, PERCENTILE_LOW, source_and_target
 from MRISynthesisLib.io import load_volume
 from MRISynthesisLib.orientation import to_canonical_slices
 from MRISynthesisLib.preprocessing import brain_mask, percentile_normalise
@@ -57,7 +58,7 @@ def better(metric: str, value: float, best: float | None) -> bool:
 class Validator:
     """Holds the validation volumes (loaded once) and scores a generator on them."""
 
-    def __init__(self, subjects, direction: str, low: float = 0.5, high: float = 99.5, batch_size: int = 8):
+    def __init__(self, subjects, direction: str, low: float = PERCENTILE_LOW, high: float = PERCENTILE_HIGH, batch_size: int = 8):
         self.subjects = list(subjects)
         self.direction = direction
         self.low, self.high = low, high
@@ -68,7 +69,7 @@ class Validator:
         """(source Volume, target Volume, mask [i,j,k], normalised reference [i,j,k]) of a subject."""
         if subject.id not in self._volumes:
             t1, t2 = load_volume(subject.t1), load_volume(subject.t2)
-            source, target = (t1, t2) if self.direction == "t1-to-t2" else (t2, t1)
+            source, target = source_and_target(self.direction, t1, t2)
             if getattr(subject, "mask", None):
                 mask = load_volume(subject.mask).array > 0
             else:

@@ -37,6 +37,7 @@ sys.path.insert(0, str(REPO))
 
 from MRISynthesisLib import catalog  # noqa: E402
 from MRISynthesisLib.checkpoint import ModelMetadata, save_checkpoint  # noqa: E402
+from MRISynthesisLib.conventions import T1_TO_T2  # noqa: E402
 from MRISynthesisLib.device import cpu_has_native_bf16, resolve_precision  # noqa: E402
 from MRISynthesisLib.io import load_volume  # noqa: E402
 from MRISynthesisLib.models import build_model, default_config  # noqa: E402
@@ -96,9 +97,9 @@ def load_synthesizers(args, folder: Path) -> dict:
         torch.manual_seed(0)
         config = dict(default_config(args.architecture), **({"ngf": args.ngf} if args.ngf else {}))
         path = save_checkpoint(folder / "bench.safetensors", build_model(args.architecture, **config), ModelMetadata(
-            architecture=args.architecture, config=config, direction="t1-to-t2", slice_size=256))
+            architecture=args.architecture, config=config, direction=T1_TO_T2, slice_size=256))
     else:
-        path = catalog.resolve_model(args.model, None if args.model else "t1-to-t2")
+        path = catalog.resolve_model(args.model, None if args.model else T1_TO_T2)
     return {p: Synthesizer(path, device="cpu", batch_size=args.batch_size, precision=p) for p in PRECISIONS}, path
 
 

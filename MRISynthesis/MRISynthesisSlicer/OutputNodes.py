@@ -3,24 +3,17 @@
 import numpy as np
 import slicer
 
+from MRISynthesisLib.conventions import PERCENTILE_HIGH, PERCENTILE_LOW
+from MRISynthesisLib.conventions import target_contrast as targetContrast  # noqa: F401 - 'T2' for 't1-to-t2'
+
 #: Node attributes written on every synthetic volume (read them with ``node.GetAttribute``).
 MODEL_ID_ATTRIBUTE = "MRISynthesis.ModelId"
 DIRECTION_ATTRIBUTE = "MRISynthesis.Direction"
 SOURCE_VOLUME_ATTRIBUTE = "MRISynthesis.SourceVolumeID"
 ROLE_ATTRIBUTE = "MRISynthesis.Role"  # "synthetic" or "difference"
 
-#: Target contrast produced by each direction.
-TARGET_CONTRAST = {"t1-to-t2": "T2", "t2-to-t1": "T1"}
 DIFFERENCE_COLOR_NODE_ID = "vtkMRMLColorTableNodeFileDivergingBlueRed.txt"
 GREY_COLOR_NODE_ID = "vtkMRMLColorTableNodeGrey"
-
-
-def targetContrast(direction: str) -> str:
-    """'T2' for 't1-to-t2', 'T1' for 't2-to-t1'; ``ValueError`` for anything else."""
-    try:
-        return TARGET_CONTRAST[direction]
-    except KeyError:
-        raise ValueError(f"direction '{direction}' is not one of {sorted(TARGET_CONTRAST)}") from None
 
 
 def syntheticVolumeName(inputName: str, direction: str, modelTitle: str) -> str:
@@ -54,7 +47,7 @@ def placeNextTo(node, siblingNode) -> None:
         shNode.SetItemParent(item, parentItem)
 
 
-def displayRange(arrayKJI: np.ndarray, low: float = 0.5, high: float = 99.5) -> tuple:
+def displayRange(arrayKJI: np.ndarray, low: float = PERCENTILE_LOW, high: float = PERCENTILE_HIGH) -> tuple:
     """(min, max) display range: percentiles of the non-zero voxels (the synthetic background is 0)."""
     values = arrayKJI[arrayKJI != 0]
     if values.size == 0:

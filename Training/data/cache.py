@@ -35,13 +35,14 @@ from pathlib import Path
 
 import numpy as np
 
+from MRISynthesisLib.conventions import (DIRECTIONS, MIN_TRAINING_FOREGROUND, PERCENTILE_HIGH, PERCENTILE_LOW, T1_TO_T2,
+                                         source_and_target)
 from MRISynthesisLib.errors import InputError, OutputError
 from MRISynthesisLib.io import load_volume
 from MRISynthesisLib.orientation import to_canonical_slices
 from MRISynthesisLib.preprocessing import SliceGeometry, foreground_slices, gather_context, normalise_stack
 
 FORMAT_VERSION = 1
-DIRECTIONS = ("t1-to-t2", "t2-to-t1")
 _ARRAYS = ("source", "target", "mask", "subject_index", "slice_position")
 _BATCH = 32  # slices resampled at a time (bounds memory for 2.5D context)
 
@@ -82,9 +83,9 @@ class SliceCache:
         return cls(cache_dir, index)
 
     @classmethod
-    def build(cls, subjects, cache_dir, *, direction: str = "t1-to-t2", slice_size: int = 256,
-              pixel_spacing_mm: float | None = 1.0, context_slices: int = 0, low: float = 0.5,
-              high: float = 99.5, min_foreground: float = 0.01, max_slices_per_subject: int | None = None,
+    def build(cls, subjects, cache_dir, *, direction: str = T1_TO_T2, slice_size: int = 256,
+              pixel_spacing_mm: float | None = 1.0, context_slices: int = 0, low: float = PERCENTILE_LOW,
+              high: float = PERCENTILE_HIGH, min_foreground: float = MIN_TRAINING_FOREGROUND, max_slices_per_subject: int | None = None,
               progress: bool = True) -> "SliceCache":
         """Cache the slices of paired ``subjects`` (:class:`~Training.data.discovery.Subject`).
 
@@ -102,7 +103,7 @@ class SliceCache:
             raise InputError(f"direction must be one of {', '.join(DIRECTIONS)}, got '{direction}'")
         items = []
         for subject in subjects:
-            source, target = (subject.t1, subject.t2) if direction == "t1-to-t2" else (subject.t2, subject.t1)
+            source, target = source_and_target(direction, subject.t1, subject.t2)
             items.append((subject.id, getattr(subject, "source", "other"), Path(source), Path(target)))
         params = _params(direction, slice_size, pixel_spacing_mm, context_slices, low, high, min_foreground,
                          max_slices_per_subject)
@@ -110,8 +111,8 @@ class SliceCache:
 
     @classmethod
     def build_unpaired(cls, paths, cache_dir, *, contrast: str, slice_size: int = 256,
-                       pixel_spacing_mm: float | None = 1.0, context_slices: int = 0, low: float = 0.5,
-                       high: float = 99.5, min_foreground: float = 0.01,
+                       pixel_spacing_mm: float | None = 1.0, context_slices: int = 0, low: float = PERCENTILE_LOW,
+                       high: float = PERCENTILE_HIGH, min_foreground: float = MIN_TRAINING_FOREGROUND,
                        max_slices_per_subject: int | None = None, progress: bool = True) -> "SliceCache":
         """Single-contrast cache of independent volumes (unpaired mode): ``source`` only, no ``target``.
 

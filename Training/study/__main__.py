@@ -18,9 +18,10 @@ def build_parser() -> argparse.ArgumentParser:
                     "subjects, write docs/results.md and its figures. Finished runs and evaluations are reused.")
     parser.add_argument("--data", default="../shared/data/paired", help="folder of paired subject folders")
     parser.add_argument("--out", default="runs/study", help="study folder (runs, caches, evaluations)")
-    parser.add_argument("--minutes-per-model", type=float, default=3.0,
+    parser.add_argument("--minutes-per-model", type=float, default=StudySettings.minutes_per_model,
                         help="training minutes per run, validations included, measured as CPU minutes of the "
-                             "process (= wall-clock minutes of one idle core with --threads 1) (default 3)")
+                             "process (= wall-clock minutes of one idle core with --threads 1) "
+                             f"(default {StudySettings.minutes_per_model:g}, as in docs/results.md)")
     parser.add_argument("--families", "--methods", dest="methods", default="",
                         help=f"comma-separated subset of: {', '.join(methods())} (default: all)")
     parser.add_argument("--directions", default=",".join(DIRECTIONS), help="comma-separated directions")

@@ -139,7 +139,7 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m Training.study.ingredients", description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", default="../shared/data/paired", help="folder of paired subject folders")
     parser.add_argument("--out", default="runs/ingredients", help="study folder (runs and table)")
-    parser.add_argument("--direction", default="t1-to-t2", choices=protocol.DIRECTIONS)
+    parser.add_argument("--direction", default=protocol.DIRECTIONS[0], choices=protocol.DIRECTIONS)
     parser.add_argument("--minutes", type=float, default=6.0, help="CPU minutes of training per ingredient")
     parser.add_argument("--steps-per-point", type=int, default=40,
                         help="optimisation steps between validations (crop rows; whole-slice rows a third)")

@@ -29,10 +29,10 @@ from pathlib import Path
 
 import numpy as np
 
+from MRISynthesisLib.conventions import DIRECTIONS  # noqa: F401 - the study's directions
 from MRISynthesisLib.errors import InputError
 from Training.data import split_subjects, write_split
 
-DIRECTIONS = ("t1-to-t2", "t2-to-t1")
 #: Sources whose licence allows showing their images in committed figures (CC BY, attribution).
 FIGURE_SOURCES = ("MSLUB", "TCGA")
 

@@ -7,6 +7,8 @@ import json
 import platform
 from pathlib import Path
 
+from MRISynthesisLib.conventions import T1_TO_T2
+
 from . import evaluate, figures, protocol
 
 ATTRIBUTION = (
@@ -255,7 +257,7 @@ def write(study, training: dict, results: dict, results_path: Path, figures_dir:
                           f"{'-' if corr is None else f'{corr:.2f}'} (Pearson, brain voxels).", ""]
         runs = {}
         for (name, d), summary in training.items():
-            if d != direction or (study.methods[name].two_way and direction != "t1-to-t2"):
+            if d != direction or (study.methods[name].two_way and direction != T1_TO_T2):
                 continue  # a two-way run validates its t1-to-t2 generator: drawn with the t1-to-t2 runs
             run_dir = study.run_dir(study.methods[name], direction)
             if (run_dir / "metrics.jsonl").exists() and summary.get("steps_done"):

@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from MRISynthesisLib.conventions import T1_TO_T2
 from MRISynthesisLib.errors import InputError
 from Training.data import check_pair, discover_subjects
 
@@ -106,7 +107,7 @@ class Study:
     # -- training ---------------------------------------------------------------------------
 
     def run_dir(self, method, direction: str) -> Path:
-        train_direction = "t1-to-t2" if method.two_way else direction
+        train_direction = T1_TO_T2 if method.two_way else direction
         return self.out / "runs" / train_direction / method.name
 
     def training_config(self, method, direction: str, steps_per_epoch: int):
@@ -222,7 +223,7 @@ class Study:
             torch.set_num_threads(self.settings.threads)
         self.prepare()
         return {(m.name, d): self.calibrate(m, d) for d in self.directions for m in self.methods.values()
-                if m.kind == "trained" and (d == "t1-to-t2" or not m.two_way)}
+                if m.kind == "trained" and (d == T1_TO_T2 or not m.two_way)}
 
     def run(self, results_path, figures_dir, command: str = "") -> dict:
         """Prepare, then per direction and method: train (if needed), evaluate, rewrite the results page.

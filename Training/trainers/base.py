@@ -40,7 +40,6 @@ from ..schedule import LRSchedule, make_adam
 from ..state import STATE_FILE, capture_rng_states, load_state, restore_rng_states, save_state
 from ..validation import better
 
-REVERSE = {"t1-to-t2": "t2-to-t1", "t2-to-t1": "t1-to-t2"}
 
 
 def seed_everything(seed: int, deterministic: bool) -> None:

@@ -18,8 +18,10 @@ normalisation on every discriminator convolution.
 import torch.nn.functional as F
 from torch import nn
 
+from MRISynthesisLib.conventions import REVERSE
+
 from ..losses import ImagePool, discriminator_loss, generator_adversarial_loss
-from .base import REVERSE, Trainer, set_requires_grad
+from .base import Trainer, set_requires_grad
 
 
 class _CycleForward(nn.Module):

@@ -16,6 +16,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from MRISynthesisLib.conventions import source_and_target
+from MRISynthesisLib.conventions import source_contrast as source_contrast_of
+from MRISynthesisLib.conventions import target_contrast as target_contrast_of
 from MRISynthesisLib.errors import InputError
 
 from .. import distributed
@@ -103,8 +106,8 @@ def prepare_data(config, run_dir, context: distributed.DistributedContext, resum
 def _prepare_unpaired(config, run_dir, cache_root, context, log) -> RunData:
     d = config.data
     t1_paths, t2_paths = discover_unpaired(d.t1_dir, d.t2_dir)
-    source_paths, target_paths = (t1_paths, t2_paths) if d.direction == "t1-to-t2" else (t2_paths, t1_paths)
-    source_contrast, target_contrast = d.direction.split("-to-")
+    source_paths, target_paths = source_and_target(d.direction, t1_paths, t2_paths)
+    source_contrast, target_contrast = source_contrast_of(d.direction).lower(), target_contrast_of(d.direction).lower()
     options = _cache_options(config)
     cache_a_dir, cache_b_dir = cache_root / f"unpaired-{source_contrast}", cache_root / f"unpaired-{target_contrast}"
     cache_a = _build_cache(context, lambda: SliceCache.build_unpaired(

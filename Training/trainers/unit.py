@@ -20,8 +20,10 @@ from torch import nn
 
 from MRISynthesisLib.models import build_model
 
+from MRISynthesisLib.conventions import REVERSE
+
 from ..losses import discriminator_loss, generator_adversarial_loss
-from .base import REVERSE, Trainer, set_requires_grad
+from .base import Trainer, set_requires_grad
 
 PRESETS = {
     "nips2017": {"gan": 10.0, "recon": 100.0, "kl": 0.1, "cycle": 100.0, "cycle_kl": 0.1},

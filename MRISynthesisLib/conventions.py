@@ -1,0 +1,66 @@
+"""The domain constants of MRISynthesis, defined once: directions, contrasts, normalisation.
+
+Everything else (the command line, checkpoints, the BIDS App, training, the Slicer module)
+imports these names instead of repeating the strings and numbers. Plain Python with no
+dependency, so the Slicer module can import it when Slicer loads the module (before PyTorch or
+numpy are checked) and it also runs on Python 3.9 (Slicer 5.8 must load far enough to say it
+needs 5.10).
+"""
+
+from __future__ import annotations
+
+from .errors import InputError
+
+#: Synthesis directions: which contrast is given and which one is synthesised.
+T1_TO_T2 = "t1-to-t2"
+T2_TO_T1 = "t2-to-t1"
+DIRECTIONS = (T1_TO_T2, T2_TO_T1)
+#: The direction used when neither a direction nor a model is named.
+DEFAULT_DIRECTION = T1_TO_T2
+#: Spellings accepted on the command line -> the direction.
+DIRECTION_ALIASES = {T1_TO_T2: T1_TO_T2, T2_TO_T1: T2_TO_T1, "t1t2": T1_TO_T2, "t2t1": T2_TO_T1}
+
+#: Contrast given to the model and contrast it synthesises, per direction.
+SOURCE_CONTRAST = {T1_TO_T2: "T1", T2_TO_T1: "T2"}
+TARGET_CONTRAST = {T1_TO_T2: "T2", T2_TO_T1: "T1"}
+#: The direction that undoes each direction (CycleGAN/UNIT train both at once).
+REVERSE = {T1_TO_T2: T2_TO_T1, T2_TO_T1: T1_TO_T2}
+
+#: Intensity normalisation of every model input and reference: the ``PERCENTILE_LOW`` and
+#: ``PERCENTILE_HIGH`` percentiles inside the brain mask map to 0 and 1 (model range [-1, 1]).
+#: Shipped checkpoints store these values in their metadata; these are the defaults.
+PERCENTILE_LOW = 0.5
+PERCENTILE_HIGH = 99.5
+
+#: Training skips slices whose brain-mask fraction is below this (``data.min_foreground``); the
+#: shipped models were trained with it. Inference is more generous
+#: (:data:`MRISynthesisLib.preprocessing.MIN_SLICE_FOREGROUND`).
+MIN_TRAINING_FOREGROUND = 0.05
+
+
+def check_direction(direction: str) -> str:
+    """``direction`` itself when it is one of :data:`DIRECTIONS`; :class:`InputError` otherwise."""
+    if direction not in DIRECTIONS:
+        raise InputError(f"direction '{direction}' is not one of {', '.join(DIRECTIONS)}")
+    return direction
+
+
+def source_contrast(direction: str) -> str:
+    """'T1' for 't1-to-t2', 'T2' for 't2-to-t1'."""
+    return SOURCE_CONTRAST[check_direction(direction)]
+
+
+def target_contrast(direction: str) -> str:
+    """'T2' for 't1-to-t2', 'T1' for 't2-to-t1'."""
+    return TARGET_CONTRAST[check_direction(direction)]
+
+
+def reverse(direction: str) -> str:
+    """'t2-to-t1' for 't1-to-t2' and the other way round."""
+    return REVERSE[check_direction(direction)]
+
+
+def source_and_target(direction: str, t1, t2) -> tuple:
+    """``(source, target)``: ``(t1, t2)`` for 't1-to-t2', ``(t2, t1)`` for 't2-to-t1' (any objects:
+    paths, volumes, folders)."""
+    return (t1, t2) if check_direction(direction) == T1_TO_T2 else (t2, t1)
