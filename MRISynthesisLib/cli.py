@@ -1,4 +1,11 @@
-"""The ``mrisynthesis`` command line: synthesize, evaluate, models, bids (the BIDS App), train.
+"""The ``mrisynthesis`` command line: synthesize, evaluate, models, bids (the BIDS App), and the
+subcommands other packages register (``train``, from the training package).
+
+Plug-in subcommands: a package adds ``NAME = "module:function"`` to the entry-point group
+:data:`COMMAND_GROUP` (``[project.entry-points."mrisynthesis.commands"]`` in ``pyproject.toml``);
+``mrisynthesis NAME ARGS...`` then calls ``function(ARGS)`` and exits with its return value. This is how
+``mrisynthesis train`` reaches ``Training.cli.main`` while the core never imports ``Training``
+(the Slicer extension ships the core without it).
 
 Every error a user can cause is printed as one line (``error: ...``) with exit status 2
 (bad input/option, unwritable output) or 1 (out of memory); nothing is written and no input is
@@ -22,6 +29,20 @@ from .errors import Cancelled, MRISynthesisError
 
 NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
 AXIAL_SLICES = "axial (canonical slices, index 0 = most inferior), whatever the files' storage order"
+#: Entry-point group of the subcommands other packages add (see the module docstring).
+COMMAND_GROUP = "mrisynthesis.commands"
+BUILT_IN_COMMANDS = ("synthesize", "evaluate", "models", "bids")
+#: What to install for a plug-in subcommand that is not registered here (e.g. inside Slicer).
+PLUGIN_HINTS = {"train": "the training package (Training/), which this installation does not have; install the "
+                         "project with pip (pip install -e '.[train]' in a checkout), or run python -m Training"}
+
+
+def plugin_commands() -> dict:
+    """``{name: entry point}`` of the subcommands installed packages register in :data:`COMMAND_GROUP`
+    (names of built-in subcommands cannot be taken)."""
+    from importlib.metadata import entry_points
+
+    return {entry.name: entry for entry in entry_points(group=COMMAND_GROUP) if entry.name not in BUILT_IN_COMMANDS}
 
 
 class _Parser(argparse.ArgumentParser):
@@ -94,7 +115,10 @@ def _parser() -> argparse.ArgumentParser:
 
     bids_app.add_parser(commands)
 
-    commands.add_parser("train", help="train a model (see 'mrisynthesis train --help')", add_help=False)
+    for name, entry in sorted(plugin_commands().items()):
+        package = entry.value.split(":")[0].split(".")[0]
+        commands.add_parser(name, help=f"from the {package} package (see 'mrisynthesis {name} --help')",
+                            add_help=False)
     return parser
 
 
@@ -103,10 +127,12 @@ def main(argv=None) -> int:
     from .atomic import terminate_cleanly
 
     terminate_cleanly()  # SIGTERM unwinds like Ctrl-C: temporary files are removed
-    if argv and argv[0] == "train":
-        from Training.cli import main as train_main  # lazy: the core never needs Training
-
-        return train_main(argv[1:])
+    plugin = plugin_commands().get(argv[0]) if argv else None
+    if plugin is not None:  # e.g. 'train': the training package's own command line
+        return plugin.load()(argv[1:])
+    if argv and argv[0] in PLUGIN_HINTS:
+        print(f"error: 'mrisynthesis {argv[0]}' needs {PLUGIN_HINTS[argv[0]]}", file=sys.stderr)
+        return 2
     with quiet_when_pipe_closes():
         return _main(argv)
 

@@ -341,12 +341,13 @@ def test_real_brain_mri_passes_the_input_check(shared_data):
 
 # -- a newcomer's friction -------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv", [["models"], ["evaluate", "--help"], ["train", "--list-options"]])
-def test_closed_pipe_gives_no_traceback(argv):
+@pytest.mark.parametrize("module, argv", [("MRISynthesisLib", ["models"]), ("MRISynthesisLib", ["evaluate", "--help"]),
+                                          ("Training", ["--list-options"])])  # = mrisynthesis train --list-options
+def test_closed_pipe_gives_no_traceback(module, argv):
     import subprocess
     import sys
 
-    process = subprocess.Popen([sys.executable, "-m", "MRISynthesisLib", *argv], stdout=subprocess.PIPE,
+    process = subprocess.Popen([sys.executable, "-m", module, *argv], stdout=subprocess.PIPE,
                                stderr=subprocess.PIPE, cwd=os.getcwd())
     process.stdout.close()  # as `| head -0` does
     err = process.stderr.read().decode()
