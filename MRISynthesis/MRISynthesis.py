@@ -489,7 +489,7 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
             import torch
 
             return torch
-        requirement = f">={Dependencies.MINIMUM_TORCH_VERSION}"
+        requirement = f">={Dependencies.minimumTorchVersion()}"
         try:
             import PyTorchUtils
         except ImportError:

@@ -6,17 +6,59 @@ acts on them (install prompts through the PyTorch extension and pip, a restart a
 
 import importlib.metadata
 import importlib.util
+import os
 import re
 import sys
 
 #: Slicer 5.10 embeds Python 3.12 (5.8 embeds 3.9, which the core does not support) and its
 #: parameter-node wrapper's connectGui returns the tag that disconnectGui needs (5.8 returns None).
 MINIMUM_SLICER_VERSION = (5, 10)
-#: Same minimum as pyproject.toml's "torch>=..." (a test keeps them equal).
-MINIMUM_TORCH_VERSION = "2.1"
-#: Python packages MRISynthesisLib needs besides PyTorch and numpy (import name -> pip requirement).
-PYTHON_REQUIREMENTS = {"nibabel": "nibabel>=5.0", "skimage": "scikit-image>=0.22", "scipy": "scipy>=1.9",
-                       "safetensors": "safetensors>=0.4", "deepbet": "deepbet>=1.0.2,<1.0.3"}
+#: The one list of the core's requirements is ``[project] dependencies`` in pyproject.toml, which the
+#: extension ships next to MRISynthesisLib (developer mode: the repository root). Packages that the
+#: module does not install with pip, and why:
+NOT_INSTALLED_BY_PIP = {"torch": "installed by the PyTorch extension (the build that matches the GPU driver)",
+                        "numpy": "part of Slicer",
+                        "tqdm": "command line only (progress bars)",
+                        "pynrrd": "command line only (Slicer reads and writes NRRD itself)"}
+#: Import names that differ from the distribution name.
+IMPORT_NAMES = {"scikit-image": "skimage"}
+
+
+def pyprojectPath():
+    """pyproject.toml beside the core: the installed extension's scripted-modules folder, or the
+    repository root in developer mode."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    for folder in (os.path.dirname(here), os.path.dirname(os.path.dirname(here))):
+        candidate = os.path.join(folder, "pyproject.toml")
+        if os.path.isfile(candidate):
+            return candidate
+    raise RuntimeError(f"pyproject.toml (the list of MRI Synthesis's Python requirements) is missing near {here}; "
+                       "reinstall the extension")
+
+
+def coreRequirements(path=None) -> dict:
+    """``{distribution name: pip requirement}`` of pyproject.toml's ``[project] dependencies``."""
+    import tomllib  # Python 3.11+: only called on supported Slicers (5.10 embeds 3.12)
+
+    with open(path or pyprojectPath(), "rb") as file:
+        dependencies = tomllib.load(file)["project"]["dependencies"]
+    requirements = {}
+    for requirement in dependencies:
+        name = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)", requirement).group(1)
+        requirements[name] = requirement.strip()
+    return requirements
+
+
+def minimumTorchVersion(path=None) -> str:
+    """The x.y of pyproject.toml's "torch>=x.y"."""
+    match = re.search(r">=\s*([0-9][0-9.]*)", coreRequirements(path).get("torch", ""))
+    return match.group(1) if match else "0"
+
+
+def pipRequirements(path=None) -> dict:
+    """``{import name: pip requirement}`` of the core's packages the module installs with pip."""
+    return {IMPORT_NAMES.get(name, name): requirement for name, requirement in coreRequirements(path).items()
+            if name not in NOT_INSTALLED_BY_PIP}
 
 
 def versionTuple(version: str) -> tuple:
@@ -63,14 +105,15 @@ def torchVersionProblem(version):
     """A sentence when ``version`` (None: not installed) cannot be used, else None."""
     if version is None:
         return "PyTorch is not installed"
-    if isOlder(version, MINIMUM_TORCH_VERSION):
-        return f"PyTorch {version} is installed, but MRI Synthesis needs PyTorch {MINIMUM_TORCH_VERSION} or newer"
+    minimum = minimumTorchVersion()
+    if isOlder(version, minimum):
+        return f"PyTorch {version} is installed, but MRI Synthesis needs PyTorch {minimum} or newer"
     return None
 
 
 def missingRequirements(findSpec=importlib.util.find_spec) -> list:
     """pip requirements of the core's packages that are not importable."""
-    return [requirement for name, requirement in PYTHON_REQUIREMENTS.items() if findSpec(name) is None]
+    return [requirement for name, requirement in pipRequirements().items() if findSpec(name) is None]
 
 
 def inferenceUnavailableReason(findSpec=importlib.util.find_spec, distributionVersion=importlib.metadata.version):

@@ -33,8 +33,8 @@ def test_version_tuple(version, expected):
     ("2.0.1", True), ("1.13.1+cu117", True), ("2.1", False), ("2.1.0+cpu", False), ("2.13.0", False), ("10.0", False),
 ])
 def test_torch_older_than_the_minimum(version, older):
-    assert Dependencies.MINIMUM_TORCH_VERSION == "2.1"
-    assert Dependencies.isOlder(version, Dependencies.MINIMUM_TORCH_VERSION) is older
+    assert Dependencies.minimumTorchVersion() == "2.1"
+    assert Dependencies.isOlder(version, Dependencies.minimumTorchVersion()) is older
     problem = Dependencies.torchVersionProblem(version)
     assert (problem is not None) is older
     if older:
@@ -43,18 +43,26 @@ def test_torch_older_than_the_minimum(version, older):
 
 def test_minimum_torch_version_is_the_one_in_pyproject():
     requirement = re.search(r'"torch>=([0-9.]+)"', (REPO / "pyproject.toml").read_text()).group(1)
-    assert requirement == Dependencies.MINIMUM_TORCH_VERSION
+    assert requirement == Dependencies.minimumTorchVersion()
+    assert Dependencies.pyprojectPath() == str(REPO / "pyproject.toml")  # developer mode: the repository root
 
 
-def test_python_requirements_cover_the_core_dependencies():
-    """Every third-party package pyproject.toml lists for the core is installed in Slicer, except
-    torch (PyTorch extension), numpy (Slicer has it), tqdm and pynrrd (command line only: inside
-    Slicer volumes arrive as arrays, and Slicer reads and writes NRRD itself)."""
-    text = (REPO / "pyproject.toml").read_text()
-    block = re.search(r"dependencies = \[(.*?)\]", text, re.S).group(1)
-    names = {re.match(r'\s*"([A-Za-z0-9_-]+)', line).group(1) for line in block.splitlines() if '"' in line}
-    pipNames = {requirement.split(">=")[0] for requirement in Dependencies.PYTHON_REQUIREMENTS.values()}
-    assert names - {"torch", "numpy", "tqdm", "pynrrd"} == pipNames
+def test_python_requirements_are_read_from_pyproject():
+    """pyproject.toml is the one requirements list: the module pip-installs every core dependency
+    except torch (PyTorch extension), numpy (Slicer has it), tqdm and pynrrd (command line only),
+    with pyproject's exact specifiers."""
+    assert Dependencies.pipRequirements() == {"nibabel": "nibabel>=5.0", "skimage": "scikit-image>=0.22",
+                                              "scipy": "scipy>=1.9", "safetensors": "safetensors>=0.4",
+                                              "deepbet": "deepbet==1.0.2"}
+
+
+def test_requirements_follow_an_edited_pyproject(tmp_path):
+    pyproject = tmp_path / "pyproject.toml"
+    pyproject.write_text('[project]\nname = "x"\ndependencies = ["torch>=2.5", "numpy", "scikit-image >= 0.25",\n'
+                         '    "newpackage[extra]~=1.2"]\n')
+    assert Dependencies.pipRequirements(pyproject) == {"skimage": "scikit-image >= 0.25",
+                                                       "newpackage": "newpackage[extra]~=1.2"}
+    assert Dependencies.minimumTorchVersion(pyproject) == "2.5"
 
 
 @pytest.mark.parametrize("major, minor, supported", [(5, 8, False), (5, 9, False), (5, 10, True), (5, 12, True),
@@ -83,7 +91,7 @@ def test_self_test_skip_reason(monkeypatch):
     nothing = lambda name: None  # noqa: E731 - an empty Python, as on the extension build machines
     reason = Dependencies.inferenceUnavailableReason(findSpec=nothing)
     assert reason == ("PyTorch is not installed; missing Python packages: nibabel>=5.0, scikit-image>=0.22, "
-                      "scipy>=1.9, safetensors>=0.4, deepbet>=1.0.2,<1.0.3")
+                      "scipy>=1.9, safetensors>=0.4, deepbet==1.0.2")
     everything = lambda name: object()  # noqa: E731
     assert Dependencies.inferenceUnavailableReason(findSpec=everything, distributionVersion=lambda n: "2.4.0") is None
     assert "PyTorch 1.12.0 is installed" in Dependencies.inferenceUnavailableReason(
