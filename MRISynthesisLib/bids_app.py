@@ -374,10 +374,10 @@ def main(args) -> int:
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     model_path = catalog.resolve_model(args.model, args.direction)
+    from .synthesis import check_model_request
+
     metadata = read_metadata(model_path)
-    if metadata.direction != args.direction:
-        raise InputError(f"model '{metadata.model_id}' synthesizes {metadata.direction}, not {args.direction} "
-                         "(--direction)")
+    check_model_request(metadata, args.direction)
     items = discover(bids_dir, args.direction, args.participant_label, args.session_label)
     source_suffix = SUFFIXES[args.direction][0]
     if not items:

@@ -173,6 +173,15 @@ def _main(argv) -> int:
         print("error: out of memory: the volume and the model do not fit in this machine's memory; "
               "try a smaller --batch-size or a smaller volume", file=sys.stderr)
         return 1
+    except RuntimeError as error:  # PyTorch reports a GPU (or CPU allocator) out of memory as a RuntimeError
+        from .synthesis import is_out_of_memory
+
+        if not is_out_of_memory(error) and "can't allocate memory" not in str(error):
+            raise
+        first_line = str(error).strip().splitlines()[0]
+        print(f"error: out of memory ({first_line}); try a smaller --batch-size, --device cpu or a smaller volume",
+              file=sys.stderr)
+        return 1
 
 
 def _synthesize(args) -> int:
@@ -180,6 +189,7 @@ def _synthesize(args) -> int:
     from .checkpoint import read_metadata
     from .errors import InputError
     from .io import check_output_path, load_volume, write_outputs, write_volume
+    from .synthesis import check_model_request
 
     direction = DIRECTION_ALIASES.get(args.direction) if args.direction else None
     mask_file = args.brain_mask if args.brain_mask.lower() not in ("auto", "none") else None
@@ -195,8 +205,7 @@ def _synthesize(args) -> int:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     model_path = catalog.resolve_model(args.model, direction or (DEFAULT_DIRECTION if args.model is None else None))
     metadata = read_metadata(model_path)
-    if direction and metadata.direction != direction:
-        raise InputError(f"model '{metadata.model_id}' synthesizes {metadata.direction}, not {direction}")
+    check_model_request(metadata, direction)  # before the volume is read
     volume = load_volume(args.input)
     mask_choice = args.brain_mask.lower() if mask_file is None else None
     if mask_file:
@@ -207,15 +216,16 @@ def _synthesize(args) -> int:
         mask_choice = mask_volume.array
 
     from .brain_extraction import choose_brain_mask, mask_used
-    from .synthesis import Synthesizer, require_positive_intensities
+    from .synthesis import UNCERTAINTY_SAMPLES, Synthesizer, require_positive_intensities, synthesize_with_fallback
 
     require_positive_intensities(volume.array)  # before brain extraction, which would blame the mask
 
-    synthesizer = Synthesizer(model_path, device=args.device, batch_size=args.batch_size, flip_tta=args.tta,
-                              precision=args.precision)
-    if args.uncertainty and not synthesizer.supports_uncertainty:
-        raise InputError(f"--uncertainty needs a model that can sample (a VAE); '{metadata.model_id}' is "
-                         f"{metadata.architecture} (no shipped model is a VAE: train one with configs/vae.yaml)")
+    def create(device, batch_size):  # also the GPU out-of-memory fallbacks' synthesizers
+        return Synthesizer(model_path, device=device, batch_size=batch_size, flip_tta=args.tta,
+                           precision=args.precision)
+
+    synthesizer = create(args.device, args.batch_size)
+    check_model_request(metadata, uncertainty=bool(args.uncertainty), can_sample=synthesizer.supports_uncertainty)
     progress, close = _progress_bar(args.quiet, "brain extraction", unit="step")
     try:
         chosen = choose_brain_mask(volume, mask_choice, device=synthesizer.device, progress=progress)
@@ -224,12 +234,12 @@ def _synthesize(args) -> int:
     mask = chosen.mask
     progress, close = _progress_bar(args.quiet, "synthesizing")
     try:
-        if args.uncertainty:
-            result, std = synthesizer.synthesize_with_uncertainty(volume, progress=progress, mask=mask)
-        else:
-            result, std = synthesizer.synthesize(volume, progress=progress, mask=mask), None
+        run = synthesize_with_fallback(create, volume, args.device, args.batch_size, first=synthesizer,
+                                       progress=progress, mask=mask,
+                                       uncertainty_samples=UNCERTAINTY_SAMPLES if args.uncertainty else 0)
     finally:
         close()
+    result, std, synthesizer = run.synthetic, run.uncertainty, run.synthesizer
     writers = [(args.output, lambda tmp: write_volume(result, tmp, target=args.output))]
     if args.save_mask:
         used = volume.with_array(mask_used(volume, chosen).astype("float32"))
@@ -242,6 +252,8 @@ def _synthesize(args) -> int:
         picture = render_preview(volume, result)
         writers.append((args.preview, lambda tmp: write_png(picture, tmp)))
     written = write_outputs(writers)  # all or none
+    for note in run.notes:  # GPU out-of-memory fallbacks
+        print(f"warning: {note}", file=sys.stderr)
     for warning in result.meta["input_check"]["warnings"]:
         print(f"warning: the input does not look like the brain MRI the model was trained on: {warning}",
               file=sys.stderr)

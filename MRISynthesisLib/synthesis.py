@@ -14,6 +14,10 @@ volume thus needs about input + output + the model (``benchmarks/bench_inference
 from __future__ import annotations
 
 import contextlib
+import gc
+import logging
+import sys
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +33,8 @@ from .volume import Volume
 
 #: Smallest in-plane size (voxels) that is synthesised; smaller inputs are refused.
 MIN_INPLANE_VOXELS = 16
+#: Stochastic passes for an uncertainty (standard deviation) map.
+UNCERTAINTY_SAMPLES = 8
 
 
 class Synthesizer:
@@ -98,11 +104,10 @@ class Synthesizer:
         mean, _ = self._run(volume, progress, mask, samples=0)
         return mean
 
-    def synthesize_with_uncertainty(self, volume: Volume, samples: int = 8, progress=None, mask=None):
+    def synthesize_with_uncertainty(self, volume: Volume, samples: int = UNCERTAINTY_SAMPLES, progress=None,
+                                    mask=None):
         """``(mean, std)`` volumes from ``samples`` stochastic passes (VAE-type models only)."""
-        if not self.supports_uncertainty:
-            raise InputError(f"model '{self.metadata.model_id}' ({self.metadata.architecture}) cannot sample; "
-                             "uncertainty maps need a VAE model")
+        check_model_request(self.metadata, uncertainty=True, can_sample=self.supports_uncertainty)
         if int(samples) < 2:
             raise InputError(f"uncertainty needs at least 2 samples, got {samples}")
         return self._run(volume, progress, mask, samples=int(samples))
@@ -245,3 +250,95 @@ def require_positive_intensities(array: np.ndarray) -> None:
     if float(array.max()) <= 0 and float(array.min()) < 0:
         raise InputError(f"the volume has no positive voxels (values {float(array.min()):g} to "
                          f"{float(array.max()):g}); MRI magnitude images are positive")
+
+
+def check_model_request(metadata: ModelMetadata, direction: str | None = None, uncertainty: bool = False,
+                        can_sample: bool = False) -> None:
+    """:class:`InputError` when the model does not synthesise ``direction`` (None: any) or cannot make
+    the uncertainty map asked for. The one check of a model against a request, used by the command
+    line, the BIDS App and the Slicer module."""
+    if direction is not None and metadata.direction != direction:
+        raise InputError(f"model '{metadata.model_id}' synthesizes {metadata.direction}, but {direction} was "
+                         "requested; choose a model for that direction")
+    if uncertainty and not can_sample:
+        raise InputError(f"model '{metadata.model_id}' ({metadata.architecture}) cannot produce an uncertainty map: "
+                         "that needs a model that can sample, a VAE (no shipped model is one; train one with "
+                         "configs/vae.yaml)")
+
+
+# -- GPU out-of-memory fallback -----------------------------------------------------------------------
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for a GPU (CUDA or MPS) out-of-memory error, which PyTorch raises as a ``RuntimeError``
+    (``torch.cuda.OutOfMemoryError`` is one); a CPU ``MemoryError`` is not a GPU error."""
+    torch = sys.modules.get("torch")
+    cuda_out_of_memory = getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None)
+    if cuda_out_of_memory is not None and isinstance(error, cuda_out_of_memory):
+        return True
+    return isinstance(error, RuntimeError) and "out of memory" in str(error).lower()
+
+
+def device_name(synthesizer) -> str:
+    """'cuda', 'mps' or 'cpu': the device a synthesizer runs on."""
+    return str(getattr(getattr(synthesizer, "device", None), "type", synthesizer.device))
+
+
+def _release_gpu_memory() -> None:
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+@dataclass
+class SynthesisRun:
+    """What :func:`synthesize_with_fallback` made: the synthetic volume, the uncertainty volume (or
+    None), the synthesizer that succeeded (its device and batch size) and a sentence per fallback."""
+
+    synthetic: Volume
+    uncertainty: Volume | None
+    synthesizer: object
+    notes: list = field(default_factory=list)
+
+
+def synthesize_with_fallback(create, volume: Volume, device="auto", batch_size: int = 8, *, first=None,
+                             progress=None, mask=None, uncertainty_samples: int = 0) -> SynthesisRun:
+    """Synthesize ``volume``; a GPU that runs out of memory is retried once with batch size 1 on the
+    same device, then on the CPU with ``batch_size``, and each fallback is told in ``notes`` (and
+    logged), so the user knows why it was slower. The command line and the Slicer module both run
+    synthesis through here.
+
+    ``create(device, batch_size)`` makes a :class:`Synthesizer` (tests inject fakes that run out of
+    memory); ``first``, when given, is the synthesizer of the first attempt (already loaded by the
+    caller, who checked its model), else ``create(device, batch_size)`` makes it.
+    ``uncertainty_samples`` > 1 asks for a mean and a standard-deviation volume (models that can
+    sample only). :class:`Cancelled`, a CPU ``MemoryError`` and every other error propagate.
+    """
+    synthesizer = first if first is not None else create(device, batch_size)
+    notes = []
+    while True:
+        try:
+            if uncertainty_samples:
+                synthetic, uncertainty = synthesizer.synthesize_with_uncertainty(
+                    volume, samples=uncertainty_samples, progress=progress, mask=mask)
+            else:
+                synthetic, uncertainty = synthesizer.synthesize(volume, progress=progress, mask=mask), None
+            return SynthesisRun(synthetic, uncertainty, synthesizer, notes)
+        except Exception as error:  # noqa: BLE001 - only GPU memory errors are retried
+            used_device, used_batch = device_name(synthesizer), int(synthesizer.batch_size)
+            if not is_out_of_memory(error) or used_device == "cpu":
+                raise
+            if used_batch > 1:
+                retry = (used_device, 1)
+                note = (f"The GPU ({used_device}) ran out of memory with batch size {used_batch}; "
+                        "retrying with batch size 1.")
+            else:
+                retry = ("cpu", batch_size)
+                note = (f"The GPU ({used_device}) ran out of memory even with batch size 1; retrying on the CPU "
+                        "(slower).")
+            logging.getLogger(__name__).warning(note)
+            notes.append(note)
+            del error
+            synthesizer = first = None  # the failed model's GPU memory is released before the next one loads
+            _release_gpu_memory()
+            synthesizer = create(*retry)

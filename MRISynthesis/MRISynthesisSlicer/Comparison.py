@@ -2,8 +2,8 @@
 
 The difference uses exactly the normalisation of the metrics (``MRISynthesisLib.metrics``), so the
 map shows the errors that the numbers summarise, not scanner intensity scaling. The comparison is
-computed without touching the scene (:func:`compareWithReference`); :func:`addDifferenceNode`
-adds its result, so a comparison that fails leaves every node as it was.
+computed without touching the scene (:func:`compareWithReference`); ``SynthesisLogic`` adds its
+result as a node, so a comparison that fails leaves every node as it was.
 """
 
 from dataclasses import dataclass
@@ -11,9 +11,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from MRISynthesisLib import metrics, orientation, preprocessing
+from MRISynthesisLib.conventions import PERCENTILE_HIGH
 
-from .OutputNodes import differenceVolumeName, showAsDifference
-from .VolumeNodes import checkScalarVolume, ijkToRASArray, updateNodeFromVolume, volumeOnGrid, worldIJKToRAS
+from .VolumeNodes import checkScalarVolume, ijkToRASArray, volumeOnGrid, worldIJKToRAS
 
 
 @dataclass
@@ -46,14 +46,5 @@ def compareWithReference(synthetic, gridNode, referenceNode, mask=None) -> Refer
     referenceNormalised, _ = metrics.normalise_for_metrics(reference.array, mask, mode)
     difference = np.where(mask, syntheticNormalised - referenceNormalised, 0.0).astype(np.float32)
     inside = np.abs(difference[mask])
-    displayMax = float(np.percentile(inside, 99.5)) if inside.size else 1.0
+    displayMax = float(np.percentile(inside, PERCENTILE_HIGH)) if inside.size else 1.0
     return ReferenceComparison(synthetic.with_array(difference), result, displayMax)
-
-
-def addDifferenceNode(scene, syntheticName: str, comparison: ReferenceComparison, gridNode):
-    """New volume node "<synthetic> minus reference" with the difference, ``gridNode``'s geometry
-    and parent transform, and a diverging colour map."""
-    differenceNode = scene.AddNewNodeByClass("vtkMRMLScalarVolumeNode", differenceVolumeName(syntheticName))
-    updateNodeFromVolume(differenceNode, comparison.difference, gridNode)
-    showAsDifference(differenceNode, comparison.displayMax)
-    return differenceNode

@@ -1,30 +1,67 @@
 """``SynthesisLogic.process``: volume node in, synthetic volume node out (plus comparison).
 
 Usable from Slicer's Python console and from tests without the module's widget. The module's
-``MRISynthesisLogic`` delegates to it after making sure PyTorch is importable.
+``MRISynthesisLogic`` delegates to it after making sure PyTorch is importable. The model runs in the
+core (``MRISynthesisLib.synthesis``: ``Synthesizer`` and its GPU out-of-memory fallbacks); this file
+turns nodes into volumes and the results back into nodes, and keeps the loaded model between runs.
 """
 
-import functools
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from MRISynthesisLib import catalog
 from MRISynthesisLib.brain_extraction import choose_brain_mask
+from MRISynthesisLib.conventions import check_direction, target_contrast
 from MRISynthesisLib.errors import Cancelled
 from MRISynthesisLib.preprocessing import looks_skull_stripped
+from MRISynthesisLib.synthesis import (UNCERTAINTY_SAMPLES, Synthesizer, check_model_request, device_name,
+                                       synthesize_with_fallback)
 
 from . import ComparisonViews, OutputNodes
 from .BrainMaskNodes import maskArrayFromNode, showMaskAsSegmentation
-from .Comparison import addDifferenceNode, compareWithReference
-from .Inference import defaultSynthesizerFactory, deviceName, synthesizeWithFallback
+from .Comparison import compareWithReference
 from .SceneChanges import SceneChanges
 from .VolumeNodes import (checkScalarVolume, isInScene, isPlainScalarVolume, matrixBetweenNodes, updateNodeFromVolume,
                           volumeFromNode, worldIJKToRAS)
 
-#: Stochastic passes for an uncertainty (standard deviation) map.
-UNCERTAINTY_SAMPLES = 8
+
+def defaultSynthesizerFactory(checkpoint, device, batchSize, precision="auto"):
+    return Synthesizer(checkpoint, device=device, batch_size=batchSize, precision=precision)
+
+
+class SynthesizerCache:
+    """The last loaded synthesizer, reused while its checkpoint file, device and precision are the
+    same: loading (and hashing) a checkpoint takes seconds, and users click Synthesize repeatedly.
+
+    The key holds the checkpoint's resolved path, modification time and size, so a file replaced
+    on disk is loaded again. One entry only: a second model on the GPU would double its memory.
+    """
+
+    def __init__(self, create):
+        self.create = create  # create(checkpoint, device, batchSize, precision)
+        self.key, self.synthesizer = None, None
+
+    @staticmethod
+    def keyOf(checkpoint, device, precision) -> tuple:
+        path = Path(checkpoint).resolve()
+        stat = os.stat(path)
+        return (str(path), stat.st_mtime_ns, stat.st_size, str(device), str(precision))
+
+    def get(self, checkpoint, device, batchSize, precision):
+        """A synthesizer of ``checkpoint`` on ``device`` with ``precision``, set to ``batchSize``."""
+        key = self.keyOf(checkpoint, device, precision)
+        if key != self.key:
+            self.clear()  # the old model's memory is released before the new one loads
+            self.synthesizer = self.create(checkpoint, device, batchSize, precision)
+            self.key = key
+        self.synthesizer.batch_size = int(batchSize)
+        return self.synthesizer
+
+    def clear(self) -> None:
+        self.key, self.synthesizer = None, None
 
 
 @dataclass
@@ -62,7 +99,7 @@ def checkOutputVolume(outputVolume, inputVolume, referenceVolume=None, maskVolum
 
 def checkNodes(inputVolume, outputVolume, referenceVolume, maskVolume, direction) -> None:
     """Every check on the nodes of a run, before anything is computed: one-line ``ValueError``s."""
-    OutputNodes.targetContrast(direction)  # validates the direction
+    check_direction(direction)
     checkScalarVolume(inputVolume, "Input volume")
     if inputVolume.GetScene() is None:
         raise ValueError(f"Input volume '{inputVolume.GetName()}' is not in a scene")
@@ -70,7 +107,7 @@ def checkNodes(inputVolume, outputVolume, referenceVolume, maskVolume, direction
     if referenceVolume is not None:
         if referenceVolume is inputVolume or referenceVolume is maskVolume:
             raise ValueError("Reference volume must be a different volume (a real "
-                             f"{OutputNodes.targetContrast(direction)} of the same subject)")
+                             f"{target_contrast(direction)} of the same subject)")
         checkScalarVolume(referenceVolume, "Reference volume")
         matrixBetweenNodes(inputVolume, referenceVolume)  # a non-linear transform is refused now, not after the run
     if maskVolume is not None:
@@ -91,10 +128,16 @@ def checkStillInScene(nodes, scene) -> None:
 
 
 class SynthesisLogic:
-    """Synthesis on MRML nodes. ``createSynthesizer(checkpoint, device, batchSize)`` is injectable."""
+    """Synthesis on MRML nodes.
+
+    ``createSynthesizer(checkpoint, device, batchSize, precision)`` makes the core ``Synthesizer``
+    (tests inject fakes, e.g. a GPU that runs out of memory). The synthesizer of the last run is
+    kept (:class:`SynthesizerCache`), so synthesizing again with the same model does not reload it.
+    """
 
     def __init__(self, createSynthesizer=defaultSynthesizerFactory):
         self.createSynthesizer = createSynthesizer
+        self.synthesizers = SynthesizerCache(createSynthesizer)
 
     def process(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None,
                 progress=None, batchSize=8, maskVolume=None, uncertainty=False, showResults=True, onStage=None,
@@ -132,17 +175,9 @@ class SynthesisLogic:
                          "voxel grid; the synthetic volume is under the same transform.")
         mask = maskArrayFromNode(maskVolume, inputVolume) if maskVolume is not None else None
 
-        createSynthesizer = self.createSynthesizer
-        if precision != "auto":  # a factory is given precision= only when it is not 'auto'
-            createSynthesizer = functools.partial(self.createSynthesizer, precision=precision)
-        synthesizer = createSynthesizer(checkpoint, device, batchSize)
+        synthesizer = self.synthesizers.get(checkpoint, device, batchSize, precision)
         metadata = synthesizer.metadata
-        if metadata.direction != direction:
-            raise ValueError(f"Model '{metadata.model_id}' synthesizes {metadata.direction}, but {direction} "
-                             "was requested; choose a model for that direction")
-        if uncertainty and not synthesizer.supports_uncertainty:
-            raise ValueError(f"Model '{metadata.model_id}' cannot produce an uncertainty map "
-                             "(only models that can sample, e.g. VAEs, can)")
+        check_model_request(metadata, direction, uncertainty, synthesizer.supports_uncertainty)
         extracted = False
         if mask is None:  # automatic: skull-stripped inputs are kept, whole-head scans brain-extracted
             if onStage is not None and not looks_skull_stripped(volume.array):
@@ -152,11 +187,6 @@ class SynthesisLogic:
             mask, extracted = chosen.mask, chosen.source == "extracted"
         if onStage is not None:
             onStage("synthesis")
-        firstSynthesizer = [synthesizer]
-
-        def createOrReuse(path, dev, batch):
-            # The synthesizer loaded above is used for the first attempt; fallbacks make new ones.
-            return firstSynthesizer.pop() if firstSynthesizer else createSynthesizer(path, dev, batch)
 
         def progressUnlessNodesRemoved(done, total):
             # The widget's progress callback processes GUI events, so the user may close the scene or
@@ -164,30 +194,31 @@ class SynthesisLogic:
             checkStillInScene(watched, scene)
             return True if progress is None else progress(done, total)
 
-        synthetic, uncertaintyVolume, synthesizer, fallbackNotes = synthesizeWithFallback(
-            createOrReuse, checkpoint, volume, device, batchSize, progressUnlessNodesRemoved, mask,
-            UNCERTAINTY_SAMPLES if uncertainty else 0)
-        notes += fallbackNotes
+        def createAfterOutOfMemory(retryDevice, retryBatchSize):
+            self.synthesizers.clear()  # frees the model that ran out of GPU memory
+            return self.createSynthesizer(checkpoint, retryDevice, retryBatchSize, precision)
+
+        run = synthesize_with_fallback(createAfterOutOfMemory, volume, device, batchSize, first=synthesizer,
+                                       progress=progressUnlessNodesRemoved, mask=mask,
+                                       uncertainty_samples=UNCERTAINTY_SAMPLES if uncertainty else 0)
+        notes += run.notes
         checkStillInScene(watched, scene)
         comparison = None
         if referenceVolume is not None:
-            comparison = compareWithReference(synthetic, inputVolume, referenceVolume, mask)
+            comparison = compareWithReference(run.synthetic, inputVolume, referenceVolume, mask)
 
         # Nothing in the scene has changed up to here; from here on, undo on failure.
         changes = SceneChanges()
         try:
             modelTitle = metadata.title or (metadata.model_id if metadata.model_id != "unnamed" else Path(checkpoint).stem)
-            if outputVolume is None:
-                outputVolume = changes.created(scene.AddNewNodeByClass(
-                    "vtkMRMLScalarVolumeNode", OutputNodes.syntheticVolumeName(inputVolume.GetName(), direction, modelTitle)))
-            else:
-                changes.willModify(outputVolume)
-            result = SynthesisResult(outputVolume, metadata.model_id, direction, deviceName(synthesizer),
-                                     int(synthesizer.batch_size), 0.0, notes=notes)
-            resolved = getattr(synthesizer, "precision", None)
-            result.precision = resolved.describe() if hasattr(resolved, "describe") else str(resolved or "")
-            self._fillDerivedVolume(outputVolume, synthetic, "synthetic", metadata, direction, inputVolume)
-
+            outputVolume = self._outputNode(changes, run.synthetic, "synthetic", metadata, inputVolume,
+                                            node=outputVolume, name=OutputNodes.syntheticVolumeName(
+                                                inputVolume.GetName(), direction, modelTitle))
+            resolved = getattr(run.synthesizer, "precision", None)
+            result = SynthesisResult(outputVolume, metadata.model_id, direction, device_name(run.synthesizer),
+                                     int(run.synthesizer.batch_size), 0.0, notes=notes,
+                                     precision=resolved.describe() if hasattr(resolved, "describe") else
+                                     str(resolved or ""))
             if extracted:
                 result.brainMaskSegmentation = changes.created(showMaskAsSegmentation(
                     mask, inputVolume, f"{inputVolume.GetName()} brain mask"))
@@ -195,19 +226,15 @@ class SynthesisLogic:
                 result.notes.append(f"Brain extracted automatically (deepbet): segmentation "
                                     f"'{result.brainMaskSegmentation.GetName()}'. Edit it if needed and choose it "
                                     "as Brain mask to synthesize again with it.")
-
-            if uncertaintyVolume is not None:
-                result.uncertaintyVolume = changes.created(scene.AddNewNodeByClass(
-                    "vtkMRMLScalarVolumeNode", f"{outputVolume.GetName()} uncertainty"))
-                self._fillDerivedVolume(result.uncertaintyVolume, uncertaintyVolume, "uncertainty", metadata,
-                                        direction, inputVolume)
-
+            if run.uncertainty is not None:
+                result.uncertaintyVolume = self._outputNode(changes, run.uncertainty, "uncertainty", metadata,
+                                                            inputVolume, name=f"{outputVolume.GetName()} uncertainty")
             if comparison is not None:
-                result.differenceVolume = changes.created(
-                    addDifferenceNode(scene, outputVolume.GetName(), comparison, inputVolume))
+                result.differenceVolume = self._outputNode(
+                    changes, comparison.difference, "difference", metadata, inputVolume,
+                    name=OutputNodes.differenceVolumeName(outputVolume.GetName()),
+                    show=lambda node: OutputNodes.showAsDifference(node, comparison.displayMax))
                 result.metrics = comparison.metrics
-                OutputNodes.setProvenance(result.differenceVolume, "difference", metadata.model_id, direction, inputVolume)
-                OutputNodes.placeNextTo(result.differenceVolume, inputVolume)
         except Exception:
             changes.undo()
             raise
@@ -224,11 +251,19 @@ class SynthesisLogic:
         return result
 
     @staticmethod
-    def _fillDerivedVolume(volumeNode, volume, role, metadata, direction, inputVolume):
-        updateNodeFromVolume(volumeNode, volume, inputVolume)
-        OutputNodes.setProvenance(volumeNode, role, metadata.model_id, direction, inputVolume)
-        OutputNodes.showAsSynthetic(volumeNode)
-        OutputNodes.placeNextTo(volumeNode, inputVolume)
+    def _outputNode(changes, volume, role, metadata, inputVolume, node=None, name="", show=OutputNodes.showAsSynthetic):
+        """``volume`` (on ``inputVolume``'s grid) written into ``node``, or into a new node ``name``:
+        voxels and geometry, provenance attributes, display, and a place next to the input in the
+        subject hierarchy. ``changes`` records it, so a failure later in the run undoes it."""
+        if node is None:
+            node = changes.created(inputVolume.GetScene().AddNewNodeByClass("vtkMRMLScalarVolumeNode", name))
+        else:
+            changes.willModify(node)
+        updateNodeFromVolume(node, volume, inputVolume)
+        OutputNodes.setProvenance(node, role, metadata.model_id, metadata.direction, inputVolume)
+        show(node)
+        OutputNodes.placeNextTo(node, inputVolume)
+        return node
 
     @staticmethod
     def showResults(inputVolume, outputVolume, referenceVolume=None, differenceVolume=None):

@@ -7,7 +7,7 @@ import slicer
 import torch
 
 from MRISynthesisLib.synthesis import Synthesizer
-from MRISynthesisSlicer.Inference import isOutOfMemory
+from MRISynthesisLib.synthesis import is_out_of_memory as isOutOfMemory
 from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic
 
 
@@ -29,7 +29,7 @@ class Factory:
     def __init__(self, failFrom, error=None):
         self.calls, self.failFrom, self.error = [], failFrom, error
 
-    def __call__(self, checkpoint, device, batchSize):
+    def __call__(self, checkpoint, device, batchSize, precision="auto"):
         self.calls.append((str(device), batchSize))
         real = Synthesizer(checkpoint, device="cpu", batch_size=batchSize)
         if str(device) == "cpu":
