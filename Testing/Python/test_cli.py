@@ -159,7 +159,7 @@ def test_unwritable_output_is_refused(tmp_path, t1, tiny_checkpoint, capsys):
 
 def test_wrong_direction_and_unknown_model_are_refused(tmp_path, t1, tiny_checkpoint, capsys):
     _fails(capsys, ["synthesize", str(t1), "-o", str(tmp_path / "o.nii"), "--model", str(tiny_checkpoint),
-                    "--direction", "t2-to-t1"], "not t2-to-t1", tmp_path)
+                    "--direction", "t2-to-t1"], "but t2-to-t1 was requested", tmp_path)
     _fails(capsys, ["synthesize", str(t1), "-o", str(tmp_path / "o.nii"), "--model", "no-such-model"],
            "unknown model", tmp_path)
 
