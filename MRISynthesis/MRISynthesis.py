@@ -9,7 +9,7 @@ import importlib.util
 import logging
 import os
 import sys
-from typing import Annotated, Union
+from typing import Annotated, Callable, Optional, Union
 
 import qt
 import slicer
@@ -35,7 +35,8 @@ def _makeCoreImportable():
 
 _makeCoreImportable()
 
-# Light, Slicer-free helpers (no torch, no MRISynthesisLib): safe to import when Slicer loads the module.
+# Light, Slicer-free helpers (no torch, no numpy): safe to import when Slicer loads the module.
+from MRISynthesisLib import conventions  # noqa: E402
 from MRISynthesisSlicer import Dependencies  # noqa: E402
 from MRISynthesisSlicer.ProcessingStates import ProcessingState, panelState  # noqa: E402
 
@@ -83,16 +84,23 @@ def registerComparisonLayout():
 #
 
 
-class Direction(enum.Enum):
-    T1_TO_T2 = "t1-to-t2"
-    T2_TO_T1 = "t2-to-t1"
+# The label() methods of these enums are not called by this module: Slicer's parameter-node GUI
+# connector for enums (slicer.parameterNodeWrapper, QComboBox <-> enum.Enum) shows what label()
+# returns as each combo-box item and falls back to the raw value without it. They exist so the
+# combo boxes read "T1 -> T2" and "GPU (CUDA)" (translated) instead of "t1-to-t2" and "cuda".
 
-    def label(self):
-        return {"t1-to-t2": _("T1 \u2192 T2"), "t2-to-t1": _("T2 \u2192 T1")}[self.value]
+
+class Direction(enum.Enum):
+    T1_TO_T2 = conventions.T1_TO_T2
+    T2_TO_T1 = conventions.T2_TO_T1
+
+    def label(self):  # shown by Slicer's combo-box connector (see above)
+        return _("{source} \u2192 {target}").format(source=conventions.source_contrast(self.value),
+                                                    target=conventions.target_contrast(self.value))
 
     @property
     def targetContrast(self):
-        return "T2" if self is Direction.T1_TO_T2 else "T1"
+        return conventions.target_contrast(self.value)
 
 
 class Device(enum.Enum):
@@ -100,7 +108,7 @@ class Device(enum.Enum):
     GPU = "cuda"
     CPU = "cpu"
 
-    def label(self):
+    def label(self):  # shown by Slicer's combo-box connector (see above)
         return {"auto": _("Auto"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}[self.value]
 
 
@@ -112,7 +120,7 @@ class Precision(enum.Enum):
     BF16 = "bf16"
     FP16 = "fp16"
 
-    def label(self):
+    def label(self):  # shown by Slicer's combo-box connector (see above)
         return {"auto": _("Auto"), "fp32": _("float32 (reproducible)"), "bf16": _("bfloat16"),
                 "fp16": _("float16")}[self.value]
 
@@ -191,6 +199,14 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self.removeObservers()
+
+    def onReload(self) -> None:
+        """Reload and Test in developer mode: re-import MRISynthesisLib and MRISynthesisSlicer too
+        (Slicer's standard reload re-imports only this file), then the standard reload."""
+        from MRISynthesisSlicer.Reloading import reloadPackages
+
+        reloadPackages()
+        ScriptedLoadableModuleWidget.onReload(self)
 
     def enter(self) -> None:
         if self.logic is not None:
@@ -447,20 +463,45 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
     def __init__(self, createSynthesizer=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.createSynthesizer = createSynthesizer
+        self._synthesisLogic = None  # made at the first run: importing it imports PyTorch
 
     def getParameterNode(self):
         return MRISynthesisParameterNode(super().getParameterNode())
 
-    def process(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None,
-                progress=None, **options):
-        """See ``MRISynthesisSlicer.SynthesisLogic.SynthesisLogic.process`` (same arguments; extra
-        keywords: batchSize, maskVolume, uncertainty, showResults). Returns a SynthesisResult."""
-        self.ensureDependencies(askConfirmation=not slicer.app.testingEnabled())
-        from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic
+    def process(self, inputVolume: vtkMRMLScalarVolumeNode, outputVolume: Optional[vtkMRMLScalarVolumeNode],
+                model: Optional[str], direction: str, device: str = "auto",
+                referenceVolume: Optional[vtkMRMLScalarVolumeNode] = None,
+                progress: Optional[Callable[[int, int], bool]] = None, batchSize: int = 8,
+                maskVolume: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None] = None,
+                uncertainty: bool = False, precision: str = "auto", showResults: bool = True,
+                onStage: Optional[Callable[[str], None]] = None):
+        """Synthesize the other contrast of ``inputVolume``; returns a ``SynthesisResult``.
 
-        logic = SynthesisLogic(self.createSynthesizer) if self.createSynthesizer else SynthesisLogic()
-        return logic.process(inputVolume, outputVolume, model, direction, device=device,
-                             referenceVolume=referenceVolume, progress=progress, **options)
+        - ``outputVolume``: scalar volume node to overwrite, or None for a new node next to the input.
+        - ``model``: catalog id, path of a ``.safetensors`` checkpoint, or None for the default model.
+        - ``direction``: 't1-to-t2' or 't2-to-t1' (must match the model).
+        - ``device``: 'auto', 'cuda', 'mps' or 'cpu'; ``precision``: 'auto', 'fp32', 'bf16' or 'fp16'.
+        - ``referenceVolume``: real target-contrast volume: adds a difference volume and metrics.
+        - ``progress(done, total)``: called after each batch; returning False cancels.
+        - ``batchSize``: slices per forward pass; ``maskVolume``: brain mask (labelmap or
+          segmentation), None for the automatic one; ``uncertainty``: also a standard-deviation map
+          (models that can sample only); ``showResults``: set up the comparison views;
+          ``onStage(name)``: told "brain extraction" and "synthesis" as they start.
+
+        PyTorch and the Python packages are installed first if needed (asking the user unless
+        testing). The loaded model is kept for the next run with the same checkpoint file, device
+        and precision. Details, errors and the undo on failure:
+        ``MRISynthesisSlicer.SynthesisLogic.SynthesisLogic.process``.
+        """
+        self.ensureDependencies(askConfirmation=not slicer.app.testingEnabled())
+        if self._synthesisLogic is None:
+            from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic
+
+            self._synthesisLogic = SynthesisLogic(self.createSynthesizer) if self.createSynthesizer else SynthesisLogic()
+        return self._synthesisLogic.process(
+            inputVolume, outputVolume, model, direction, device=device, referenceVolume=referenceVolume,
+            progress=progress, batchSize=batchSize, maskVolume=maskVolume, uncertainty=uncertainty,
+            showResults=showResults, onStage=onStage, precision=precision)
 
     def ensureDependencies(self, askConfirmation=True) -> None:
         """Slicer version, then PyTorch through the PyTorch extension (it picks the CUDA build for this

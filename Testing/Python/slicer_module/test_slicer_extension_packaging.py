@@ -83,7 +83,8 @@ def test_minimum_slicer_version_is_enforced_and_stated():
 def test_module_file_and_its_start_up_helpers_parse_on_python_3_9():
     """On Slicer 5.8 (Python 3.9) the module must still load far enough to say that it needs 5.10."""
     for path in (MODULE_FILE, MODULE_DIR / "MRISynthesisSlicer" / "Dependencies.py",
-                 MODULE_DIR / "MRISynthesisSlicer" / "ProcessingStates.py"):
+                 MODULE_DIR / "MRISynthesisSlicer" / "ProcessingStates.py", REPO / "MRISynthesisLib" / "conventions.py",
+                 REPO / "MRISynthesisLib" / "errors.py"):
         text = path.read_text()
         ast.parse(text, feature_version=(3, 9))
         assert not re.search(r"(:|->)\s*[\w\[\]]+\s*\|\s*\w", text), f"PEP 604 annotation in {path.name}"
@@ -137,8 +138,9 @@ def test_widgets_used_by_the_module_exist_in_the_ui():
     assert used <= names, used - names
 
 
-#: MRISynthesisSlicer modules the module file may import when Slicer loads it: plain Python, no torch.
+#: Modules the module file may import when Slicer loads it: plain Python, no torch, no numpy.
 LIGHT_HELPERS = {"MRISynthesisSlicer.Dependencies", "MRISynthesisSlicer.ProcessingStates"}
+LIGHT_CORE = {"MRISynthesisLib.conventions"}
 
 
 def topLevelImports(path: Path) -> list:
@@ -155,12 +157,45 @@ def topLevelImports(path: Path) -> list:
 
 def test_torch_is_not_imported_when_slicer_loads_the_module():
     imported = topLevelImports(MODULE_FILE)
-    assert not [name for name in imported if "torch" in name or name.startswith("MRISynthesisLib")]
+    imported = [name + ".conventions" if name == "MRISynthesisLib" else name for name in imported]  # from . import
+    assert not [name for name in imported if "torch" in name or name.startswith("MRISynthesisLib")
+                and name not in LIGHT_CORE]
     assert {name for name in imported if name.startswith("MRISynthesisSlicer")} <= LIGHT_HELPERS
     for helper in LIGHT_HELPERS:  # and the helpers import nothing heavy either
         helperImports = topLevelImports(MODULE_DIR / (helper.replace(".", "/") + ".py"))
         assert not [name for name in helperImports if name.split(".")[0] in {"torch", "MRISynthesisLib", "slicer",
                                                                               "vtk", "qt", "numpy"}], helper
+    # the core's conventions import only the core's exceptions (plain Python)
+    conventionsImports = topLevelImports(REPO / "MRISynthesisLib" / "conventions.py")
+    assert set(conventionsImports) == {"__future__", "errors"}, conventionsImports
+    errorsImports = topLevelImports(REPO / "MRISynthesisLib" / "errors.py")
+    assert errorsImports == []
+
+
+def test_reload_reimports_the_helper_packages_before_the_standard_reload():
+    """Reload in developer mode must pick up edits in MRISynthesisSlicer/ and MRISynthesisLib/."""
+    classes = {node.name: node for node in ast.parse(MODULE_FILE.read_text()).body if isinstance(node, ast.ClassDef)}
+    onReload = next(f for f in classes["MRISynthesisWidget"].body if getattr(f, "name", "") == "onReload")
+    calls = [ast.unparse(node.func) for node in ast.walk(onReload) if isinstance(node, ast.Call)]
+    assert calls == ["reloadPackages", "ScriptedLoadableModuleWidget.onReload"]
+
+
+def test_logic_process_has_an_explicit_documented_signature():
+    classes = {node.name: node for node in ast.parse(MODULE_FILE.read_text()).body if isinstance(node, ast.ClassDef)}
+    process = next(f for f in classes["MRISynthesisLogic"].body if getattr(f, "name", "") == "process")
+    assert process.args.kwarg is None and process.args.vararg is None  # no **options
+    arguments = [a for a in process.args.args if a.arg != "self"]
+    assert all(a.annotation is not None for a in arguments), [a.arg for a in arguments if a.annotation is None]
+    docstring = ast.get_docstring(process)
+    for argument in arguments:
+        assert f"``{argument.arg}" in docstring, argument.arg
+    import inspect
+
+    from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic
+
+    # every parameter of the logic it delegates to, nothing more
+    delegate = set(inspect.signature(SynthesisLogic.process).parameters) - {"self"}
+    assert {a.arg for a in arguments} == delegate
 
 
 def test_module_has_the_four_slicer_classes_and_a_test_runner():
