@@ -19,7 +19,10 @@ from MRISynthesisLib.conventions import (DEFAULT_DIRECTION, DIRECTIONS, MIN_TRAI
                                          PERCENTILE_LOW)
 from MRISynthesisLib.errors import InputError
 
-FAMILIES = ("pix2pix", "cyclegan", "vae", "unit", "supervised", "baseline")
+from .families import FAMILIES as FAMILY_REGISTRY
+from .families import families_reading
+
+FAMILIES = tuple(FAMILY_REGISTRY)
 GAN_MODES = ("vanilla", "lsgan", "hinge", "wgan-gp")
 LR_POLICIES = ("linear", "step", "cosine", "constant")
 UNIT_PRESETS = ("nips2017", "munit-master")
@@ -28,9 +31,8 @@ VALIDATION_METRICS = ("mae", "psnr", "ssim")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENT_PRESETS = ("basic", "strong")
 
-#: Generator and discriminator a family uses when ``model.generator`` is left empty.
-DEFAULT_GENERATORS = {"pix2pix": "unet_256", "cyclegan": "resnet_9blocks", "vae": "vae", "unit": "unit",
-                      "supervised": "unet_256", "baseline": "baseline"}
+#: Generator a family uses when ``model.generator`` is left empty.
+DEFAULT_GENERATORS = {name: family.default_generator for name, family in FAMILY_REGISTRY.items()}
 
 
 class ConfigError(InputError):
@@ -81,8 +83,8 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    generator: str = _f("", "registry name of the generator; empty = the family's default (pix2pix/supervised: "
-                        "unet_256, cyclegan: resnet_9blocks, vae: vae, unit: unit, baseline: baseline)")
+    generator: str = _f("", "registry name of the generator; empty = the family's default (" + ", ".join(
+        f"{name}: {generator}" for name, generator in DEFAULT_GENERATORS.items()) + ")")
     generator_options: dict = _f({}, "options passed to build_model for the generator, e.g. {ngf: 32}; "
                                  "in/out channels and image_size are set from the data config")
     discriminator: str = _f("patchgan", "registry name of the discriminator (GAN families)")
@@ -95,9 +97,15 @@ class ModelConfig:
 
 @dataclass
 class LossConfig:
-    gan_mode: str = _f("", "'vanilla', 'lsgan', 'hinge' or 'wgan-gp'; empty = family default (pix2pix vanilla, "
-                       "cyclegan/unit lsgan)")
-    gradient_penalty: float = _f(10.0, "wgan-gp: weight of the gradient penalty (applied in every D step)")
+    """Objectives of every family; each help text starts with the families that read the option
+    (:attr:`Training.families.Family.loss_options`). Setting an option the chosen family does not
+    read to anything but its default is a configuration error."""
+
+    gan_mode: str = _f("", "pix2pix/cyclegan/unit: 'vanilla', 'lsgan', 'hinge' or 'wgan-gp'; empty = family "
+                       "default (" + ", ".join(f"{f.name} {f.gan_mode}" for f in FAMILY_REGISTRY.values()
+                                               if f.gan_mode) + ")")
+    gradient_penalty: float = _f(10.0, "pix2pix/cyclegan/unit: weight of the gradient penalty of gan_mode wgan-gp "
+                                 "(applied in every D step)")
     l1: float = _f(100.0, "pix2pix: weight of the L1 loss to the target")
     cycle: float = _f(10.0, "cyclegan: weight of each cycle-consistency L1 loss")
     identity: float = _f(0.5, "cyclegan: identity loss weight, relative to 'cycle' (0 disables)")
@@ -106,12 +114,12 @@ class LossConfig:
     supervised_weight: float = _f(10.0, "cyclegan: weight of the supervised L1 loss")
     beta: float = _f(0.001, "vae: weight of the KL divergence (KL summed over latent dims, mean over batch) "
                      "next to the per-pixel MSE")
-    foreground_l1: bool = _f(False, "supervised/baseline/pix2pix: compute the L1 term only inside the source's "
+    foreground_l1: bool = _f(False, "pix2pix/supervised/baseline: compute the L1 term only inside the source's "
                              "brain mask (the output outside it is background at inference anyway); "
                              "converges much faster on skull-stripped data than the literature's whole-slice L1")
-    ssim: float = _f(0.0, "supervised/pix2pix: weight of the structural term 1 - SSIM (Gaussian window, "
+    ssim: float = _f(0.0, "pix2pix/supervised/baseline: weight of the structural term 1 - SSIM (Gaussian window, "
                      "sigma 1.5, on [0, 1] intensities, averaged inside the source's brain mask) next to L1")
-    unit_preset: str = _f("nips2017", "unit loss weights: 'nips2017' (gan 10, recon 100, kl 0.1, cycle 100, "
+    unit_preset: str = _f("nips2017", "unit: loss weights: 'nips2017' (gan 10, recon 100, kl 0.1, cycle 100, "
                           "cycle kl 0.1; Liu et al. 2017 and GAN-MRI) or 'munit-master' (1, 10, 0.01, 10, 0.01)")
 
 
@@ -174,11 +182,14 @@ class Config:
 
     @property
     def generator_name(self) -> str:
-        return self.model.generator or DEFAULT_GENERATORS[self.family]
+        return self.model.generator or FAMILY_REGISTRY[self.family].default_generator
 
     @property
     def gan_mode(self) -> str:
-        return self.loss.gan_mode or ("vanilla" if self.family == "pix2pix" else "lsgan")
+        """The adversarial loss: ``loss.gan_mode`` or the family's default ('' for families without
+        a discriminator)."""
+        family = FAMILY_REGISTRY.get(self.family)
+        return self.loss.gan_mode or (family.gan_mode or "" if family else "")
 
     @property
     def in_channels(self) -> int:
@@ -274,15 +285,20 @@ def validate(config: Config) -> Config:
         if not ok:
             raise ConfigError(message)
 
-    check(config.family in FAMILIES, f"family {config.family!r} is not one of {', '.join(FAMILIES)}")
+    check(config.family in FAMILY_REGISTRY, f"family {config.family!r} is not one of {', '.join(FAMILY_REGISTRY)}")
+    family = FAMILY_REGISTRY[config.family]
     check(config.data.direction in DIRECTIONS, f"data.direction {config.data.direction!r} is not one of "
           f"{', '.join(DIRECTIONS)}")
     check(config.data.mode in DATA_MODES, f"data.mode {config.data.mode!r} is not one of {', '.join(DATA_MODES)}")
-    check(config.data.mode == "paired" or config.family in ("cyclegan", "unit"),
-          f"data.mode 'unpaired' needs family cyclegan or unit; {config.family} learns from pairs")
+    check(config.data.mode == "paired" or not family.needs_aligned_data,
+          f"data.mode 'unpaired' needs family "
+          f"{' or '.join(f.name for f in FAMILY_REGISTRY.values() if not f.needs_aligned_data)}; "
+          f"{config.family} learns from pairs")
+    _check_loss_options(config, family, check)
     check(not (config.data.mode == "unpaired" and config.loss.supervised),
           "loss.supervised (CycleGAN_s) needs paired data; set data.mode: paired")
-    check(config.gan_mode in GAN_MODES, f"loss.gan_mode {config.gan_mode!r} is not one of {', '.join(GAN_MODES)}")
+    check(family.gan_mode is None or config.gan_mode in GAN_MODES,
+          f"loss.gan_mode {config.gan_mode!r} is not one of {', '.join(GAN_MODES)}")
     check(config.optim.lr_policy in LR_POLICIES,
           f"optim.lr_policy {config.optim.lr_policy!r} is not one of {', '.join(LR_POLICIES)}")
     check(config.loss.unit_preset in UNIT_PRESETS,
@@ -320,6 +336,19 @@ def validate(config: Config) -> Config:
     check(bool(config.name) and "/" not in config.name and config.name not in (".", ".."),
           f"name must be a plain folder name; got {config.name!r}")
     return config
+
+
+def _check_loss_options(config: Config, family, check) -> None:
+    """A ``loss.*`` option the family's trainer does not read must keep its default: a value set for
+    it would be silently unused (e.g. ``loss.cycle`` with pix2pix)."""
+    defaults = LossConfig()
+    for f in dataclasses.fields(LossConfig):
+        if f.name in family.loss_options or getattr(config.loss, f.name) == getattr(defaults, f.name):
+            continue
+        readers = families_reading(f.name)
+        check(False, f"loss.{f.name} is an option of {'/'.join(readers) or 'no family'}; family {family.name} "
+                     f"ignores it, so leave it at its default ({getattr(defaults, f.name)!r}); "
+                     f"{family.name} reads loss.{', loss.'.join(family.loss_options)}")
 
 
 def _check_ranges(config: Config, check) -> None:
@@ -365,7 +394,7 @@ def _check_ranges(config: Config, check) -> None:
     if config.generator_name == "vae":
         generator["image_size"] = d.slice_size
     _check_network_size("model.generator_options", config.generator_name, generator, check)
-    if config.family in ("pix2pix", "cyclegan", "unit"):
+    if FAMILY_REGISTRY[config.family].gan_mode is not None:  # the family has discriminators
         discriminator = dict(config.model.discriminator_options, in_channels=config.in_channels + 1)
         _check_network_size("model.discriminator_options", config.model.discriminator, discriminator, check)
 

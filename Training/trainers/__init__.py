@@ -1,13 +1,8 @@
-"""One trainer per model family; :data:`TRAINERS` maps the family name to its class."""
+"""One trainer per model family (one file each); :data:`TRAINERS` maps the family name to its
+class, as registered in :data:`Training.families.FAMILIES` (the one place a family is added)."""
 
-from .cyclegan import CycleGANTrainer
-from .pix2pix import Pix2PixTrainer
-from .supervised import BaselineTrainer, SupervisedTrainer
-from .unit import UNITTrainer
-from .vae import VAETrainer
+from ..families import FAMILIES
 
-TRAINERS = {cls.family: cls for cls in (Pix2PixTrainer, CycleGANTrainer, VAETrainer, UNITTrainer,
-                                        SupervisedTrainer, BaselineTrainer)}
+TRAINERS = {name: family.trainer_class() for name, family in FAMILIES.items()}
 
-__all__ = ["TRAINERS", "BaselineTrainer", "CycleGANTrainer", "Pix2PixTrainer", "SupervisedTrainer",
-           "UNITTrainer", "VAETrainer"]
+__all__ = ["TRAINERS"]

@@ -25,9 +25,9 @@ from .. import distributed
 from ..data import (AugmentConfig, PairedSliceDataset, SliceCache, UnpairedSliceDataset, check_pair,
                     discover_subjects, discover_unpaired, format_report, read_manifest, read_split,
                     split_subjects, write_split)
+from ..families import FAMILIES
 from ..validation import Validator
 
-UNALIGNED_FAMILIES = ("cyclegan", "unit")
 
 
 @dataclass
@@ -92,7 +92,7 @@ def prepare_data(config, run_dir, context: distributed.DistributedContext, resum
                          cache_dir)
     indices = cache.indices_of(split["train"])
     augment = _augmentation(config)
-    if config.family in UNALIGNED_FAMILIES and not config.loss.supervised:
+    if not FAMILIES[config.family].needs_aligned_data and not config.loss.supervised:
         dataset = UnpairedSliceDataset(cache, None, indices_a=indices, indices_b=indices, augment=augment,
                                        seed=config.seed)
     else:

@@ -1,6 +1,7 @@
 """The configuration: defaults with help texts, YAML/JSON files, overrides, unknown keys."""
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -74,3 +75,67 @@ def test_print_config_shows_the_effective_values(capsys):
 def test_cli_reports_unknown_key_and_exits_non_zero(capsys):
     assert main(["--print-config", "bogus=1"]) == 2
     assert "unknown key(s) bogus" in capsys.readouterr().err
+
+
+# -- families: registered once (Training/families.py), everything else derived ----------------------
+
+def test_family_lists_derive_from_the_registry():
+    from Training.families import FAMILIES as REGISTRY
+    from Training.trainers import TRAINERS
+
+    assert cfg.FAMILIES == tuple(REGISTRY) == tuple(TRAINERS)
+    assert cfg.DEFAULT_GENERATORS == {name: f.default_generator for name, f in REGISTRY.items()}
+    for name, family in REGISTRY.items():
+        assert TRAINERS[name].family == name
+        config = cfg.load_config(None, [f"family={name}"])
+        assert config.generator_name == family.default_generator
+        assert config.gan_mode == (family.gan_mode or "")
+    assert {name for name, f in REGISTRY.items() if not f.needs_aligned_data} == {"cyclegan", "unit"}
+
+
+def test_every_loss_option_says_which_families_read_it():
+    import dataclasses
+
+    from Training.families import families_reading
+
+    for field in dataclasses.fields(cfg.LossConfig):
+        readers = families_reading(field.name)
+        assert readers, f"loss.{field.name} is read by no family"
+        assert field.metadata["help"].split(":")[0].split("/") == readers, field.name
+
+
+@pytest.mark.parametrize("family, option, readers", [
+    ("pix2pix", "loss.cycle=5", "cyclegan"), ("supervised", "loss.l1=10", "pix2pix"),
+    ("supervised", "loss.gan_mode=lsgan", "pix2pix/cyclegan/unit"), ("vae", "loss.ssim=1", "pix2pix/supervised/baseline"),
+    ("cyclegan", "loss.beta=0.1", "vae"), ("unit", "loss.supervised=true", "cyclegan"),
+])
+def test_an_option_the_family_ignores_is_refused(family, option, readers):
+    with pytest.raises(cfg.ConfigError) as error:
+        cfg.load_config(None, [f"family={family}", option])
+    name = option.split("=")[0]
+    assert str(error.value).startswith(f"{name} is an option of {readers}; family {family} ignores it")
+
+
+def test_an_ignored_option_at_its_default_and_the_familys_own_options_are_accepted():
+    config = cfg.load_config(None, ["family=pix2pix", "loss.cycle=10.0", "loss.l1=50", "loss.ssim=1",
+                                    "loss.gan_mode=lsgan"])
+    assert (config.loss.l1, config.gan_mode) == (50.0, "lsgan")
+
+
+def test_a_new_family_is_registered_in_one_place(monkeypatch):
+    from Training import families
+    from Training.trainers.supervised import SupervisedTrainer
+
+    class MirrorTrainer(SupervisedTrainer):
+        family = "mirror"
+
+    monkeypatch.setattr(sys.modules[__name__], "MirrorTrainer", MirrorTrainer, raising=False)
+    mirror = families.Family("mirror", f"{__name__}:MirrorTrainer", "resunet", None, True, ("ssim",))
+    monkeypatch.setitem(families.FAMILIES, "mirror", mirror)
+    config = cfg.load_config(None, ["family=mirror", "loss.ssim=1"])
+    assert (config.generator_name, config.gan_mode) == ("resunet", "")
+    assert mirror.trainer_class() is MirrorTrainer
+    with pytest.raises(cfg.ConfigError, match="data.mode 'unpaired' needs family cyclegan or unit; mirror"):
+        cfg.load_config(None, ["family=mirror", "data.mode=unpaired"])
+    with pytest.raises(cfg.ConfigError, match="loss.foreground_l1 is an option of"):
+        cfg.load_config(None, ["family=mirror", "loss.foreground_l1=true"])
