@@ -497,7 +497,8 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         if self._synthesisLogic is None:
             from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic
 
-            self._synthesisLogic = SynthesisLogic(self.createSynthesizer) if self.createSynthesizer else SynthesisLogic()
+            self._synthesisLogic = (SynthesisLogic(self.createSynthesizer) if self.createSynthesizer
+                                    else SynthesisLogic())
         return self._synthesisLogic.process(
             inputVolume, outputVolume, model, direction, device=device, referenceVolume=referenceVolume,
             progress=progress, batchSize=batchSize, maskVolume=maskVolume, uncertainty=uncertainty,
@@ -600,7 +601,7 @@ class MRISynthesisTest(ScriptedLoadableModuleTest):
     def _bundledModel(self):
         from MRISynthesisLib import catalog
 
-        entries = catalog.list_models("t1-to-t2")
+        entries = catalog.list_models(conventions.T1_TO_T2)
         self.assertTrue(entries, f"no bundled T1->T2 model in {catalog.resources_dir()}")
         return min(entries, key=lambda entry: entry.size_mb).id
 
@@ -613,7 +614,7 @@ class MRISynthesisTest(ScriptedLoadableModuleTest):
         t1 = self._sampleT1()
         t1Before = slicer.util.arrayFromVolume(t1).copy()
 
-        result = MRISynthesisLogic().process(t1, None, self._bundledModel(), "t1-to-t2", device="cpu")
+        result = MRISynthesisLogic().process(t1, None, self._bundledModel(), conventions.T1_TO_T2, device="cpu")
 
         output = result.outputVolume
         self.assertEqual(slicer.modules.volumes.logic().CompareVolumeGeometry(output, t1), "")
@@ -635,7 +636,7 @@ class MRISynthesisTest(ScriptedLoadableModuleTest):
         t1 = self._sampleT1()
         nodeCount = slicer.mrmlScene.GetNumberOfNodes()
         with self.assertRaises(Cancelled):
-            MRISynthesisLogic().process(t1, None, self._bundledModel(), "t1-to-t2", device="cpu",
+            MRISynthesisLogic().process(t1, None, self._bundledModel(), conventions.T1_TO_T2, device="cpu",
                                         progress=lambda done, total: False)
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodeCount)
         self.delayDisplay("Test passed")

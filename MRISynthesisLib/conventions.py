@@ -55,11 +55,6 @@ def target_contrast(direction: str) -> str:
     return TARGET_CONTRAST[check_direction(direction)]
 
 
-def reverse(direction: str) -> str:
-    """'t2-to-t1' for 't1-to-t2' and the other way round."""
-    return REVERSE[check_direction(direction)]
-
-
 def source_and_target(direction: str, t1, t2) -> tuple:
     """``(source, target)``: ``(t1, t2)`` for 't1-to-t2', ``(t2, t1)`` for 't2-to-t1' (any objects:
     paths, volumes, folders)."""

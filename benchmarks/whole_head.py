@@ -38,6 +38,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from MRISynthesisLib.cli import main as mrisynthesis  # noqa: E402
+from MRISynthesisLib.conventions import PERCENTILE_HIGH  # noqa: E402
 from MRISynthesisLib.io import load_volume, save_volume  # noqa: E402
 from MRISynthesisLib.orientation import to_canonical_slices  # noqa: E402
 
@@ -136,7 +137,7 @@ def _figure(path: Path, t1, without, with_extraction, real_t2, mask):
         for col, stack in enumerate(stacks):
             image = stack[k]
             inside = image[mask_stack[k]] if col in (0, 3) else image[image > 0]
-            top = float(np.percentile(inside, 99.5)) if inside.size else 1.0
+            top = float(np.percentile(inside, PERCENTILE_HIGH)) if inside.size else 1.0
             axes[row, col].imshow(image, cmap="gray", vmin=0, vmax=top or 1.0)
             axes[row, col].axis("off")
             if row == 0:

@@ -4,7 +4,7 @@ import numpy as np
 import slicer
 
 from MRISynthesisLib.conventions import PERCENTILE_HIGH, PERCENTILE_LOW
-from MRISynthesisLib.conventions import target_contrast as targetContrast  # noqa: F401 - 'T2' for 't1-to-t2'
+from MRISynthesisLib.conventions import target_contrast as targetContrast  # 'T2' for 't1-to-t2'
 
 #: Node attributes written on every synthetic volume (read them with ``node.GetAttribute``).
 MODEL_ID_ATTRIBUTE = "MRISynthesis.ModelId"
