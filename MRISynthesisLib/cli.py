@@ -62,7 +62,8 @@ def _parser() -> argparse.ArgumentParser:
     syn = commands.add_parser("synthesize", help="synthesize the other contrast of a NIfTI or NRRD volume",
                               description="Synthesize a T2w volume from a T1w volume (or the reverse). The output "
                                           "has exactly the input's grid and orientation; values are normalised "
-                                          f"units (0 background, 1 = {PERCENTILE_HIGH:g}th brain percentile). {NOT_FOR_DIAGNOSIS}")
+                                          f"units (0 background, 1 = {PERCENTILE_HIGH:g}th brain percentile). "
+                                          f"{NOT_FOR_DIAGNOSIS}")
     syn.add_argument("input", help="input 3D volume: NIfTI (.nii, .nii.gz) or NRRD (.nrrd, .nhdr)")
     syn.add_argument("-o", "--output", required=True,
                      help="output volume, NIfTI or NRRD by its suffix (NRRD is written in LPS); never the input")
@@ -100,8 +101,8 @@ def _parser() -> argparse.ArgumentParser:
     ev.add_argument("--normalisation", default="model-units",
                     choices=["model-units", "percentile", "minmax", "zscore", "none"],
                     help="model-units (default, the conventions of the README's model table and of training "
-                         f"validation): the reference is normalised (percentiles {PERCENTILE_LOW:g}-{PERCENTILE_HIGH:g} "
-                         "inside the mask -> [0, 1]) "
+                         "validation): the reference is normalised (percentiles "
+                         f"{PERCENTILE_LOW:g}-{PERCENTILE_HIGH:g} inside the mask -> [0, 1]) "
                          "and the synthetic volume, already in those units, is compared as it is; percentile, "
                          "minmax, zscore: both volumes normalised the same way; none: values as they are")
     ev.add_argument("--per-slice", action="store_true", help="also report per-slice values")

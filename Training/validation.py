@@ -58,7 +58,8 @@ def better(metric: str, value: float, best: float | None) -> bool:
 class Validator:
     """Holds the validation volumes (loaded once) and scores a generator on them."""
 
-    def __init__(self, subjects, direction: str, low: float = PERCENTILE_LOW, high: float = PERCENTILE_HIGH, batch_size: int = 8):
+    def __init__(self, subjects, direction: str, low: float = PERCENTILE_LOW, high: float = PERCENTILE_HIGH,
+                 batch_size: int = 8):
         self.subjects = list(subjects)
         self.direction = direction
         self.low, self.high = low, high

@@ -371,7 +371,8 @@ def test_progress_bar_first_rate_counts_from_the_start(capsys):
 
 def test_uncertainty_with_a_model_that_cannot_sample_says_so_before_work(tmp_path, t1, capsys):
     line = _one_error_line(capsys, ["synthesize", str(t1), "-o", str(tmp_path / "o.nii.gz"), "--uncertainty",
-                                    str(tmp_path / "std.nii.gz"), "--quiet"], "cannot produce an uncertainty map", tmp_path)
+                                    str(tmp_path / "std.nii.gz"), "--quiet"], "cannot produce an uncertainty map",
+                        tmp_path)
     assert "VAE" in line
 
 

@@ -85,8 +85,8 @@ class SliceCache:
     @classmethod
     def build(cls, subjects, cache_dir, *, direction: str = T1_TO_T2, slice_size: int = 256,
               pixel_spacing_mm: float | None = 1.0, context_slices: int = 0, low: float = PERCENTILE_LOW,
-              high: float = PERCENTILE_HIGH, min_foreground: float = MIN_TRAINING_FOREGROUND, max_slices_per_subject: int | None = None,
-              progress: bool = True) -> "SliceCache":
+              high: float = PERCENTILE_HIGH, min_foreground: float = MIN_TRAINING_FOREGROUND,
+              max_slices_per_subject: int | None = None, progress: bool = True) -> "SliceCache":
         """Cache the slices of paired ``subjects`` (:class:`~Training.data.discovery.Subject`).
 
         ``direction`` 't1-to-t2' makes T1 the source and T2 the target ('t2-to-t1' the reverse).

@@ -106,7 +106,8 @@ def test_every_loss_option_says_which_families_read_it():
 
 @pytest.mark.parametrize("family, option, readers", [
     ("pix2pix", "loss.cycle=5", "cyclegan"), ("supervised", "loss.l1=10", "pix2pix"),
-    ("supervised", "loss.gan_mode=lsgan", "pix2pix/cyclegan/unit"), ("vae", "loss.ssim=1", "pix2pix/supervised/baseline"),
+    ("supervised", "loss.gan_mode=lsgan", "pix2pix/cyclegan/unit"),
+    ("vae", "loss.ssim=1", "pix2pix/supervised/baseline"),
     ("cyclegan", "loss.beta=0.1", "vae"), ("unit", "loss.supervised=true", "cyclegan"),
 ])
 def test_an_option_the_family_ignores_is_refused(family, option, readers):
