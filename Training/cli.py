@@ -1,4 +1,5 @@
-"""Command line of the training package: ``mrisynthesis train`` and ``python -m Training``.
+"""Command line of the training package: ``mrisynthesis train`` (a plug-in of the core's command line,
+registered in pyproject.toml), ``mrisynthesis-train`` and ``python -m Training``.
 
     mrisynthesis train --config configs/pix2pix.yaml [--data DIR] [section.key=value ...]
     mrisynthesis train --resume runs/NAME [section.key=value ...]
