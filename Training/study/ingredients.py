@@ -64,6 +64,11 @@ def _other_sites_split(split, by_id, path) -> Path:
     return write_split({"train": train, "val": held, "test": list(split["test"])}, path)
 
 
+def _suffix(args) -> str:
+    """Run-folder and table suffix of the --other-sites variant."""
+    return "-other-sites" if args.other_sites else ""
+
+
 def _overrides(name, extra, args, manifest, n_trainval, steps_per_epoch, split_file=None):
     values = {"name": name, "output_dir": str(args.out), "family": "supervised", "device": "cpu", "seed": 0,
               "data.manifest": str(manifest), "data.direction": args.direction,
@@ -94,7 +99,7 @@ def run(args) -> list[dict]:
     for name, title, extra in INGREDIENTS:
         if args.only and name not in args.only:
             continue
-        run_dir = out / f"{args.direction}-{name}" if not args.other_sites else out / f"{args.direction}-{name}-other-sites"
+        run_dir = out / f"{args.direction}-{name}{_suffix(args)}"
         if not (run_dir / "report.md").exists():  # written when a run ends
             # whole slices cost ~4x a 128 px crop per step: fewer steps between validations
             steps = args.steps_per_point if extra.get("data.crop_size") else max(2, args.steps_per_point // 3)
@@ -150,8 +155,7 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     rows = run(args)
     text = table(rows, args.direction)
-    suffix = "-other-sites" if args.other_sites else ""
-    (Path(args.out) / f"table-{args.direction}{suffix}.md").write_text(text)
+    (Path(args.out) / f"table-{args.direction}{_suffix(args)}.md").write_text(text)
     print(text)
     return 0
 
