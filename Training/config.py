@@ -30,6 +30,8 @@ DATA_MODES = ("paired", "unpaired")
 VALIDATION_METRICS = ("mae", "psnr", "ssim")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 AUGMENT_PRESETS = ("basic", "strong")
+#: names of the augmentation parts (Training.data.augment.PARTS; kept here so the config imports no torch)
+AUGMENT_PARTS = ("flip", "affine", "gamma", "bias", "curve", "jitter", "blur", "lowres", "thick", "noise")
 
 #: Generator a family uses when ``model.generator`` is left empty.
 DEFAULT_GENERATORS = {name: family.default_generator for name, family in FAMILY_REGISTRY.items()}
@@ -73,6 +75,8 @@ class DataConfig:
     augment_preset: str = _f("basic", "strength of the augmentation when 'augment' is on: 'basic' (geometry, "
                              "gamma, bias field) or 'strong' (basic plus scanner/site variation: contrast curves, "
                              "percentile jitter, noise, blur, lower resolution, thick slices)")
+    augment_off: list = _f([], "augmentation parts switched off (for ablations): any of flip, affine, gamma, "
+                           "bias, curve, jitter, blur, lowres, thick, noise")
     crop_size: int = _f(0, "train on random crops of this many pixels (square, mostly on the brain) of the "
                         "model-grid slices; 0 = whole slices. Needs a generator that accepts the size "
                         "(resunet: multiples of 2**levels)")
@@ -305,6 +309,9 @@ def validate(config: Config) -> Config:
           f"loss.unit_preset {config.loss.unit_preset!r} is not one of {', '.join(UNIT_PRESETS)}")
     check(config.validation.metric in VALIDATION_METRICS,
           f"validation.metric {config.validation.metric!r} is not one of {', '.join(VALIDATION_METRICS)}")
+    unknown_parts = sorted(set(map(str, config.data.augment_off)) - set(AUGMENT_PARTS))
+    check(not unknown_parts, f"data.augment_off names unknown parts {', '.join(unknown_parts)}; "
+          f"valid: {', '.join(AUGMENT_PARTS)}")
     check(config.data.augment_preset in AUGMENT_PRESETS, f"data.augment_preset {config.data.augment_preset!r} "
           f"is not one of {', '.join(AUGMENT_PRESETS)}")
     check(config.data.crop_size == 0 or 16 <= config.data.crop_size <= config.data.slice_size,

@@ -24,6 +24,11 @@ import torch
 import torch.nn.functional as F
 
 
+#: The parts of the augmentation by name: geometry and intensity (both presets), then the site
+#: variations of the 'strong' preset.
+PARTS = ("flip", "affine", "gamma", "bias", "curve", "jitter", "blur", "lowres", "thick", "noise")
+
+
 @dataclass
 class AugmentConfig:
     """Which augmentations to apply and how strongly; ``enabled=False`` makes :func:`augment_pair` the identity.
@@ -54,6 +59,13 @@ class AugmentConfig:
     max_blur_sigma: float = 1.0
     max_downsample: float = 2.0
     thick_slice_factors: tuple = (3.0, 6.0)
+    #: parts switched off (names of :data:`PARTS`): for ablations; random draws are still made
+    off: tuple = ()
+
+    def uses(self, part: str) -> bool:
+        """Whether augmentation part ``part`` (one of :data:`PARTS`) is applied."""
+        enabled = {"flip": self.flip, "affine": self.affine, "gamma": self.gamma, "bias": self.bias_field}
+        return enabled.get(part, self.site) and part not in self.off
 
     @classmethod
     def preset(cls, name: str) -> "AugmentConfig":
@@ -93,9 +105,9 @@ def augment_pair(source, target, mask, config: AugmentConfig, generator: torch.G
     channels = [t.shape[0] for t in images]
     stacked = torch.cat([t.float() for t in images], dim=0)
     mask_f = mask.float()
-    if config.flip and flip:
+    if config.uses("flip") and flip:
         stacked, mask_f = stacked.flip(-1), mask_f.flip(-1)
-    if config.affine:
+    if config.uses("affine"):
         cos, sin = math.cos(angle) / scale, math.sin(angle) / scale
         theta = torch.tensor([[cos, -sin, shift[0]], [sin, cos, shift[1]]], dtype=torch.float32)[None]
         grid = F.affine_grid(theta, (1, 1) + tuple(stacked.shape[-2:]), align_corners=False)
@@ -105,11 +117,11 @@ def augment_pair(source, target, mask, config: AugmentConfig, generator: torch.G
         mask_f = F.grid_sample(mask_f[None], grid, mode="nearest", padding_mode="zeros", align_corners=False)[0]
     new_source, new_target = torch.split(stacked, channels, dim=0) if target is not None else (stacked, None)
 
-    if config.gamma or config.bias_field:
+    if config.uses("gamma") or config.uses("bias"):
         x = ((new_source + 1.0) * 0.5).clamp(0.0, 1.0)  # background is 0 and stays 0 below
-        if config.gamma:
+        if config.uses("gamma"):
             x = x.pow(math.exp(log_gamma))
-        if config.bias_field:
+        if config.uses("bias"):
             size = x.shape[-1]
             r, c = torch.meshgrid(torch.linspace(-1, 1, x.shape[-2]), torch.linspace(-1, 1, size), indexing="ij")
             terms = torch.stack([torch.ones_like(r), r, c, r * c, r * r, c * c])
@@ -142,7 +154,7 @@ def _site_variation(source, config: AugmentConfig, generator):
     # 1. monotone contrast curve: piecewise linear through random increasing knots
     use_curve = _chance(generator, p)
     steps = torch.rand(config.contrast_curve_knots + 1, generator=generator) + 0.2
-    if use_curve:
+    if use_curve and config.uses("curve"):
         knots_y = torch.cat([torch.zeros(1), torch.cumsum(steps, 0) / steps.sum()])
         position = x * config.contrast_curve_knots
         index = position.floor().clamp(max=config.contrast_curve_knots - 1).long()
@@ -151,7 +163,7 @@ def _site_variation(source, config: AugmentConfig, generator):
     # 2. normalisation percentile jitter: the 0.5 / 99.5 percentiles land slightly elsewhere
     use_jitter = _chance(generator, p)
     low, high = (float(v) for v in (torch.rand(2, generator=generator) * 2 - 1) * config.percentile_jitter)
-    if use_jitter:
+    if use_jitter and config.uses("jitter"):
         x = ((x - low) / (1.0 + high - low)).clamp(0.0, 1.0)
     # 3. blur, 4. lower in-plane resolution, 5. thick slices
     use_blur = _chance(generator, p)
@@ -162,11 +174,11 @@ def _site_variation(source, config: AugmentConfig, generator):
     thick = config.thick_slice_factors[0] + float(torch.rand((), generator=generator)) * (
         config.thick_slice_factors[1] - config.thick_slice_factors[0])
     thick_axis = int(torch.randint(2, (), generator=generator))
-    if use_blur and sigma > 0.2:
+    if use_blur and sigma > 0.2 and config.uses("blur"):
         x = _gaussian_blur(x, sigma)
-    if use_lowres:
+    if use_lowres and config.uses("lowres"):
         x = _down_up(x, (factor, factor))
-    if use_thick:
+    if use_thick and config.uses("thick"):
         x = _down_up(x, (thick, 1.0) if thick_axis == 0 else (1.0, thick))
         if x.shape[0] > 1:  # 2.5D: an axial thick slice also averages its neighbours
             x = x.mean(dim=0, keepdim=True).expand_as(x) * 0.5 + x * 0.5
@@ -174,7 +186,7 @@ def _site_variation(source, config: AugmentConfig, generator):
     use_noise = _chance(generator, p)
     noise_std = float(torch.rand((), generator=generator)) * config.max_noise_std
     noise = torch.randn(x.shape, generator=generator)
-    if use_noise:
+    if use_noise and config.uses("noise"):
         x = (x + noise_std * noise).clamp(0.0, 1.0)
     x = torch.where(foreground, x, torch.zeros_like(x))
     return x * 2.0 - 1.0

@@ -46,6 +46,15 @@ INGREDIENTS = [
     ("no_norm_strong", "no_norm + site augmentation",
      {**V1, **RESUNET, "loss.ssim": 1.0, "model.generator_options": NO_NORM, "data.augment_preset": "strong"}),
 ]
+#: Ablation of the site augmentation, not cumulative: no_norm_strong with one part switched off
+#: (``data.augment_off``), and no_norm_strong again with another seed, for the run-to-run noise.
+STRONG = {**V1, **RESUNET, "loss.ssim": 1.0, "model.generator_options": NO_NORM, "data.augment_preset": "strong"}
+AUGMENT_PART_TITLES = {"gamma": "gamma", "bias": "bias field", "curve": "contrast curves",
+                       "jitter": "percentile jitter", "blur": "blur", "lowres": "lower in-plane resolution",
+                       "thick": "thick slices", "noise": "noise"}
+INGREDIENTS += [(f"strong_no_{part}", f"no_norm_strong without {title}", {**STRONG, "data.augment_off": [part]})
+                for part, title in AUGMENT_PART_TITLES.items()]
+INGREDIENTS.append(("strong_seed1", "no_norm_strong, seed 1 (run-to-run noise)", {**STRONG, "seed": 1}))
 
 
 def _other_sites_split(split, by_id, path) -> Path:

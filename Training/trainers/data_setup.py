@@ -13,6 +13,8 @@ validation uses the paired subjects under ``data.root`` when that folder exists,
 
 from __future__ import annotations
 
+import dataclasses
+
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -130,7 +132,8 @@ def _prepare_unpaired(config, run_dir, cache_root, context, log) -> RunData:
 
 
 def _augmentation(config) -> AugmentConfig:
-    return AugmentConfig.preset(config.data.augment_preset if config.data.augment else "none")
+    preset = AugmentConfig.preset(config.data.augment_preset if config.data.augment else "none")
+    return dataclasses.replace(preset, off=tuple(config.data.augment_off))
 
 
 def _build_cache(context, build, cache_dir):

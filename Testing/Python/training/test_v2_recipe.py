@@ -81,6 +81,49 @@ def test_thick_slice_simulation_blurs_along_one_axis_only():
     assert torch.allclose(blurred_cols, stripes, atol=1e-5)  # nothing varies along the columns
 
 
+def test_switching_off_every_site_part_leaves_the_basic_augmentation():
+    import dataclasses
+
+    from Training.data.augment import PARTS
+
+    source, target, mask = _slice_with_brain(64)
+    site_parts = ("curve", "jitter", "blur", "lowres", "thick", "noise")
+    # gamma range and bias strength of the basic preset, every site part off: same draws, same result
+    stripped = dataclasses.replace(AugmentConfig.preset("strong"), gamma_range=(0.8, 1.25), bias_strength=0.2,
+                                   off=site_parts)
+    for seed in range(5):
+        basic = augment_pair(source, target, mask, AugmentConfig.preset("basic"), torch.Generator().manual_seed(seed))
+        other = augment_pair(source, target, mask, stripped, torch.Generator().manual_seed(seed))
+        assert all(torch.equal(a, b) for a, b in zip(basic, other))
+    # one part off changes the source of some draws but never the geometry or the target
+    one_off = dataclasses.replace(AugmentConfig.preset("strong"), off=("curve",))
+    changed = 0
+    for seed in range(10):
+        strong = augment_pair(source, target, mask, AugmentConfig.preset("strong"), torch.Generator().manual_seed(seed))
+        other = augment_pair(source, target, mask, one_off, torch.Generator().manual_seed(seed))
+        assert torch.equal(strong[1], other[1]) and torch.equal(strong[2], other[2])
+        changed += not torch.equal(strong[0], other[0])
+    assert 2 <= changed <= 9  # the curve is drawn with probability 0.5
+    assert all(AugmentConfig.preset("strong").uses(part) for part in PARTS)
+    assert not any(AugmentConfig.preset("basic").uses(part) for part in site_parts)
+    nothing = dataclasses.replace(AugmentConfig.preset("basic"), off=PARTS)
+    out = augment_pair(source, target, mask, nothing, torch.Generator().manual_seed(0))
+    assert all(torch.equal(a, b) for a, b in zip(out, (source, target, mask)))
+
+
+def test_augmentation_parts_are_switched_off_by_config_and_unknown_parts_refused():
+    from Training.config import AUGMENT_PARTS
+    from Training.data.augment import PARTS
+    from Training.trainers.data_setup import _augmentation
+
+    assert AUGMENT_PARTS == PARTS
+    config = load_config(None, ["data.augment_preset=strong", 'data.augment_off=["thick", "noise"]'])
+    augment = _augmentation(config)
+    assert not augment.uses("thick") and not augment.uses("noise") and augment.uses("blur")
+    with pytest.raises(ConfigError, match="augment_off names unknown parts sharpen"):
+        load_config(None, ['data.augment_off=["sharpen"]'])
+
+
 def test_unknown_augmentation_preset_is_refused():
     with pytest.raises(ConfigError, match="augment_preset"):
         load_config(None, ["data.augment_preset=extreme"])
@@ -249,3 +292,18 @@ def test_other_sites_split_validates_on_one_training_subject_of_each_other_sourc
     assert written["val"] == ["B1", "D1"]
     assert sorted(written["train"]) == ["A1", "A2", "A3", "C1", "D2"]
     assert written["test"] == ["B2", "D3"]
+
+
+def test_augmentation_ablation_rows_switch_off_one_part_each_and_are_valid_configs():
+    from Training.study import ingredients
+
+    rows = {name: extra for name, _, extra in ingredients.INGREDIENTS}
+    parts = [name.removeprefix("strong_no_") for name in rows if name.startswith("strong_no_")]
+    assert sorted(parts) == sorted(["gamma", "bias", "curve", "jitter", "blur", "lowres", "thick", "noise"])
+    for part in parts:
+        extra = rows[f"strong_no_{part}"]
+        assert extra["data.augment_off"] == [part]
+        assert {k: v for k, v in extra.items() if k != "data.augment_off"} == rows["no_norm_strong"]
+        config = load_config(None, [f"{key}={json.dumps(value)}" for key, value in extra.items()])
+        assert config.data.augment_off == [part] and config.data.augment_preset == "strong"
+    assert rows["strong_seed1"]["seed"] == 1
