@@ -68,6 +68,17 @@ def brain_mask(array: np.ndarray) -> np.ndarray:
     return _largest_component(mask)
 
 
+def fill_slice_holes(masks: np.ndarray) -> np.ndarray:
+    """``masks`` (N, rows, cols) with the holes of every 2D slice filled (a new boolean array).
+
+    A skull-stripped T1 often holds exact zeros inside the brain (dark ventricular CSF clipped
+    by bias correction or by the stripping tool); :func:`brain_mask` leaves them out, and an
+    output written only inside that mask would show black holes in the ventricles. Filling the
+    holes of each axial slice gives the region a synthetic image covers."""
+    masks = np.asarray(masks, dtype=bool)
+    return np.stack([ndimage.binary_fill_holes(m) for m in masks]) if len(masks) else masks.copy()
+
+
 def _regular_subsample(array: np.ndarray, selected: np.ndarray, step: int) -> np.ndarray:
     """``array[selected][::step]``, gathered slab by slab (never a full-size copy)."""
     if step == 1 or array.ndim == 0:

@@ -27,8 +27,8 @@ from .device import resolve_precision, select_device
 from .errors import Cancelled, InputError
 from .input_check import check_stack
 from .orientation import to_canonical_slices
-from .preprocessing import (SliceGeometry, brain_mask, contiguous_copy, foreground_slices, gather_context, normalisation_range,
-                            scale_to_unit, slabs, to_model_range)
+from .preprocessing import (SliceGeometry, brain_mask, contiguous_copy, fill_slice_holes, foreground_slices,
+                            gather_context, normalisation_range, scale_to_unit, slabs, to_model_range)
 from .volume import Volume
 
 #: Smallest in-plane size (voxels) that is synthesised; smaller inputs are refused.
@@ -167,6 +167,9 @@ class Synthesizer:
 
         stack, packed, indices, (lo, hi), transform, geometry = self._prepare(volume, mask)
         cols = stack.shape[2]
+        # An automatic mask of a skull-stripped input misses the zeros inside the brain (dark CSF):
+        # the output covers each slice's filled mask. A given mask is used as it is.
+        fill_holes = mask is None
         # Outputs on the input's grid, filled through canonical views (np.zeros pages cost no memory
         # until written, and only voxels inside the mask are written).
         mean = np.zeros(transform.original_shape, dtype=np.float32)
@@ -184,7 +187,7 @@ class Synthesizer:
                 x = geometry.to_model(torch.from_numpy(x).to(self.device))
                 if self.precision.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                inside = masks[:, context]
+                inside = fill_slice_holes(masks[:, context]) if fill_holes else masks[:, context]
                 if samples:
                     with self._autocast():
                         draws = self.model.sample(x, samples, generator=generator).float()

@@ -47,6 +47,25 @@ def test_background_and_empty_slices_are_zero_and_values_in_unit_range(synthesiz
     assert result[array > 0].std() > 0
 
 
+def test_zeros_inside_a_skull_stripped_brain_are_synthesised_not_left_as_holes(tiny_checkpoint):
+    import torch
+
+    class Constant(torch.nn.Module):  # output 0 in model range = 0.5 after mapping to [0, 1]
+        def forward(self, x):
+            return torch.zeros_like(x[:, :1])
+
+    array = head_phantom((30, 34, 26))
+    array[12:18, 14:20, 10:16] = 0  # dark "ventricles" clipped to zero, enclosed by brain
+    volume = Volume(array, affine_for("RAS"))
+    synthesizer = Synthesizer(tiny_checkpoint, device="cpu", batch_size=4)
+    synthesizer.model = Constant()
+    automatic = synthesizer.synthesize(volume).array
+    assert np.all(automatic[12:18, 14:20, 10:16] == 0.5)  # the holes of each axial slice are filled
+    assert np.all(automatic[0] == 0) and np.all(automatic[:, :, 0] == 0)  # the outside stays background
+    given = synthesizer.synthesize(volume, mask=array > 0).array  # a given mask is used as it is
+    assert np.all(given[12:18, 14:20, 10:16] == 0) and np.all(given[array > 0] == 0.5)
+
+
 def test_output_is_deterministic_and_independent_of_batch_size(tiny_unet_checkpoint):
     volume = Volume(head_phantom((30, 34, 20)), affine_for("RAS", spacing=(2, 2, 2)))
     a = Synthesizer(tiny_unet_checkpoint, device="cpu", batch_size=1).synthesize(volume).array
