@@ -51,12 +51,18 @@ def score_checkpoint(checkpoint, study_dir) -> dict:
     method = Method("checkpoint", metadata.title or metadata.model_id, "trained")
     cases = {i: evaluate.TestCase(study.subjects[i], metadata.direction) for i in study.split["test"]}
     rows, half_rows, differences = [], [], []
+    already_half = metadata.weights_dtype == "float16"  # its float16 copy is the file itself
     with tempfile.TemporaryDirectory() as tmp:
         model, half_metadata = load_checkpoint(checkpoint)
-        half = save_checkpoint(Path(tmp) / "half.safetensors", model, half_metadata, half=True)
+        half = None if already_half else save_checkpoint(Path(tmp) / "half.safetensors", model, half_metadata,
+                                                         half=True)
         for case in cases.values():
             full, seconds = evaluate.predict(method, case, checkpoint)
             rows.append(evaluate.score(case, full, seconds))
+            if already_half:
+                half_rows.append(rows[-1])
+                differences.append(0.0)
+                continue
             halved, seconds = evaluate.predict(method, case, half)
             half_rows.append(evaluate.score(case, halved, seconds))
             differences.append(float(np.abs(full - halved)[case.mask].max()))
