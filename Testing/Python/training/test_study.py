@@ -174,6 +174,13 @@ def test_quick_study_trains_evaluates_writes_results_and_resumes(tmp_path):
     assert "Not for diagnosis" in (tmp_path / "card.md").read_text()
     assert card.read_card_metrics(tmp_path / "card.md")[split["test"][0]]["psnr"] == pytest.approx(
         scores[0]["mask"]["psnr"], abs=1e-3)
+    # a checkpoint stored in float16 is its own float16 copy: scored once, the same numbers twice
+    from MRISynthesisLib.checkpoint import load_checkpoint, save_checkpoint
+
+    model, metadata = load_checkpoint(checkpoint)
+    half = save_checkpoint(tmp_path / "half.safetensors", model, metadata, half=True)
+    scored = card.score_checkpoint(half, out)
+    assert scored["half_rows"] == scored["rows"] and scored["fp16_max_abs_difference"] == 0.0
 
     # Changing a setting that finished runs depend on is refused (exit status 2).
     minutes = argv.index("--minutes-per-model") + 1
