@@ -68,15 +68,34 @@ def brain_mask(array: np.ndarray) -> np.ndarray:
     return _largest_component(mask)
 
 
-def fill_slice_holes(masks: np.ndarray) -> np.ndarray:
-    """``masks`` (N, rows, cols) with the holes of every 2D slice filled (a new boolean array).
+#: Largest hole (in mm^2, per axial slice) that :func:`fill_slice_holes` fills. On the shared
+#: subjects the zeros inside a skull-stripped brain are specks (90 % of them 1-6 voxels of about
+#: 1 mm^2, the largest 148); the regions a brain mask leaves out on purpose (e.g. a brain stem
+#: cut from a CBICA mask) are mostly hundreds to thousands of mm^2 and stay out.
+MAX_HOLE_AREA_MM2 = 100.0
+
+
+def fill_slice_holes(masks: np.ndarray, spacing_mm=(1.0, 1.0), max_area_mm2: float = MAX_HOLE_AREA_MM2) -> np.ndarray:
+    """``masks`` (N, rows, cols) with the small holes of every 2D slice filled (a new boolean array).
 
     A skull-stripped T1 often holds exact zeros inside the brain (dark ventricular CSF clipped
     by bias correction or by the stripping tool); :func:`brain_mask` leaves them out, and an
-    output written only inside that mask would show black holes in the ventricles. Filling the
-    holes of each axial slice gives the region a synthetic image covers."""
+    output written only inside that mask would show black specks in the ventricles. Holes of
+    at most ``max_area_mm2`` (pixel size ``spacing_mm`` = (row, column) spacing) are filled;
+    larger enclosed regions stay out."""
     masks = np.asarray(masks, dtype=bool)
-    return np.stack([ndimage.binary_fill_holes(m) for m in masks]) if len(masks) else masks.copy()
+    max_pixels = max_area_mm2 / float(spacing_mm[0] * spacing_mm[1])
+    out = masks.copy()
+    for index, mask in enumerate(masks):
+        holes = ndimage.binary_fill_holes(mask) & ~mask
+        if not holes.any():
+            continue
+        labels, count = ndimage.label(holes)
+        sizes = np.bincount(labels.ravel(), minlength=count + 1)
+        small = sizes <= max_pixels
+        small[0] = False
+        out[index] |= small[labels]
+    return out
 
 
 def _regular_subsample(array: np.ndarray, selected: np.ndarray, step: int) -> np.ndarray:

@@ -169,7 +169,7 @@ class Synthesizer:
         cols = stack.shape[2]
         # An automatic mask of a skull-stripped input misses the zeros inside the brain (dark CSF):
         # the output covers each slice's filled mask. A given mask is used as it is.
-        fill_holes = mask is None
+        fill_holes, spacing = mask is None, transform.canonical_spacing[1:]
         # Outputs on the input's grid, filled through canonical views (np.zeros pages cost no memory
         # until written, and only voxels inside the mask are written).
         mean = np.zeros(transform.original_shape, dtype=np.float32)
@@ -187,7 +187,7 @@ class Synthesizer:
                 x = geometry.to_model(torch.from_numpy(x).to(self.device))
                 if self.precision.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
-                inside = fill_slice_holes(masks[:, context]) if fill_holes else masks[:, context]
+                inside = fill_slice_holes(masks[:, context], spacing) if fill_holes else masks[:, context]
                 if samples:
                     with self._autocast():
                         draws = self.model.sample(x, samples, generator=generator).float()

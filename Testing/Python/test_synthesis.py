@@ -64,6 +64,24 @@ def test_zeros_inside_a_skull_stripped_brain_are_synthesised_not_left_as_holes(t
     assert np.all(automatic[0] == 0) and np.all(automatic[:, :, 0] == 0)  # the outside stays background
     given = synthesizer.synthesize(volume, mask=array > 0).array  # a given mask is used as it is
     assert np.all(given[12:18, 14:20, 10:16] == 0) and np.all(given[array > 0] == 0.5)
+    # a large enclosed region (here 6 x 6 voxels of 5 mm = 900 mm^2 per slice) is left out on purpose
+    coarse = synthesizer.synthesize(Volume(array, affine_for("RAS", spacing=(5.0, 5.0, 1.0)))).array
+    assert np.all(coarse[12:18, 14:20, 10:16] == 0) and np.all(coarse[array > 0] == 0.5)
+
+
+def test_only_small_holes_of_a_slice_are_filled():
+    from MRISynthesisLib.preprocessing import fill_slice_holes
+
+    masks = np.ones((2, 40, 40), dtype=bool)
+    masks[:, 0, :] = masks[:, -1, :] = masks[:, :, 0] = masks[:, :, -1] = False  # background border
+    masks[0, 5:8, 5:8] = False  # 9 pixels
+    masks[1, 5:25, 5:25] = False  # 400 pixels
+    before = masks.copy()
+    filled = fill_slice_holes(masks, (1.0, 1.0), max_area_mm2=100)
+    assert np.array_equal(masks, before)  # input untouched
+    assert filled[0, 5:8, 5:8].all() and not filled[1, 5:25, 5:25].any()
+    assert not filled[:, 0, :].any()  # the outside is not a hole
+    assert fill_slice_holes(masks, (0.5, 0.5), max_area_mm2=100)[1, 5:25, 5:25].all()  # 400 px of 0.25 mm^2
 
 
 def test_output_is_deterministic_and_independent_of_batch_size(tiny_unet_checkpoint):
