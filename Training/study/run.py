@@ -32,9 +32,9 @@ from Training.data import check_pair, discover_subjects
 from . import budget, evaluate, protocol
 from ..baselines import IntensityLookup
 
-#: Bumped when the scoring of a cached evaluation changes (2: automatic masks fill the holes of each
-#: slice at inference, so trained methods are scored again).
-EVAL_VERSION = 2
+#: Bumped when the scoring of a cached evaluation changes (3: automatic masks fill the small holes of
+#: each slice at inference, so trained methods are scored again).
+EVAL_VERSION = 3
 
 
 def _json_safe(value):
