@@ -75,7 +75,8 @@ def brain_mask(array: np.ndarray) -> np.ndarray:
 MAX_HOLE_AREA_MM2 = 100.0
 
 
-def fill_slice_holes(masks: np.ndarray, spacing_mm=(1.0, 1.0), max_area_mm2: float = MAX_HOLE_AREA_MM2) -> np.ndarray:
+def fill_slice_holes(masks: np.ndarray, spacing_mm=(1.0, 1.0),
+                     max_area_mm2: float = MAX_HOLE_AREA_MM2) -> np.ndarray:
     """``masks`` (N, rows, cols) with the small holes of every 2D slice filled (a new boolean array).
 
     A skull-stripped T1 often holds exact zeros inside the brain (dark ventricular CSF clipped

@@ -59,13 +59,12 @@ def score_checkpoint(checkpoint, study_dir) -> dict:
         for case in cases.values():
             full, seconds = evaluate.predict(method, case, checkpoint)
             rows.append(evaluate.score(case, full, seconds))
-            if already_half:
-                half_rows.append(rows[-1])
-                differences.append(0.0)
-                continue
-            halved, seconds = evaluate.predict(method, case, half)
-            half_rows.append(evaluate.score(case, halved, seconds))
-            differences.append(float(np.abs(full - halved)[case.mask].max()))
+            if half is not None:
+                halved, seconds = evaluate.predict(method, case, half)
+                half_rows.append(evaluate.score(case, halved, seconds))
+                differences.append(float(np.abs(full - halved)[case.mask].max()))
+    if already_half:
+        half_rows, differences = rows, [0.0]
     baselines = {}
     for name in ("inverted", "lookup", "baseline1x1"):
         path = Path(study_dir) / "eval" / metadata.direction / f"{name}.json"

@@ -32,6 +32,8 @@ V1 = {"model.generator": "unet_256", "model.generator_options": {"ngf": 24, "dro
 RESUNET = {"model.generator": "resunet", "model.generator_options": {"ngf": 16, "levels": 4, "blocks": 1},
            "data.crop_size": 128, "optim.beta1": 0.9, "train.ema_decay": 0.998, "validation.raw_too": True}
 NO_NORM = {"ngf": 16, "levels": 4, "blocks": 1, "norm": "none"}
+#: the no_norm_strong row: the base of the site-augmentation ablation below
+STRONG = {**V1, **RESUNET, "loss.ssim": 1.0, "model.generator_options": NO_NORM, "data.augment_preset": "strong"}
 INGREDIENTS = [
     ("v1", "v1 recipe: unet_256 ngf 24, whole 256 px slices, L1 in the brain", V1),
     ("resunet_crops", "+ residual U-Net (4 levels, ngf 16) on 128 px crops, EMA 0.998", {**V1, **RESUNET}),
@@ -43,12 +45,10 @@ INGREDIENTS = [
     # Not cumulative: the "ssim" row without batch normalisation, with and without site augmentation.
     ("no_norm", "ssim row without batch normalisation (residual branches start at zero)",
      {**V1, **RESUNET, "loss.ssim": 1.0, "model.generator_options": NO_NORM}),
-    ("no_norm_strong", "no_norm + site augmentation",
-     {**V1, **RESUNET, "loss.ssim": 1.0, "model.generator_options": NO_NORM, "data.augment_preset": "strong"}),
+    ("no_norm_strong", "no_norm + site augmentation", STRONG),
 ]
 #: Ablation of the site augmentation, not cumulative: no_norm_strong with one part switched off
 #: (``data.augment_off``), and no_norm_strong again with another seed, for the run-to-run noise.
-STRONG = {**V1, **RESUNET, "loss.ssim": 1.0, "model.generator_options": NO_NORM, "data.augment_preset": "strong"}
 AUGMENT_PART_TITLES = {"gamma": "gamma", "bias": "bias field", "curve": "contrast curves",
                        "jitter": "percentile jitter", "blur": "blur", "lowres": "lower in-plane resolution",
                        "thick": "thick slices", "noise": "noise"}
