@@ -185,3 +185,57 @@ def test_quick_study_trains_evaluates_writes_results_and_resumes(tmp_path):
     # Changing a setting that finished runs depend on is refused (exit status 2).
     minutes = argv.index("--minutes-per-model") + 1
     assert main(argv[:minutes] + ["0.2"] + argv[minutes + 1:]) == 2
+
+
+# -- volume-level corrections (Training.study.calibration) -------------------------------------
+
+def _volume_and_mask(seed=0):
+    rng = np.random.default_rng(seed)
+    volume = rng.gamma(3.0, 0.1, size=(6, 20, 20)).astype(np.float32)
+    mask = np.zeros(volume.shape, dtype=bool)
+    mask[:, 3:17, 3:17] = True
+    return volume, mask
+
+
+def test_renormalise_puts_the_brain_percentiles_at_0_and_1_and_leaves_the_input_alone():
+    from Training.study import calibration
+
+    volume, mask = _volume_and_mask()
+    before = volume.copy()
+    out = calibration.renormalise(volume, mask)
+    np.testing.assert_array_equal(volume, before)
+    low, high = np.percentile(out[mask], [0.5, 99.5])
+    assert low == pytest.approx(0.0, abs=0.01) and high == pytest.approx(1.0, abs=0.01)
+    assert out.min() >= 0 and out.max() <= 1 and not out[~mask].any()
+    # an affine change of the input does not change the result (the rule is scale-free)
+    np.testing.assert_allclose(calibration.renormalise(3 * volume + 0.5, mask), out, atol=1e-5)
+    with pytest.raises(InputError, match="constant"):
+        calibration.renormalise(np.ones_like(volume), mask)
+
+
+def test_histogram_map_takes_the_template_histogram_and_keeps_the_order():
+    from Training.study import calibration
+
+    volume, mask = _volume_and_mask()
+    template = calibration.quantile_function(np.sqrt(_volume_and_mask(1)[0]), mask)
+    out = calibration.histogram_map(volume, mask, template)
+    np.testing.assert_allclose(calibration.quantile_function(out, mask), template, atol=0.02)
+    order = np.argsort(volume[mask], kind="stable")
+    assert np.all(np.diff(out[mask][order]) >= -1e-6)  # monotone: the ranking of voxels is kept
+    assert not out[~mask].any()
+    # its own histogram as the template: the volume comes back (up to float32)
+    same = calibration.histogram_map(volume, mask, calibration.quantile_function(volume, mask))
+    np.testing.assert_allclose(same[mask], volume[mask], atol=1e-5)
+    with pytest.raises(InputError, match="non-decreasing"):
+        calibration.histogram_map(volume, mask, template[::-1])
+
+
+def test_oracle_linear_recovers_a_known_scale_and_offset():
+    from Training.study import calibration
+
+    reference, mask = _volume_and_mask()
+    synthetic = (reference - 0.1) / 2.5
+    fitted, a, b = calibration.oracle_linear(synthetic, reference, mask)
+    assert a == pytest.approx(2.5, rel=1e-5) and b == pytest.approx(0.1, abs=1e-5)
+    np.testing.assert_allclose(fitted[mask], reference[mask], atol=1e-5)
+    assert not fitted[~mask].any()
