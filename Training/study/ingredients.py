@@ -149,14 +149,19 @@ def table(rows, direction: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+def add_run_arguments(parser, *, out: str, minutes: float, what: str, steps_per_point: int, steps_help: str) -> None:
+    """The options every equal-budget study of this kind takes (data, study folder, direction, budget)."""
+    parser.add_argument("--data", default="../shared/data/paired", help="folder of paired subject folders")
+    parser.add_argument("--out", default=out, help="study folder (runs and table)")
+    parser.add_argument("--direction", default=protocol.DIRECTIONS[0], choices=protocol.DIRECTIONS)
+    parser.add_argument("--minutes", type=float, default=minutes, help=f"CPU minutes of training per {what}")
+    parser.add_argument("--steps-per-point", type=int, default=steps_per_point, help=steps_help)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m Training.study.ingredients", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--data", default="../shared/data/paired", help="folder of paired subject folders")
-    parser.add_argument("--out", default="runs/ingredients", help="study folder (runs and table)")
-    parser.add_argument("--direction", default=protocol.DIRECTIONS[0], choices=protocol.DIRECTIONS)
-    parser.add_argument("--minutes", type=float, default=6.0, help="CPU minutes of training per ingredient")
-    parser.add_argument("--steps-per-point", type=int, default=40,
-                        help="optimisation steps between validations (crop rows; whole-slice rows a third)")
+    add_run_arguments(parser, out="runs/ingredients", minutes=6.0, what="ingredient", steps_per_point=40,
+                      steps_help="optimisation steps between validations (crop rows; whole-slice rows a third)")
     parser.add_argument("--only", nargs="*", help="run only these ingredients")
     parser.add_argument("--other-sites", action="store_true",
                         help="validate on one training subject of each other source than the validation side's "

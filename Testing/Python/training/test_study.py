@@ -239,3 +239,32 @@ def test_oracle_linear_recovers_a_known_scale_and_offset():
     assert a == pytest.approx(2.5, rel=1e-5) and b == pytest.approx(0.1, abs=1e-5)
     np.testing.assert_allclose(fitted[mask], reference[mask], atol=1e-5)
     assert not fitted[~mask].any()
+
+
+# -- sources study -----------------------------------------------------------------------------
+
+def test_sources_study_swaps_cbica_subjects_for_siblings_of_the_validation_subjects(tmp_path):
+    from Training.data import read_split
+    from Training.study.sources import splits
+
+    subjects = _subjects()
+    source_of = {s.id: s.source for s in subjects}
+    files = splits(subjects, tmp_path)
+    unseen, seen = read_split(files["unseen"]), read_split(files["seen"])
+    assert unseen["val"] == seen["val"]
+    val_sources = {source_of[i] for i in seen["val"]}
+    assert val_sources == {"BraTS", "MSLUB", "TCGA"}  # one subject of each source beside the validation side's
+    assert not val_sources & {source_of[i] for i in unseen["train"]}
+    siblings = [i for i in seen["train"] if source_of[i] in val_sources]
+    assert sorted(source_of[i] for i in siblings) == ["BraTS", "MSLUB", "TCGA"]
+    assert len(seen["train"]) == len(unseen["train"])  # equal size: CBICA subjects swapped out
+    assert set(seen["train"]) - set(siblings) < set(unseen["train"])
+    for source in val_sources:  # the other sources' siblings only
+        without = read_split(files[f"without_{source}"])
+        assert without["val"] == seen["val"] and len(without["train"]) == len(unseen["train"])
+        assert sorted(source_of[i] for i in without["train"] if source_of[i] in val_sources) == \
+            sorted(val_sources - {source})
+    assert len(files) == 2 + len(val_sources)
+    for split in map(read_split, files.values()):
+        ids = split["train"] + split["val"] + split["test"]
+        assert len(ids) == len(set(ids)) == len(subjects)
