@@ -45,9 +45,12 @@ from .ingredients import STRONG, _other_sites_split, _overrides, _records, add_r
 
 #: one validation, at the end (validating whole volumes costs about as much as 50 steps)
 RECIPE = {**STRONG, "data.augment_off": ["gamma"], "validation.raw_too": False}
+_ORDER = {"unseen": 0, "seen": 2}  # table order; without_<source> between them
 
 
-_ORDER = {"unseen": 0, "seen": 2}  # without_<source> between them
+def _condition(run_name: str) -> str:
+    """The condition of a run folder named ``<direction>-<condition>-seed<n>``."""
+    return run_name.split("-")[-2]
 
 
 def splits(subjects, out: Path) -> dict[str, Path]:
@@ -96,7 +99,9 @@ def run(args) -> list[dict]:
                 subprocess.run(command, check=True)
     # every finished run of this direction in the folder, those of earlier commands too
     finished = sorted((p for p in out.glob(f"{args.direction}-*-seed*") if (p / "report.md").exists()),
-                      key=lambda p: (int(p.name.rsplit("seed", 1)[1]), _ORDER.get(p.name.split("-")[-2], 9), p.name))
+                      key=lambda p: (int(p.name.rsplit("seed", 1)[1]), _ORDER.get(_condition(p.name), 1), p.name))
+    if not finished:
+        raise InputError(f"no finished {args.direction} run in {out}")
     return [{"name": p.name, "records": _records(p)} for p in finished]
 
 
@@ -108,7 +113,7 @@ def score(rows, args) -> list[dict]:
         run_dir = Path(args.out) / row["name"]
         path = run_dir / "sources-score.json"
         if not path.exists():
-            condition = row["name"].split("-")[-2]
+            condition = _condition(row["name"])
             checkpoint = run_dir / "checkpoints" / f"last-{args.direction}.safetensors"
             result = calibration.run(args.study, args.direction, checkpoint, "val",
                                      Path(args.out) / f"split-{condition}.json")
@@ -140,17 +145,16 @@ def table(rows, direction: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def ladder(rows, subjects) -> str:
+def ladder(rows) -> str:
     """Per validation subject: PSNR / SSIM as is, mean over seeds, for no subject of its source or
     of the other validation sources (``unseen``), the other sources only (``without_<its source>``)
     and its source too (``seen``)."""
-    by_id = {s.id: s for s in subjects}
     columns = ("unseen", "without own source", "seen")
     lines = ["| validation subject | " + " | ".join(columns) + " |", "|---|---|---|---|"]
-    for subject in [r["subject"] for r in rows[0]["scores"]]:
+    for subject, source in [(r["subject"], r["source"]) for r in rows[0]["scores"]]:
         cells = []
-        for condition in ("unseen", f"without_{by_id[subject].source}", "seen"):
-            values = [r["scores"] for row in rows if row["name"].split("-")[-2] == condition
+        for condition in ("unseen", f"without_{source}", "seen"):
+            values = [r["scores"] for row in rows if _condition(row["name"]) == condition
                       for r in row["scores"] if r["subject"] == subject]
             cells.append(" / ".join(f"{np.mean([v['as_is'][k] for v in values]):{f}}"
                                     for k, f in (("psnr", ".2f"), ("ssim", ".3f")))
@@ -172,8 +176,7 @@ def main(argv=None) -> int:
     except (MRISynthesisError, OSError, ValueError, subprocess.CalledProcessError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
-    text = table(rows, args.direction) + "\nPSNR dB / SSIM as is, mean over (n) seeds:\n\n" + ladder(
-        rows, discover_subjects(args.data).subjects)
+    text = table(rows, args.direction) + "\nPSNR dB / SSIM as is, mean over (n) seeds:\n\n" + ladder(rows)
     (Path(args.out) / f"table-{args.direction}.md").write_text(text)
     print(text)
     return 0
