@@ -148,7 +148,9 @@ class MRISynthesisParameterNode:
     outputVolume: vtkMRMLScalarVolumeNode
     referenceVolume: vtkMRMLScalarVolumeNode
     batchSize: Annotated[int, WithinRange(1, 64)] = 8
-    maskVolume: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode]
+    # None must be in the Union: the wrapper writes None for an unset node parameter (Slicer's
+    # Docs/developer_guide/parameter_nodes; without it getParameterNode() raises TypeError).
+    maskVolume: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
     uncertainty: bool = False
     precision: Precision = Precision.AUTO
 

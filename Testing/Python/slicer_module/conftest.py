@@ -52,9 +52,17 @@ else:
     import slicer
     import vtk
 
-    for path in (str(REPO), str(MODULE_DIR)):
+    for path in (str(REPO), str(MODULE_DIR), str(HERE)):
         if path not in sys.path:
             sys.path.insert(0, path)
+
+    # Slicer 5.10's own Python framework with stand-ins for the Qt widget classes, when it is here
+    # (slicer_framework.py says what runs for real and what is stood in for).
+    import slicer_framework
+
+    FRAMEWORK_PROBLEM = slicer_framework.frameworkProblem()
+    if FRAMEWORK_PROBLEM is None:
+        slicer_framework.install()
 
     class AppLikeScene:
         """A scene plus the logics the Slicer application would attach to it."""
@@ -76,8 +84,10 @@ else:
                 self.sliceLogics.append(sliceLogic)
             self.scene.AddNewNodeByClass("vtkMRMLCrosshairNode")
             slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(self.scene)  # the app always has one
+            slicer_framework.attachScene(self)
 
         def close(self):
+            slicer_framework.attachScene(None)
             for logic in self.sliceLogics + [self.layoutLogic, self.applicationLogic]:
                 logic.SetMRMLScene(None)
             self.scene.Clear(True)
@@ -107,6 +117,14 @@ else:
         inside = (grid ** 2).sum(0) < 0.75
         image = (300 + 120 * grid[2] + 60 * grid[1] + 25 * rng.standard_normal(shapeKJI)) * inside
         return np.clip(image, 0, None).astype(np.float32)
+
+    @pytest.fixture
+    def slicerModule(app):
+        """The module file MRISynthesis/MRISynthesis.py loaded on Slicer 5.10's framework (fresh
+        each test); skips with the reason where that framework is absent."""
+        if FRAMEWORK_PROBLEM:
+            pytest.skip(FRAMEWORK_PROBLEM)
+        return slicer_framework.loadModuleFile()
 
     @pytest.fixture
     def makeVolume():

@@ -1,0 +1,269 @@
+"""The module file MRISynthesis/MRISynthesis.py itself, on Slicer 5.10's own Python framework with the
+real MRML classes (harness: slicer_framework.py, which says what runs for real and what is stood
+in for). Skipped with the reason where ../shared/slicer-5.10-python is absent."""
+
+import shutil
+import sys
+import types
+import zipfile
+
+import numpy as np
+import pytest
+import slicer
+
+import qt_standins
+from slicer_framework import openPanel
+
+
+def checkpointOf(path):
+    return str(path)
+
+
+@pytest.fixture
+def volumes(makeVolume, helpers):
+    t1 = makeVolume("T1")
+    t2 = makeVolume("T2", arrayKJI=helpers.headPhantomKJI(seed=1))
+    output = makeVolume("old output", arrayKJI=np.ones((20, 40, 36), np.float32))
+    labelmap = slicer.util.addVolumeFromArray((helpers.headPhantomKJI() > 0).astype(np.uint8),
+                                              ijkToRAS=helpers.ijkToRAS("RAS"), name="brain labelmap",
+                                              nodeClassName="vtkMRMLLabelMapVolumeNode")
+    from MRISynthesisSlicer.BrainMaskNodes import showMaskAsSegmentation
+
+    segmentation = showMaskAsSegmentation(helpers.headPhantomKJI().transpose(2, 1, 0) > 0, t1, "brain segmentation")
+    return {"input": t1, "reference": t2, "output": output, "labelmap": labelmap, "segmentation": segmentation}
+
+
+# --- the parameter node -------------------------------------------------------------------------------
+
+def test_parameter_node_is_created_with_every_default(slicerModule):
+    """What setup() and enter() do when the panel opens; this raised TypeError for the None default
+    of maskVolume before None was part of its Union."""
+    parameterNode = slicerModule.MRISynthesisLogic().getParameterNode()
+
+    assert parameterNode.inputVolume is None
+    assert parameterNode.outputVolume is None
+    assert parameterNode.referenceVolume is None
+    assert parameterNode.maskVolume is None
+    assert parameterNode.direction == slicerModule.Direction.T1_TO_T2
+    assert parameterNode.device == slicerModule.Device.AUTO
+    assert parameterNode.precision == slicerModule.Precision.AUTO
+    assert parameterNode.batchSize == 8
+    assert parameterNode.uncertainty is False
+    assert parameterNode.model == ""
+    assert parameterNode.parameterNode.GetAttribute("ModuleName") == "MRISynthesis"
+
+
+def test_the_panel_opens_with_the_parameter_node_bound_to_the_ui(slicerModule, volumes):
+    widget = openPanel(slicerModule)
+    parameterNode = widget._parameterNode
+    ui = widget.ui
+
+    from MRISynthesisLib import catalog
+
+    assert parameterNode.inputVolume is volumes["input"]  # the first plain scalar volume is preselected
+    assert ui.inputSelector.currentNode() is volumes["input"]
+    assert parameterNode.model == catalog.list_models("t1-to-t2")[0].id
+    assert ui.modelComboBox.itemData(ui.modelComboBox.currentIndex) == parameterNode.model
+    assert ui.directionComboBox.currentText == "T1 \u2192 T2"
+    assert ui.maskSelector.nodeTypes == ("vtkMRMLLabelMapVolumeNode", "vtkMRMLSegmentationNode")
+    assert ui.batchSizeSpinBox.value == 8
+    assert ui.applyButton.text == "Synthesize T2" and ui.applyButton.enabled
+
+
+NODE_PARAMETERS = {"inputVolume": ("input", "inputSelector"), "outputVolume": ("output", "outputSelector"),
+                   "referenceVolume": ("reference", "referenceSelector")}
+
+
+def test_every_parameter_is_set_shown_and_cleared(slicerModule, volumes, t1ToT2Checkpoint):
+    widget = openPanel(slicerModule)
+    p, ui = widget._parameterNode, widget.ui
+
+    for name, (role, selector) in NODE_PARAMETERS.items():
+        setattr(p, name, volumes[role])
+        assert getattr(p, name) is volumes[role]
+        assert getattr(ui, selector).currentNode() is volumes[role]
+    for mask in ("labelmap", "segmentation"):
+        p.maskVolume = volumes[mask]
+        assert p.maskVolume is volumes[mask]
+        assert ui.maskSelector.currentNode() is volumes[mask]
+    p.direction = slicerModule.Direction.T2_TO_T1
+    assert ui.directionComboBox.currentText == "T2 \u2192 T1"
+    assert ui.applyButton.text == "Synthesize T1"
+    p.direction = slicerModule.Direction.T1_TO_T2
+    p.model = checkpointOf(t1ToT2Checkpoint)
+    assert ui.modelComboBox.itemData(ui.modelComboBox.currentIndex) == str(t1ToT2Checkpoint)
+    for device in slicerModule.Device:
+        p.device = device
+        assert ui.deviceComboBox.currentText == device.label()
+    for precision in slicerModule.Precision:
+        p.precision = precision
+        assert ui.precisionComboBox.currentText == precision.label()
+    p.batchSize = 3
+    assert ui.batchSizeSpinBox.value == 3
+    p.uncertainty = True
+    assert ui.uncertaintyCheckBox.checked
+
+    for name, (role, selector) in NODE_PARAMETERS.items():
+        setattr(p, name, None)
+        assert getattr(p, name) is None
+        assert getattr(ui, selector).currentNode() is None
+    p.maskVolume = None
+    assert p.maskVolume is None and ui.maskSelector.currentNode() is None
+    assert ui.applyButton.enabled is False  # no input volume any more
+
+
+def test_the_user_s_choices_in_the_panel_reach_the_parameter_node(slicerModule, volumes):
+    widget = openPanel(slicerModule)
+    p, ui = widget._parameterNode, widget.ui
+
+    ui.directionComboBox.activate(1)
+    assert p.direction == slicerModule.Direction.T2_TO_T1
+    assert p.model.startswith("t2-to-t1")  # the model list follows the direction
+    ui.batchSizeSpinBox.value = 16
+    assert p.batchSize == 16
+    ui.uncertaintyCheckBox.click()
+    assert p.uncertainty is True
+    ui.maskSelector.setCurrentNode(volumes["segmentation"])
+    assert p.maskVolume is volumes["segmentation"]
+    ui.referenceSelector.setCurrentNode(volumes["reference"])
+    assert p.referenceVolume is volumes["reference"]
+    ui.referenceSelector.setCurrentNode(None)
+    assert p.referenceVolume is None
+
+
+def test_batch_size_outside_its_range_is_refused(slicerModule):
+    p = slicerModule.MRISynthesisLogic().getParameterNode()
+    with pytest.raises(ValueError):
+        p.batchSize = 0
+    assert p.batchSize == 8
+
+
+def saveBundle(app, path):
+    """File > Save as a .mrb, as Slicer does: the scene and its data in a folder, zipped."""
+    folder = path.parent / "bundle"
+    folder.mkdir()
+    assert app.applicationLogic.SaveSceneToSlicerDataBundleDirectory(str(folder))
+    with zipfile.ZipFile(path, "w") as archive:
+        for file in folder.rglob("*"):
+            archive.write(file, file.relative_to(folder.parent))
+    shutil.rmtree(folder)
+
+
+@pytest.mark.parametrize("mask", ["labelmap", "segmentation", None])
+def test_parameters_are_saved_with_the_scene_and_read_back(slicerModule, volumes, app, tmp_path, mask,
+                                                           t1ToT2Checkpoint):
+    p = slicerModule.MRISynthesisLogic().getParameterNode()
+    p.inputVolume, p.outputVolume, p.referenceVolume = volumes["input"], volumes["output"], volumes["reference"]
+    p.maskVolume = volumes[mask] if mask else None
+    p.direction = slicerModule.Direction.T2_TO_T1
+    p.model = checkpointOf(t1ToT2Checkpoint)
+    p.device, p.precision = slicerModule.Device.CPU, slicerModule.Precision.FP32
+    p.batchSize, p.uncertainty = 5, True
+    bundle = tmp_path / "scene.mrb"
+    saveBundle(app, bundle)
+
+    app.scene.Clear(False)  # File > Close scene, then open the bundle
+    assert app.scene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode") is None
+    (tmp_path / "unpacked").mkdir()
+    assert app.applicationLogic.OpenSlicerDataBundle(str(bundle), str(tmp_path / "unpacked"))
+    read = slicerModule.MRISynthesisLogic().getParameterNode()
+
+    assert read.inputVolume.GetName() == "T1" and read.outputVolume.GetName() == "old output"
+    assert read.referenceVolume.GetName() == "T2"
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(read.referenceVolume),
+                                  slicer.util.arrayFromVolume(slicer.util.getNode("T2")))
+    if mask is None:
+        assert read.maskVolume is None
+    else:
+        assert read.maskVolume.GetName() == volumes[mask].GetName()
+        assert read.maskVolume.GetClassName() == volumes[mask].GetClassName()
+    assert read.direction == slicerModule.Direction.T2_TO_T1
+    assert read.model == str(t1ToT2Checkpoint)
+    assert (read.device, read.precision) == (slicerModule.Device.CPU, slicerModule.Precision.FP32)
+    assert (read.batchSize, read.uncertainty) == (5, True)
+
+
+# --- the logic and the panel, end to end --------------------------------------------------------------
+
+def test_logic_synthesizes_with_mask_reference_and_comparison(slicerModule, volumes, t1ToT2Checkpoint, volumesLogic):
+    inputBefore = slicer.util.arrayFromVolume(volumes["input"]).copy()
+
+    result = slicerModule.MRISynthesisLogic().process(
+        volumes["input"], None, checkpointOf(t1ToT2Checkpoint), "t1-to-t2", device="cpu",
+        referenceVolume=volumes["reference"], maskVolume=volumes["labelmap"])
+
+    assert volumesLogic.CompareVolumeGeometry(result.outputVolume, volumes["input"]) == ""
+    synthetic = slicer.util.arrayFromVolume(result.outputVolume)
+    assert synthetic.dtype == np.float32 and synthetic.max() > 0
+    assert np.all(synthetic[slicer.util.arrayFromVolume(volumes["labelmap"]) == 0] == 0)
+    assert result.differenceVolume is not None
+    assert set(result.metrics) >= {"mae", "psnr", "ssim", "mi_bits", "conventions"}
+    np.testing.assert_array_equal(slicer.util.arrayFromVolume(volumes["input"]), inputBefore)
+
+
+def test_apply_button_synthesizes_and_shows_the_results(slicerModule, volumes, t1ToT2Checkpoint):
+    widget = openPanel(slicerModule)
+    p, ui = widget._parameterNode, widget.ui
+    p.model = checkpointOf(t1ToT2Checkpoint)
+    p.device = slicerModule.Device.CPU
+    p.referenceVolume = volumes["reference"]
+    nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+
+    ui.applyButton.click()
+
+    assert ui.statusLabel.text.startswith("Done in"), ui.statusLabel.text
+    assert ui.resultsCollapsibleButton.visible and ui.metricsTable.visible
+    assert ui.metricsTable.item(0, 0).text() == "MAE"
+    float(ui.metricsTable.item(0, 1).text())
+    assert slicer.mrmlScene.GetNumberOfNodes() > nodesBefore
+    assert ui.applyButton.text == "Synthesize T2" and ui.applyButton.enabled
+
+
+def test_cancel_during_a_run_leaves_the_scene_unchanged(slicerModule, volumes, t1ToT2Checkpoint):
+    widget = openPanel(slicerModule)
+    p, ui = widget._parameterNode, widget.ui
+    p.model = checkpointOf(t1ToT2Checkpoint)
+    p.device = slicerModule.Device.CPU
+    nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+    clicks = []
+
+    def userClicksCancelOnce():
+        if widget._state == slicerModule.ProcessingState.RUNNING and not clicks:
+            clicks.append(True)
+            ui.applyButton.click()
+
+    slicer.app.processEventsHook = userClicksCancelOnce
+    ui.applyButton.click()
+
+    assert clicks
+    assert ui.statusLabel.text.startswith("Cancelled"), ui.statusLabel.text
+    assert slicer.mrmlScene.GetNumberOfNodes() == nodesBefore
+
+
+# --- the module's own self-test -------------------------------------------------------------------------
+
+def sampleDataStandIn(helpers):
+    """Stand-in for Slicer's SampleData module (a scripted module of the application, which would
+    download MRBrainTumor1): a small phantom T1 volume instead."""
+
+    def downloadSample(name):
+        return slicer.util.addVolumeFromArray(helpers.headPhantomKJI((24, 48, 40)),
+                                              ijkToRAS=helpers.ijkToRAS("RAS", (2.0, 2.0, 2.0)), name=name)
+
+    return types.SimpleNamespace(downloadSample=downloadSample)
+
+
+def test_the_module_s_self_test_passes(slicerModule, monkeypatch, helpers):
+    """MRISynthesisTest.runTest(), as Slicer's ctest runs it, with the smallest bundled T1 -> T2 model
+    on a small phantom instead of the downloaded sample."""
+    monkeypatch.setitem(sys.modules, "SampleData", sampleDataStandIn(helpers))
+    openPanel(slicerModule)
+
+    slicerModule.MRISynthesisTest().runTest()
+
+
+def test_stand_in_widgets_are_what_the_ui_file_declares(slicerModule):
+    widget = openPanel(slicerModule)
+    assert type(widget.ui.inputSelector) is slicer.qMRMLNodeComboBox
+    assert type(widget.ui.directionComboBox) is qt_standins.QComboBox
+    assert widget.ui.inputSelector.property("SlicerParameterName") == "inputVolume"
