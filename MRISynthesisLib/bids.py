@@ -182,15 +182,28 @@ def ensure_dataset_description(output_dir, description: dict) -> Path:
     path = create_once(Path(output_dir) / "dataset_description.json", json.dumps(description, indent=2) + "\n")
     existing = _read_json_when_complete(path)
     ours, theirs = _model_of(description), _model_of(existing)
+    if theirs is None:
+        raise OutputError(f"{path} does not describe MRISynthesis derivatives (its GeneratedBy names no model); "
+                          "choose another output folder")
     if ours != theirs:
-        raise OutputError(f"{output_dir} holds derivatives of model {theirs[0]} (sha256 {theirs[1][:12]}...), "
-                          f"not {ours[0]}; choose another output folder")
+        raise OutputError(f"{output_dir} holds derivatives of model {theirs[0]} (sha256 {theirs[1][:12]}...) "
+                          f"according to its dataset_description.json, not {ours[0]}; choose another output folder")
     return path
 
 
-def _model_of(description: dict) -> tuple:
-    generated = (description.get("GeneratedBy") or [{}])[0]
-    return generated.get("ModelId"), generated.get("ModelSHA256") or ""
+def generated_by(description) -> dict:
+    """The first ``GeneratedBy`` entry of a dataset description; ``{}`` when it is missing or malformed."""
+    entries = description.get("GeneratedBy") if isinstance(description, dict) else None
+    return entries[0] if isinstance(entries, list) and entries and isinstance(entries[0], dict) else {}
+
+
+def _model_of(description: dict) -> tuple | None:
+    """``(ModelId, ModelSHA256)`` of a description's first GeneratedBy entry, ``None`` if it names none."""
+    generated = generated_by(description)
+    model_id, sha256 = generated.get("ModelId"), generated.get("ModelSHA256")
+    if not isinstance(model_id, str) or not isinstance(sha256, (str, type(None))):
+        return None
+    return model_id, sha256 or ""
 
 
 def _read_json_when_complete(path: Path, timeout_s: float = 10.0) -> dict:

@@ -29,7 +29,7 @@ from .bids import (SUFFIXES, BidsItem, create_once, dataset_description, derivat
                    ensure_dataset_description)
 from .conventions import DEFAULT_DIRECTION
 from .errors import InputError, MRISynthesisError, OutputError
-from .qc_report import FAILURE_SUFFIX, write_figures, write_report
+from .qc_report import FAILURE_SUFFIX, check_report_is_ours, write_figures, write_report
 
 NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
 BIDSIGNORE = "report.html\n.report.lock\nsub-*/figures/\n"
@@ -88,6 +88,8 @@ class AppOptions:
     precision: str | None = None
     skip_existing: bool = True
     brain_mask: str = "auto"
+    resolved_device: str = ""       # what 'auto' became on this machine: the skip key uses it
+    resolved_precision: str = ""
 
 
 @dataclass
@@ -103,7 +105,10 @@ class ItemResult:
 # -- one item -----------------------------------------------------------------------------------
 
 def _bids_uri(path: Path, root: Path) -> str:
-    return f"bids:raw:{Path(path).relative_to(root).as_posix()}"
+    """``bids:raw:<path relative to root>``; both are taken as absolute paths without resolving links
+    (a dataset of symlinks, e.g. DataLad/git-annex, keeps its own names)."""
+    relative = os.path.relpath(os.path.abspath(path), os.path.abspath(root))
+    return f"bids:raw:{Path(relative).as_posix()}"
 
 
 def reference_metrics(synthetic, target, low: float, high: float):
@@ -146,35 +151,71 @@ def _precision_of(synthesizer) -> str:
     return f"autocast {str(dtype).replace('torch.', '')}" if dtype is not None else "float32"
 
 
+def request_key(item: BidsItem, options: AppOptions) -> dict:
+    """What an item's output depends on: the content of its input files and every option that
+    changes the result. ``--skip-existing`` skips an item only when its sidecar holds the same key."""
+    from .checkpoint import file_sha256
+
+    return {"ModelSHA256": options.model_sha256,
+            "SourceSHA256": file_sha256(item.source),
+            "ReferenceSHA256": file_sha256(item.reference) if item.reference is not None else None,
+            "BrainMask": options.brain_mask,
+            "Device": options.resolved_device or options.device,
+            "Precision": options.resolved_precision or options.precision or "auto"}
+
+
+def _previous_result(paths, key: dict, label: str, source_uri: str) -> ItemResult | None:
+    """The result recorded by an earlier run for the same request, or ``None`` (then the item is done
+    again: missing or unreadable files, another request, or a sidecar that is not ours as written)."""
+    if not (paths.image.exists() and paths.sidecar.exists()):
+        return None
+    try:
+        previous = json.loads(paths.sidecar.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    if not isinstance(previous, dict) or previous.get("Request") != key or previous.get("Sources") != [source_uri]:
+        return None
+    metrics, notes = previous.get("Metrics"), previous.get("Warnings")
+    numbers_ok = metrics is None or (isinstance(metrics, dict) and all(
+        isinstance(metrics.get(name), (int, float, type(None))) for name in ("BrainMAE", "BrainPSNR", "BrainSSIM")))
+    if not numbers_ok or not (isinstance(notes, list) and all(isinstance(n, str) for n in notes)):
+        return None
+    return ItemResult(label, "skipped", metrics=metrics, warnings=notes)
+
+
 def process_item(item: BidsItem, options: AppOptions, get_synthesizer) -> ItemResult:
-    """Synthesize one item and write its derivatives; never raises for a bad item."""
+    """Synthesize one item and write its derivatives; never raises for a bad item (its failure is
+    returned, and recorded on disk when that is possible)."""
+    start = time.monotonic()
     paths = derivative_paths(item, options.output_dir, options.direction)
     failure_record = paths.figures / f"{paths.stem}{FAILURE_SUFFIX}"
-    if options.skip_existing and paths.image.exists() and paths.sidecar.exists():
-        try:
-            previous = json.loads(paths.sidecar.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError):
-            previous = {}
-        if previous.get("ModelSHA256") == options.model_sha256:
-            return ItemResult(item.label, "skipped", metrics=previous.get("Metrics"),
-                              warnings=list(previous.get("Warnings", [])))
-    start = time.monotonic()
     try:
-        return _synthesize_item(item, options, get_synthesizer(), paths, failure_record, start)
+        key = request_key(item, options)
+        if options.skip_existing:
+            previous = _previous_result(paths, key, item.label, _bids_uri(item.source, options.bids_dir))
+            if previous is not None:
+                return previous
+        return _synthesize_item(item, options, get_synthesizer(), paths, failure_record, start, key)
     except Exception as error:  # one item's failure must not stop the cohort
-        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        if not isinstance(error, (MRISynthesisError, MemoryError)):
-            message = f"{type(error).__name__}: {message}"
+        message = _one_line(error)
         try:
             failure_record.parent.mkdir(parents=True, exist_ok=True)
             _write_json(failure_record, {"Source": _bids_uri(item.source, options.bids_dir), "Error": message,
                                          "SoftwareVersion": __version__})
-        except OSError:
-            pass
+        except Exception as record_error:  # noqa: BLE001 - the item is reported failed either way
+            message += f" (its failure record could not be written: {_one_line(record_error)})"
         return ItemResult(item.label, "failed", time.monotonic() - start, message=message)
 
 
-def _synthesize_item(item, options, synthesizer, paths, failure_record, start) -> ItemResult:
+def _one_line(error: BaseException) -> str:
+    text = str(error).strip()
+    message = text.splitlines()[0] if text else type(error).__name__
+    if not isinstance(error, (MRISynthesisError, MemoryError)) and text:
+        message = f"{type(error).__name__}: {message}"
+    return message
+
+
+def _synthesize_item(item, options, synthesizer, paths, failure_record, start, key) -> ItemResult:
     from .io import load_volume, save_volume
 
     source_contrast, target_contrast = SUFFIXES[options.direction]
@@ -221,6 +262,7 @@ def _synthesize_item(item, options, synthesizer, paths, failure_record, start) -
         "Warnings": notes,
         "Metrics": metrics,
         "NotForDiagnosis": True,
+        "Request": key,
     }
     _write_json(paths.sidecar, sidecar)  # written last: its presence marks the item as finished
     if failure_record.exists():
@@ -252,7 +294,9 @@ class _LazySynthesizer:
                 import torch
 
                 torch.set_num_threads(self.threads)
-            extra = {"precision": self.options.precision} if self.options.precision else {}
+            # the parent's resolution of 'auto' (recorded in the skip key), so that every worker uses it
+            precision = self.options.resolved_precision or self.options.precision
+            extra = {"precision": precision} if precision else {}
             self.synthesizer = Synthesizer(self.options.model_path, device=self.options.device,
                                            batch_size=self.options.batch_size, **extra)
         return self.synthesizer
@@ -319,8 +363,8 @@ def _run_pool(items, options, jobs, bar) -> dict:
 def format_summary(results: list[ItemResult]) -> str:
     """The table printed at the end of a run."""
     def number(metrics, name, digits):
-        value = (metrics or {}).get(name)
-        return "-" if value is None else f"{value:.{digits}f}"
+        value = metrics.get(name) if isinstance(metrics, dict) else None
+        return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
 
     width = max([len("item")] + [len(r.label) for r in results])
     lines = [f"{'item':{width}}  {'status':7}  {'time':>6}  {'MAE':>6}  {'PSNR':>6}  {'SSIM':>6}  note",
@@ -361,8 +405,10 @@ def main(args) -> int:
     from . import catalog
     from .checkpoint import file_sha256, read_metadata
 
-    bids_dir, output_dir = Path(args.bids_dir), Path(args.output_dir)
+    # absolute, not resolved: `cd study && mrisynthesis bids . OUT participant` and symlinked folders
+    bids_dir, output_dir = Path(os.path.abspath(args.bids_dir)), Path(os.path.abspath(args.output_dir))
     _check_folders(bids_dir, output_dir)
+    check_report_is_ours(output_dir)
     if args.analysis_level == "group":
         if not (output_dir / "dataset_description.json").is_file():
             raise InputError(f"{output_dir} holds no MRISynthesis derivatives; run the participant level first")
@@ -383,14 +429,14 @@ def main(args) -> int:
     if not items:
         raise InputError(f"no *_{source_suffix}.nii[.gz] images found in {bids_dir} for the selected "
                          "participants/sessions")
-    if args.device != "cpu":
-        from .device import select_device
+    from .device import resolve_precision, select_device
 
-        select_device(args.device)  # an unavailable device is a usage error, not one failure per item
+    device = select_device(args.device)  # an unavailable device is a usage error, not one failure per item
+    precision = resolve_precision(args.precision, device)
     _create_output(output_dir)
-    options = AppOptions(bids_dir.resolve(), output_dir, args.direction, model_path, metadata.model_id,
+    options = AppOptions(bids_dir, output_dir, args.direction, model_path, metadata.model_id,
                          file_sha256(model_path), args.device, args.batch_size,
-                         args.precision, args.skip_existing, args.brain_mask)
+                         args.precision, args.skip_existing, args.brain_mask, device.type, precision.name)
     ensure_dataset_description(output_dir, dataset_description(bids_dir, args.direction, metadata.model_id,
                                                                options.model_sha256))
     create_once(output_dir / ".bidsignore", BIDSIGNORE)

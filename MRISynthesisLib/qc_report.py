@@ -19,12 +19,14 @@ from __future__ import annotations
 import html
 import json
 import os
+import re
 import urllib.parse
 from pathlib import Path
 
 import numpy as np
 
 from .atomic import atomic_path
+from .bids import generated_by
 from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 from .orientation import to_canonical_slices
 from .volume import Volume
@@ -34,6 +36,11 @@ PLANE_HEIGHT = 150  # pixels of each plane in the pictures
 ERROR_WINDOW = 0.5
 FAILURE_SUFFIX = "_failure.json"
 REPORT_NAME = "report.html"
+#: In the head of every report we write: a report.html without it is someone else's and is never replaced.
+GENERATOR = '<meta name="generator" content="MRISynthesis">'
+_OLD_TITLE = "<title>MRISynthesis QC:"  # reports written before the generator tag
+#: Schemes a DatasetLinks URI may have to become a link (anything else, e.g. javascript:, stays text).
+SAFE_SCHEMES = ("http", "https", "file")
 
 
 def figure_path(figures_dir, stem: str, kind: str) -> Path:
@@ -153,6 +160,23 @@ def _read_json(path: Path) -> dict | None:
         return None
 
 
+def _as_list(value) -> list:
+    """A sidecar field that should be a list of strings, as one: ``"abc"`` is one entry, ``null`` none."""
+    if value is None:
+        return []
+    if isinstance(value, list):
+        return [v if isinstance(v, str) else json.dumps(v) for v in value]
+    return [value if isinstance(value, str) else json.dumps(value)]
+
+
+def _as_dict(value) -> dict:
+    return value if isinstance(value, dict) else {}
+
+
+def _as_number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
 def collect_items(output_dir) -> list[dict]:
     """One record per item found on disk: finished ones (sidecar) and failed ones (failure record)."""
     output_dir = Path(output_dir)
@@ -183,9 +207,9 @@ def _number(value, digits: int) -> str:
     return "-" if value is None else f"{value:.{digits}f}"
 
 
-def _metrics_cells(metrics: dict | None) -> str:
-    metrics = metrics or {}
-    return "".join(f'<td class="num">{_number(metrics.get(name), d)}</td>'
+def _metrics_cells(metrics) -> str:
+    metrics = _as_dict(metrics)
+    return "".join(f'<td class="num">{_number(_as_number(metrics.get(name)), d)}</td>'
                    for name, d in (("BrainMAE", 3), ("BrainPSNR", 2), ("BrainSSIM", 3)))
 
 
@@ -193,15 +217,15 @@ def render_report(output_dir) -> str:
     """The HTML text of the report for everything found in ``output_dir``."""
     output_dir = Path(output_dir)
     description = _read_json(output_dir / "dataset_description.json") or {}
-    generated = (description.get("GeneratedBy") or [{}])[0]
+    generated = generated_by(description)
     items = collect_items(output_dir)
     failed = [r for r in items if r["status"] == "failed"]
     e = html.escape
     parts = [
-        "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>MRISynthesis QC: {e(description.get('Name', output_dir.name))}</title>",
+        "<!DOCTYPE html>", f'<html lang="en"><head><meta charset="utf-8">{GENERATOR}',
+        f"<title>MRISynthesis QC: {e(str(description.get('Name', output_dir.name)))}</title>",
         f"<style>{_CSS}</style></head><body>",
-        f"<h1>{e(description.get('Name', 'MRISynthesis derivatives'))}</h1>",
+        f"<h1>{e(str(description.get('Name', 'MRISynthesis derivatives')))}</h1>",
         f"<div>MRISynthesis {e(str(generated.get('Version', '?')))}, model <b>{e(str(generated.get('ModelId', '?')))}</b>"
         f" (sha256 <code>{e(str(generated.get('ModelSHA256', ''))[:16])}</code>&hellip;); "
         f"{len(items) - len(failed)} item(s) done, {len(failed)} failed.</div>",
@@ -217,21 +241,32 @@ def render_report(output_dir) -> str:
     ]
     for record in items:
         sidecar = record.get("sidecar", {})
-        n_warnings = len(sidecar.get("Warnings", [])) if record["status"] == "done" else "-"
+        n_warnings = len(_as_list(sidecar.get("Warnings"))) if record["status"] == "done" else "-"
         parts.append(f'<tr><td><a href="#{e(record["stem"])}">{e(record["stem"])}</a></td>'
                      f'<td class="status-{record["status"]}">{record["status"]}</td>'
                      f"{_metrics_cells(sidecar.get('Metrics'))}<td>{n_warnings}</td></tr>")
     parts.append("</table>")
+    raw_root = _as_dict(description.get("DatasetLinks")).get("raw")
     for record in items:
-        parts.append(_item_html(record, output_dir, (description.get("DatasetLinks") or {}).get("raw")))
+        parts.append(_item_html(record, output_dir, raw_root if isinstance(raw_root, str) else None))
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
+
+
+def safe_link_root(uri: str | None) -> bool:
+    """True for a relative path or an http(s)/file URI: what a ``DatasetLinks`` entry may be to become
+    a link. Anything a browser could run (``javascript:``, ``data:``, with spaces, tabs or case
+    games before the colon) or that holds control characters is not."""
+    if not isinstance(uri, str) or not uri or any(ord(c) < 32 or ord(c) == 127 for c in uri):
+        return False
+    scheme = re.match(r"^\s*([^/?#]*?):", uri)
+    return scheme is None or scheme.group(1).lower() in SAFE_SCHEMES
 
 
 def _source_link(uri: str, raw_root: str | None) -> str:
     """``bids:raw:<path>`` as a link into the raw dataset (its ``DatasetLinks`` URI), else as text."""
     text = f"<code>{html.escape(uri)}</code>"
-    if raw_root and uri.startswith("bids:raw:"):
+    if safe_link_root(raw_root) and uri.startswith("bids:raw:"):
         href = raw_root.rstrip("/") + "/" + urllib.parse.quote(uri[len("bids:raw:"):])
         return f'<a class="src" href="{html.escape(href)}">{text}</a>'
     return text
@@ -255,18 +290,36 @@ def _item_html(record: dict, output_dir: Path, raw_root: str | None = None) -> s
             src = path.relative_to(output_dir).as_posix()
             figures.append(f'<figure><a href="{e(src)}"><img src="{e(src)}" alt="{e(kind)} of {e(stem)}"></a>'
                            f"<figcaption>{e(captions[kind])}</figcaption></figure>")
-    metrics = sidecar.get("Metrics") or {}
-    metric_text = (f"brain MAE {_number(metrics.get('BrainMAE'), 3)}, PSNR {_number(metrics.get('BrainPSNR'), 2)} dB, "
-                   f"SSIM {_number(metrics.get('BrainSSIM'), 3)} against <code>{e(str(metrics.get('Reference', '')))}</code>"
+    metrics = _as_dict(sidecar.get("Metrics"))
+    number = {name: _as_number(metrics.get(name)) for name in ("BrainMAE", "BrainPSNR", "BrainSSIM")}
+    metric_text = (f"brain MAE {_number(number['BrainMAE'], 3)}, PSNR {_number(number['BrainPSNR'], 2)} dB, "
+                   f"SSIM {_number(number['BrainSSIM'], 3)} against <code>{e(str(metrics.get('Reference', '')))}</code>"
                    if metrics else "no real target image of this item: no metrics")
-    warnings = "".join(f'<div class="warn">{e(str(w))}</div>' for w in sidecar.get("Warnings", []))
-    sources = ", ".join(_source_link(str(s), raw_root) for s in sidecar.get("Sources", []))
+    warnings = "".join(f'<div class="warn">{e(w)}</div>' for w in _as_list(sidecar.get("Warnings")))
+    sources = ", ".join(_source_link(s, raw_root) for s in _as_list(sidecar.get("Sources")))
     return (f'<div class="item" id="{e(stem)}"><h2>{e(stem)} <span class="status-done">done</span></h2>'
             f'<div class="row">{"".join(figures)}</div>'
             f'<div class="meta">{metric_text}</div>{warnings}'
             f'<div class="meta"><a href="{e(record["image"])}">synthetic image</a>'
             f'<a href="{e(record["sidecar_path"])}">sidecar JSON</a> source: {sources}; '
             f"device {e(str(sidecar.get('Device', '?')))}, precision {e(str(sidecar.get('Precision', '?')))}</div></div>")
+
+
+def check_report_is_ours(output_dir) -> None:
+    """Refuse (:class:`OutputError`) an ``OUTPUT_DIR/report.html`` that MRISynthesis did not write."""
+    from .errors import OutputError
+
+    path = Path(output_dir) / REPORT_NAME
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        with open(path, "rb") as stream:
+            head = stream.read(4096).decode("utf-8", errors="replace") if path.is_file() and not path.is_symlink() else ""
+    except OSError:
+        head = ""
+    if GENERATOR not in head and _OLD_TITLE not in head:
+        raise OutputError(f"{path} exists and was not written by MRISynthesis; it is never replaced: "
+                          "choose another OUTPUT_DIR or move that file away")
 
 
 def write_report(output_dir) -> Path:
@@ -278,6 +331,7 @@ def write_report(output_dir) -> Path:
     output_dir = Path(output_dir)
     path = output_dir / REPORT_NAME
     with _lock(output_dir / ".report.lock"):
+        check_report_is_ours(output_dir)
         text = render_report(output_dir)
         with atomic_path(path, suffix=".html") as tmp, open(tmp, "w", encoding="utf-8") as stream:
             stream.write(text)

@@ -219,6 +219,9 @@ def test_bids_app_on_real_subjects(shared_data, tiny_checkpoint, tmp_path, capsy
 
 
 def _check_bids_app_on_real_subjects(shared_data, tiny_checkpoint, tmp_path, capsys):
+    from MRISynthesisLib.device import cpu_has_native_bf16
+
+    expected_precision = "bfloat16 + channels_last" if cpu_has_native_bf16() else "float32"
     bids = _real_dataset(tmp_path / "bids", shared_data)
     inputs_before = _digests(bids)
     out = tmp_path / "derivatives" / "mrisynthesis"
@@ -241,7 +244,8 @@ def _check_bids_app_on_real_subjects(shared_data, tiny_checkpoint, tmp_path, cap
         assert image.array.max() > 0.1 and image.array.min() == 0
         assert sidecar["Sources"] == [f"bids:raw:{Path(stem).parent.as_posix()}/{source_name}"]
         assert sidecar["ModelSHA256"] == generated["ModelSHA256"] and sidecar["Direction"] == "t1-to-t2"
-        assert sidecar["Device"] == "cpu" and sidecar["Precision"] == "float32" and sidecar["NotForDiagnosis"]
+        # --precision auto depends on the CPU: bfloat16 where it is native (AVX-512 BF16, AMX), else float32
+        assert sidecar["Device"] == "cpu" and sidecar["Precision"] == expected_precision and sidecar["NotForDiagnosis"]
         assert sidecar["BrainMask"] == "skull-stripped input"  # left alone: no extraction
         assert "normalised" in sidecar["IntensityUnits"] and sidecar["InputNormalisation"]["high"] == 99.5
     assert json.loads((out / f"{STEMS[0]}.json").read_text())["Metrics"] is None
@@ -330,3 +334,176 @@ def test_bids_app_extracts_the_brain_of_a_whole_head_scan(shared_data, tiny_chec
     head = load_volume(out / "none" / "sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz").array > 0
     brain = load_volume(out / "auto" / "sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz").array > 0
     assert 0.2 * head.sum() < brain.sum() < 0.8 * head.sum()  # scalp and skull are background after extraction
+
+
+# -- hostile datasets and output folders ----------------------------------------------------------
+
+def _phantom_dataset(root: Path, subjects=("01", "02"), reference=True) -> Path:
+    for index, label in enumerate(subjects):
+        _nifti(root / f"sub-{label}/anat/sub-{label}_T1w.nii.gz", head_phantom((24, 28, 12), seed=index))
+        if reference:
+            _nifti(root / f"sub-{label}/anat/sub-{label}_T2w.nii.gz", head_phantom((24, 28, 12), seed=10 + index))
+    (root / "dataset_description.json").write_text(json.dumps({"Name": "phantoms", "BIDSVersion": "1.10.0"}))
+    return root
+
+
+def _run(bids, out, checkpoint, *extra) -> int:
+    return main(["bids", str(bids), str(out), "participant", "--model", str(checkpoint), "--quiet", *extra])
+
+
+def test_relative_and_symlinked_bids_dir_work(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """``cd study && mrisynthesis bids . OUT participant``, the usual call, and a symlinked BIDS_DIR."""
+    study = _phantom_dataset(tmp_path / "study")
+    link = tmp_path / "link"
+    link.symlink_to(study, target_is_directory=True)
+    monkeypatch.chdir(study)
+    for bids, out in ((".", tmp_path / "out-relative"), (str(link), tmp_path / "out-link")):
+        assert _run(bids, out, tiny_checkpoint) == 0
+        assert "2 done, 0 skipped, 0 failed" in capsys.readouterr().out
+        sidecar = json.loads((out / "sub-01/anat/sub-01_desc-synthetic_T2w.json").read_text())
+        assert sidecar["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]
+        assert sidecar["Metrics"]["Reference"] == "bids:raw:sub-01/anat/sub-01_T2w.nii.gz"
+
+
+def test_one_items_failure_never_aborts_the_cohort(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    """Even when recording the failure fails too, the item is reported failed and the others finish."""
+    from MRISynthesisLib import bids_app
+
+    bids = _phantom_dataset(tmp_path / "bids", subjects=("01", "02", "03"))
+    (bids / "sub-02/anat/sub-02_T1w.nii.gz").write_bytes(b"not a NIfTI file")
+    original = bids_app._write_json
+
+    def failing_write(path, data):
+        if "failure" in Path(path).name:
+            raise ValueError("unexpected trouble while recording the failure")
+        return original(path, data)
+
+    monkeypatch.setattr(bids_app, "_write_json", failing_write)
+    assert _run(bids, tmp_path / "out", tiny_checkpoint) == 1
+    summary = capsys.readouterr().out
+    assert "2 done, 0 skipped, 1 failed" in summary
+    assert any(line.startswith("sub-02") and "cannot read" in line for line in summary.splitlines()), summary
+
+
+def test_a_report_that_is_not_ours_is_never_overwritten(tmp_path, tiny_checkpoint, capsys):
+    bids = _phantom_dataset(tmp_path / "bids", subjects=("01",))
+    out = tmp_path / "existing"
+    out.mkdir()
+    (out / "report.html").write_text("<html><body>my own notes</body></html>")
+    for level in ("participant", "group"):
+        argv = ["bids", str(bids), str(out), level] + (["--model", str(tiny_checkpoint)] if level == "participant" else [])
+        assert main(argv) == 2
+        lines = capsys.readouterr().err.strip().splitlines()
+        assert len(lines) == 1 and "report.html" in lines[0] and "not written by MRISynthesis" in lines[0], lines
+    assert (out / "report.html").read_text() == "<html><body>my own notes</body></html>"
+    assert sorted(os.listdir(out)) == ["report.html"]
+    # our own report is rebuilt as usual
+    out2 = tmp_path / "ours"
+    assert _run(bids, out2, tiny_checkpoint) == 0
+    assert _run(bids, out2, tiny_checkpoint) == 0
+    assert main(["bids", str(bids), str(out2), "group"]) == 0
+
+
+@pytest.mark.parametrize("field,value", [("Warnings", None), ("Warnings", "abc"), ("Warnings", 3), ("Sources", None),
+                                         ("Sources", "bids:raw:x"), ("Metrics", [1, 2]), ("Metrics", "x"),
+                                         ("Metrics", {"BrainMAE": "x"})])
+def test_malformed_derivative_json_gives_no_traceback(tmp_path, tiny_checkpoint, capsys, field, value):
+    bids = _phantom_dataset(tmp_path / "bids", subjects=("01",))
+    out = tmp_path / "out"
+    assert _run(bids, out, tiny_checkpoint) == 0
+    sidecar_path = out / "sub-01/anat/sub-01_desc-synthetic_T2w.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    capsys.readouterr()
+    for level in ("group", "participant"):
+        sidecar[field] = value
+        sidecar_path.write_text(json.dumps(sidecar))
+        argv = ["bids", str(bids), str(out), level] + (["--model", str(tiny_checkpoint), "--quiet"]
+                                                        if level == "participant" else [])
+        assert main(argv) == 0
+        captured = capsys.readouterr()
+        assert "Traceback" not in captured.err
+    redone = json.loads(sidecar_path.read_text())  # the participant run redid the item: its sidecar is whole again
+    assert isinstance(redone["Warnings"], list) and isinstance(redone["Sources"], list)
+    assert redone["Metrics"] is None or isinstance(redone["Metrics"]["BrainMAE"], float)
+
+
+def test_malformed_warnings_count_as_what_they_hold(tmp_path, tiny_checkpoint, capsys):
+    """``"Warnings": "abc"`` is one warning, ``null`` none (the report, group level)."""
+    from MRISynthesisLib.qc_report import render_report
+
+    bids = _phantom_dataset(tmp_path / "bids", subjects=("01",), reference=False)
+    out = tmp_path / "out"
+    assert _run(bids, out, tiny_checkpoint) == 0
+    sidecar_path = out / "sub-01/anat/sub-01_desc-synthetic_T2w.json"
+    sidecar = json.loads(sidecar_path.read_text())
+    for value, count in (("abc", 1), (None, 0), (["a", "b"], 2)):
+        sidecar["Warnings"] = value
+        sidecar_path.write_text(json.dumps(sidecar))
+        report = render_report(out)
+        assert f'<td class="num">-</td><td>{count}</td></tr>' in report, report
+
+
+@pytest.mark.parametrize("generated_by", ["x", [1], None, [{"ModelId": 3}], {"ModelId": "test-baseline"}])
+def test_malformed_dataset_description_gives_one_line(tmp_path, tiny_checkpoint, capsys, generated_by):
+    bids = _phantom_dataset(tmp_path / "bids", subjects=("01",))
+    out = tmp_path / "out"
+    assert _run(bids, out, tiny_checkpoint) == 0
+    description = json.loads((out / "dataset_description.json").read_text())
+    description["GeneratedBy"] = generated_by
+    (out / "dataset_description.json").write_text(json.dumps(description))
+    capsys.readouterr()
+    assert main(["bids", str(bids), str(out), "group"]) == 0  # the report still shows what is on disk
+    assert "Traceback" not in capsys.readouterr().err
+    assert _run(bids, out, tiny_checkpoint) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and "dataset_description.json" in lines[0], lines
+
+
+@pytest.mark.parametrize("raw,linked", [("javascript:alert(1)", False), (" JaVaScRiPt:alert(1)", False),
+                                        ("java\tscript:alert(1)", False), ("data:text/html,x", False),
+                                        ("vbscript:x", False), ("file:///data/study", True),
+                                        ("https://example.org/study", True), ("../raw", True), ("raw data", True)])
+def test_dataset_links_become_hrefs_only_for_safe_schemes(tmp_path, tiny_checkpoint, raw, linked):
+    from MRISynthesisLib.qc_report import render_report
+
+    bids = _phantom_dataset(tmp_path / "bids", subjects=("01",), reference=False)
+    out = tmp_path / "out"
+    assert _run(bids, out, tiny_checkpoint) == 0
+    description = json.loads((out / "dataset_description.json").read_text())
+    description["DatasetLinks"] = {"raw": raw}
+    (out / "dataset_description.json").write_text(json.dumps(description))
+    links = _Links()
+    links.feed(render_report(out))
+    sources = [t for t in links.targets if t.endswith("sub-01_T1w.nii.gz")]
+    assert len(sources) == (1 if linked else 0), links.targets
+    assert not any(":" in t.split("/")[0] and not t.startswith(("file:", "https:")) for t in links.targets)
+
+
+def _sidecar(out, subject="01"):
+    return json.loads((out / f"sub-{subject}/anat/sub-{subject}_desc-synthetic_T2w.json").read_text())
+
+
+def test_skip_existing_is_keyed_on_the_inputs_and_every_option(tmp_path, tiny_checkpoint, capsys):
+    """A replaced input (even of another shape) or reference, or another --brain-mask or --precision,
+    redoes the item; the same request skips it."""
+    bids = _phantom_dataset(tmp_path / "bids", subjects=("01",))
+    out = tmp_path / "out"
+    options = ["--precision", "fp32", "--brain-mask", "none"]
+
+    def run(*extra):
+        assert _run(bids, out, tiny_checkpoint, *extra) == 0
+        return capsys.readouterr().out
+
+    assert "1 done, 0 skipped" in run(*options)
+    assert "0 done, 1 skipped" in run(*options)
+    _nifti(bids / "sub-01/anat/sub-01_T1w.nii.gz", head_phantom((20, 30, 14), seed=5))  # another image and shape
+    assert "1 done, 0 skipped" in run(*options)
+    assert load_volume(out / "sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz").shape == (20, 30, 14)
+    assert _sidecar(out)["Metrics"] is None  # the reference is now on another grid
+    _nifti(bids / "sub-01/anat/sub-01_T2w.nii.gz", head_phantom((20, 30, 14), seed=6))  # a new reference
+    assert "1 done, 0 skipped" in run(*options)
+    assert _sidecar(out)["Metrics"]["BrainMAE"] > 0
+    assert "1 done, 0 skipped" in run("--precision", "bf16", "--brain-mask", "none")
+    assert "1 done, 0 skipped" in run("--precision", "bf16", "--brain-mask", "auto")
+    assert "0 done, 1 skipped" in run("--precision", "bf16", "--brain-mask", "auto")
+    assert "1 done, 0 skipped" in run("--precision", "bf16", "--brain-mask", "auto", "--no-skip-existing")
