@@ -1,0 +1,99 @@
+"""Fold assignment and bookkeeping of the k-fold cross-validation study (fake subject lists; no data)."""
+
+import json
+from collections import Counter
+
+import pytest
+
+from MRISynthesisLib.errors import InputError
+from studies import cross_validation as cv
+
+#: today's 15 paired subjects by source, plus prepared longitudinal pairs (two sessions of two patients)
+TODAY = ([(f"CBICA-{i}", "CBICA") for i in range(8)] + [("BraTS-a", "BraTS"), ("BraTS-b", "BraTS"),
+         ("MSLUB-patient07", "MSLUB"), ("MSLUB-patient19", "MSLUB"), ("TCGA-a", "TCGA"), ("TCGA-b", "TCGA"),
+         ("GLISTR-ex0", "GLISTR")])
+LONGITUDINAL = [("MSLUB-patient01-study1", "MSLUB"), ("MSLUB-patient01-study2", "MSLUB"),
+                ("MSLUB-patient12-study1", "MSLUB"), ("MSLUB-patient12-study2", "MSLUB"),
+                ("MSLUB-patient04-study1", "MSLUB")]
+
+
+@pytest.mark.parametrize("subjects", [TODAY, TODAY + LONGITUDINAL])
+@pytest.mark.parametrize("k", [3, 5])
+def test_every_subject_is_tested_exactly_once(subjects, k):
+    folds = cv.make_folds(subjects, k, seed=0)
+    tested = [i for fold in folds for i in fold]
+    assert sorted(tested) == sorted(i for i, _ in subjects)
+    for split in cv.fold_splits(folds):
+        assert not set(split["train"]) & set(split["test"])
+        assert sorted(split["train"] + split["test"]) == sorted(tested)
+        assert split["val"] == []
+
+
+def test_patients_are_not_split_and_sources_are_spread():
+    subjects = TODAY + LONGITUDINAL
+    folds = cv.make_folds(subjects, 5, seed=0)
+    fold_of = {i: f for f, fold in enumerate(folds) for i in fold}
+    assert fold_of["MSLUB-patient01-study1"] == fold_of["MSLUB-patient01-study2"]
+    assert fold_of["MSLUB-patient12-study1"] == fold_of["MSLUB-patient12-study2"]
+    source = dict(subjects)
+    for name in ("CBICA", "BraTS", "TCGA"):  # as many folds as the source has patients (up to k)
+        patients = {cv.patient_of(i) for i in source if source[i] == name}
+        assert len({fold_of[i] for i in source if source[i] == name}) == min(len(patients), 5)
+    counts = Counter(fold_of[i] for i in source if source[i] == "CBICA")
+    assert max(counts.values()) - min(counts.values()) <= 1
+    sizes = [len(f) for f in folds]
+    assert max(sizes) - min(sizes) <= 2
+
+
+def test_folds_are_deterministic_and_independent_of_input_order():
+    a = cv.make_folds(TODAY, 5, seed=0)
+    assert cv.make_folds(list(reversed(TODAY)), 5, seed=0) == a
+    assert any(cv.make_folds(TODAY, 5, seed=s) != a for s in range(1, 5))
+
+
+def test_patient_of():
+    assert cv.patient_of("MSLUB-patient01-study2") == "MSLUB-patient01"
+    assert cv.patient_of("sub-01_ses-2") == "sub-01"
+    assert cv.patient_of("CBICA-301D00252") == "CBICA-301D00252"
+    assert cv.patient_of("BraTS-GLI-00001-000") == "BraTS-GLI-00001-000"
+
+
+def test_bad_fold_counts_are_refused():
+    with pytest.raises(InputError, match="too few"):
+        cv.make_folds(TODAY[:3], 5)
+    with pytest.raises(InputError, match="at least 2"):
+        cv.make_folds(TODAY, 1)
+    with pytest.raises(InputError, match="unique"):
+        cv.make_folds(TODAY + TODAY[:1], 5)
+
+
+def test_queue_file_and_training_command(tmp_path):
+    (tmp_path / "queue.txt").write_text("# comment\nt1-to-t2 v5c 0 4  # first\n\nt2-to-t1 v2 3 2.5\n")
+    assert cv.read_queue(tmp_path) == [("t1-to-t2", "v5c", 0, 4.0), ("t2-to-t1", "v2", 3, 2.5)]
+    command = cv.training_command(tmp_path, "t1-to-t2", "v5c", 0, 4.0)
+    overrides = {k: json.loads(v) for k, v in (arg.split("=", 1) for arg in command if "=" in arg)}
+    assert overrides["train.max_cpu_minutes"] == 4.0
+    assert overrides["train.threads"] == 1
+    assert overrides["data.split_file"].endswith("fold0/split.json")
+    assert overrides["data.cache_dir"].endswith("fold0-t1-to-t2-ctx1")  # 2.5D candidate: its own cache
+    (tmp_path / "queue.txt").write_text("t1-to-t2 v9 0 4\n")
+    with pytest.raises(InputError, match="queue.txt:1"):
+        cv.read_queue(tmp_path)
+
+
+def test_table_from_scores(tmp_path):
+    folds = cv.make_folds(TODAY, 5, seed=0)
+    source = dict(TODAY)
+    (tmp_path / "folds.json").write_text(json.dumps(
+        {"folds": [[{"id": i, "source": source[i]} for i in fold] for fold in folds]}))
+    for recipe, offset in (("v4", 0.0), ("v5c", 1.0)):
+        for f, fold in enumerate(folds[:2]):
+            rows = [{"subject": i, "source": source[i], "slices_per_second": 4.0,
+                     "mask": {"psnr": 20.0 + offset, "ssim": 0.8, "mae": 0.05}} for i in fold]
+            path = cv.run_dir(tmp_path, "t1-to-t2", recipe, f) / "scores.json"
+            path.parent.mkdir(parents=True)
+            path.write_text(json.dumps({"direction": "t1-to-t2", "recipe": recipe, "fold": f, "steps": 10,
+                                        "train_cpu_minutes": 4.0, "rows": rows}))
+    text = cv.table(tmp_path)
+    assert "| v5c − v4 | 6 | 1.00 ± 0.00 | 0.000 ± 0.000 |" in text
+    assert "(n=6)" in text

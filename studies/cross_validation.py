@@ -1,0 +1,398 @@
+"""k-fold cross-validation of training recipes over every paired subject (issue 25).
+
+Every model choice is made on all subjects instead of one test split: the subjects are dealt
+into ``k`` folds by *patient* (both sessions of a patient in one fold), stratified by source,
+with a fixed seed; each fold is tested once by a model trained on the other folds. A run is one
+(direction, recipe, fold); its last checkpoint (no validation subjects, so nothing is chosen on
+the test fold) is scored on the fold's test subjects through the real inference path with the
+study's evaluation (:mod:`Training.study.evaluate`: brain-masked MAE / PSNR / SSIM in model units,
+per subject), then reported per subject, per source and overall.
+
+Study folder layout (``--out``, outside the repository, e.g. ``/work/runs/cv``)::
+
+    all.csv                      manifest of every subject (the trainer's input)
+    folds.json                   the fold of each subject (with source and patient), seed, k
+    fold<i>/split.json           train = the other folds, val = [], test = fold i
+    cache/fold<i>-<direction>-ctx<c>/   slice caches (one per fold, direction and 2.5D context)
+    runs/<direction>/<recipe>/fold<i>/  training run (resumable); scores.json when scored
+    queue.txt                    the runs of ``queue``, one ``direction recipe fold minutes`` a line
+
+Commands (run from the repository root)::
+
+    python -m studies.cross_validation plan --out /work/runs/cv --data ../shared/data/paired --folds 5
+    python -m studies.cross_validation queue --out /work/runs/cv        # train + score every queued run
+    python -m studies.cross_validation table --out /work/runs/cv        # markdown tables
+
+``queue`` re-reads ``queue.txt`` after every run (edit it while the queue runs), skips scored runs
+and resumes an interrupted run from its last saved state; each training and scoring is its own
+subprocess with one torch thread, so its CPU time is its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from MRISynthesisLib.atomic import atomic_path
+from MRISynthesisLib.errors import InputError, MRISynthesisError
+
+DIRECTIONS = ("t1-to-t2", "t2-to-t1")
+#: the recipe of today's default model of each direction: every other recipe is compared with it
+DEFAULT_RECIPE = {"t1-to-t2": "v4", "t2-to-t1": "v2"}
+REPO = Path(__file__).resolve().parent.parent
+
+#: recipe name -> (config file, overrides, title). The CV overrides (split, budget, constant
+#: learning rate, one thread) are applied on top of every recipe.
+RECIPES = {
+    "v5c": ("configs/supervised-v5-candidate.yaml", {},
+            "v5 candidate: unet_256 ngf 32, whole slices, 2.5D +-1, L1 + SSIM in the brain, site aug, EMA"),
+    "v4": ("configs/supervised-v4.yaml", {},
+           "v4 (T1->T2 default): resunet ngf 16 on 128 px crops, L1 + SSIM, site aug without gamma, EMA"),
+    "v2": ("configs/supervised-v2.yaml", {},
+           "v2 (T2->T1 default): resunet ngf 16 (batch norm) on 128 px crops, L1 + SSIM, site aug, EMA"),
+    "v1": ("configs/supervised.yaml", {"model.generator_options": {"ngf": 24, "dropout": False}},
+           "v1: unet_256 ngf 24, whole slices, L1 in the brain, basic aug"),
+}
+
+#: a subject id ending in a session/study/timepoint number belongs to the patient before it
+_SESSION = re.compile(r"^(?P<patient>.+?)[-_](?:study|ses|session|tp|timepoint|visit)[-_]?\d+$", re.IGNORECASE)
+
+
+def patient_of(subject_id: str) -> str:
+    """The patient a subject (one session) belongs to: the id without a trailing session suffix
+    (``MSLUB-patient01-study2`` -> ``MSLUB-patient01``; ``sub-01_ses-2`` -> ``sub-01``)."""
+    match = _SESSION.match(subject_id)
+    return match.group("patient") if match else subject_id
+
+
+def make_folds(subjects, k: int = 5, seed: int = 0) -> list[list[str]]:
+    """Deal ``subjects`` (``(id, source)`` pairs or objects with ``.id``/``.source``) into ``k`` folds.
+
+    Patients (:func:`patient_of`) are never split. Stratified by source: sources are dealt
+    largest first; each patient goes to the fold with the fewest subjects of its source, then the
+    fewest subjects overall, then a seeded random order, so a source with ``n`` patients lands in
+    ``min(n, k)`` folds and fold sizes differ by little. Deterministic for a seed whatever the
+    input order; returns the folds' sorted subject ids."""
+    pairs = sorted((s, "other") if isinstance(s, str) else
+                   ((s[0], s[1]) if isinstance(s, tuple) else (s.id, str(getattr(s, "source", "other"))))
+                   for s in subjects)
+    ids = [i for i, _ in pairs]
+    if len(set(ids)) != len(ids):
+        raise InputError("subject ids must be unique")
+    if k < 2:
+        raise InputError(f"cross-validation needs at least 2 folds, got {k}")
+    patients: dict[str, list[str]] = {}
+    source_of: dict[str, str] = {}
+    for subject_id, source in pairs:
+        patient = patient_of(subject_id)
+        patients.setdefault(patient, []).append(subject_id)
+        source_of.setdefault(patient, source)  # a patient's sessions share its first session's source
+    if len(patients) < k:
+        raise InputError(f"{len(patients)} patient(s) are too few for {k} folds")
+    rng = np.random.default_rng(seed)
+    by_source: dict[str, list[str]] = {}
+    for patient in sorted(patients):
+        by_source.setdefault(source_of[patient], []).append(patient)
+    folds: list[list[str]] = [[] for _ in range(k)]
+    per_source = {source: [0] * k for source in by_source}
+    for source in sorted(by_source, key=lambda s: (-len(by_source[s]), s)):
+        members = by_source[source]
+        for index in rng.permutation(len(members)):
+            patient = members[index]
+            tie = rng.random(k)
+            fold = min(range(k), key=lambda f: (per_source[source][f], len(folds[f]), tie[f]))
+            folds[fold].extend(patients[patient])
+            per_source[source][fold] += len(patients[patient])
+    return [sorted(f) for f in folds]
+
+
+def fold_splits(folds: list[list[str]]) -> list[dict]:
+    """One split per fold: ``test`` = the fold, ``train`` = every other fold, ``val`` = [] (the
+    last checkpoint is scored; nothing is selected on held-out subjects)."""
+    return [{"train": sorted(i for j, other in enumerate(folds) if j != f for i in other), "val": [],
+             "test": list(fold)} for f, fold in enumerate(folds)]
+
+
+def _write_json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(json.dumps(data, indent=1, default=float) + "\n", encoding="utf-8")
+
+
+def _discover(roots):
+    from Training.data import discover_subjects
+
+    subjects = []
+    for root in roots:
+        subjects += discover_subjects(root).subjects
+    seen = set()
+    for s in subjects:
+        if s.id in seen:
+            raise InputError(f"subject id {s.id} found in two data folders")
+        seen.add(s.id)
+    return subjects
+
+
+def plan(out: Path, roots, k: int, seed: int) -> dict:
+    """Write ``all.csv``, ``folds.json`` and ``fold<i>/split.json``; refuses to change an existing plan."""
+    from Training.data import check_pair, write_split
+    from Training.study import protocol
+
+    subjects = _discover(roots)
+    for subject in subjects:
+        check_pair(subject)
+    folds = make_folds(subjects, k, seed)
+    source = {s.id: s.source for s in subjects}
+    data = {"k": k, "seed": seed, "data": [str(r) for r in roots],
+            "folds": [[{"id": i, "source": source[i], "patient": patient_of(i)} for i in fold] for fold in folds]}
+    path = out / "folds.json"
+    if path.exists():
+        saved = json.loads(path.read_text())
+        if saved["folds"] != data["folds"]:
+            raise InputError(f"{path} holds other folds (different subjects or settings); use a new --out folder")
+    out.mkdir(parents=True, exist_ok=True)
+    protocol.write_manifest(subjects, out / "all.csv")
+    for f, split in enumerate(fold_splits(folds)):
+        (out / f"fold{f}").mkdir(exist_ok=True)
+        write_split(split, out / f"fold{f}" / "split.json")
+    _write_json(path, data)
+    return data
+
+
+def run_dir(out: Path, direction: str, recipe: str, fold: int) -> Path:
+    return out / "runs" / direction / recipe / f"fold{fold}"
+
+
+def training_command(out: Path, direction: str, recipe: str, fold: int, minutes: float) -> list[str]:
+    """``python -m Training`` for a run: resume when a state exists, else start with the recipe."""
+    from Training.config import load_config
+    from Training.state import STATE_FILE
+
+    folder = run_dir(out, direction, recipe, fold)
+    if (folder / STATE_FILE).exists():  # the queue's budget wins over the one the run started with
+        return [sys.executable, "-m", "Training", "--resume", str(folder), f"train.max_cpu_minutes={minutes}"]
+    config_file, extra, _ = RECIPES[recipe]
+    context = load_config(str(REPO / config_file), []).data.context_slices
+    values = {"name": folder.name, "output_dir": str(folder.parent), "device": "cpu", "seed": 0,
+              "data.manifest": str(out / "all.csv"), "data.split_file": str(out / f"fold{fold}" / "split.json"),
+              "data.direction": direction, "data.cache_dir": str(out / "cache" / f"fold{fold}-{direction}-ctx{context}"),
+              "optim.lr_policy": "constant", "train.epochs": 100000, "train.steps_per_epoch": 25,
+              "train.checkpoint_every": 0, "train.threads": 1, "train.max_cpu_minutes": minutes,
+              "train.precision": "fp32", **extra}
+    return [sys.executable, "-m", "Training", "--config", str(REPO / config_file),
+            *[f"{key}={json.dumps(value)}" for key, value in values.items()]]
+
+
+def score_run(out: Path, direction: str, recipe: str, fold: int) -> dict:
+    """Score a finished run's last checkpoint on its fold's test subjects; writes ``scores.json``."""
+    import torch
+
+    from Training.data import read_split
+    from Training.study import evaluate, protocol
+
+    torch.set_num_threads(1)
+    folder = run_dir(out, direction, recipe, fold)
+    checkpoint = folder / "checkpoints" / f"last-{direction}.safetensors"
+    if not checkpoint.exists():
+        raise InputError(f"{checkpoint} does not exist: train the run first")
+    by_id = {s.id: s for s in _manifest_subjects(out)}
+    method = protocol.Method("checkpoint", "a trained checkpoint", "trained")
+    rows = []
+    for subject_id in read_split(out / f"fold{fold}" / "split.json")["test"]:
+        case = evaluate.TestCase(by_id[subject_id], direction)
+        synthetic, seconds = evaluate.predict(method, case, checkpoint)
+        row = evaluate.score(case, synthetic, seconds)
+        rows.append({k: row[k] for k in ("subject", "source", "mask", "slices", "seconds", "slices_per_second")})
+        print(f"  {recipe} {direction} fold{fold} {subject_id}: PSNR {row['mask']['psnr']:.2f} "
+              f"SSIM {row['mask']['ssim']:.4f} MAE {row['mask']['mae']:.4f}", flush=True)
+    summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
+    result = {"direction": direction, "recipe": recipe, "fold": fold, "checkpoint": str(checkpoint),
+              "steps": _steps(folder), "train_cpu_minutes": _train_minutes(folder), "rows": rows, **summary}
+    _write_json(folder / "scores.json", result)
+    return result
+
+
+def _manifest_subjects(out: Path):
+    from Training.data.discovery import read_manifest
+
+    return read_manifest(out / "all.csv").subjects
+
+
+def _state(folder: Path) -> dict:
+    from Training.state import STATE_FILE, load_state
+
+    path = folder / STATE_FILE
+    return load_state(path, map_location="cpu") if path.exists() else {}
+
+
+def _steps(folder: Path) -> int:
+    return int(_state(folder).get("global_step", 0))
+
+
+def _train_minutes(folder: Path) -> float:
+    return float(_state(folder).get("train_cpu_seconds", 0.0)) / 60.0
+
+
+def read_queue(out: Path) -> list[tuple[str, str, int, float]]:
+    """``queue.txt``: ``direction recipe fold minutes`` per line; '#' starts a comment."""
+    entries = []
+    path = out / "queue.txt"
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.split("#", 1)[0].split()
+        if not line:
+            continue
+        if len(line) != 4 or line[0] not in DIRECTIONS or line[1] not in RECIPES:
+            raise InputError(f"{path}:{number}: expected 'direction recipe fold minutes', got {' '.join(line)!r}")
+        entries.append((line[0], line[1], int(line[2]), float(line[3])))
+    return entries
+
+
+def run_queue(out: Path) -> None:
+    """Train and score every queued run in order (re-reading the queue after each); resumable."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    done: set = set()
+    while True:
+        pending = [e for e in read_queue(out) if e[:3] not in done
+                   and not (run_dir(out, *e[:3]) / "scores.json").exists()]
+        if not pending:
+            print("queue empty", flush=True)
+            return
+        direction, recipe, fold, minutes = pending[0]
+        folder = run_dir(out, direction, recipe, fold)
+        print(f"== {direction} {recipe} fold{fold} ({minutes:g} CPU min)", flush=True)
+        if not (folder / "report.md").exists():
+            code = subprocess.run(training_command(out, direction, recipe, fold, minutes), cwd=REPO, env=env).returncode
+            if code != 0:
+                print(f"training failed ({code}); skipping {direction} {recipe} fold{fold}", flush=True)
+                done.add((direction, recipe, fold))
+                continue
+        code = subprocess.run([sys.executable, "-m", "studies.cross_validation", "score", "--out", str(out),
+                               "--direction", direction, "--recipe", recipe, "--fold", str(fold)],
+                              cwd=REPO, env=env).returncode
+        if code != 0:
+            print(f"scoring failed ({code})", flush=True)
+        done.add((direction, recipe, fold))
+
+
+# -- tables -------------------------------------------------------------------------------------
+
+def collect(out: Path) -> dict:
+    """``{direction: {recipe: [scores.json of each fold]}}`` of every scored run."""
+    found: dict = {}
+    for path in sorted((out / "runs").glob("*/*/fold*/scores.json")):
+        data = json.loads(path.read_text())
+        found.setdefault(data["direction"], {}).setdefault(data["recipe"], []).append(data)
+    return found
+
+
+def _fmt(values, digits):
+    values = [v for v in values if v is not None]
+    if not values:
+        return "–"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f}"
+    return f"{np.mean(values):.{digits}f} ± {np.std(values, ddof=1):.{digits}f}"
+
+
+def table(out: Path) -> str:
+    """Markdown: per direction, per subject (recipes side by side), per source and overall, the
+    paired difference of each recipe to the direction's default recipe, and the runs (steps, CPU minutes)."""
+    folds = json.loads((out / "folds.json").read_text())
+    lines = []
+    for direction, recipes in sorted(collect(out).items()):
+        names = sorted((r for r in RECIPES if r in recipes), key=lambda r: r != DEFAULT_RECIPE[direction])
+        rows = {r: {row["subject"]: row for run in recipes[r] for row in run["rows"]} for r in names}
+        fold_of = {s["id"]: f for f, fold in enumerate(folds["folds"]) for s in fold}
+        source = {s["id"]: s["source"] for fold in folds["folds"] for s in fold}
+        subjects = sorted(set().union(*[set(v) for v in rows.values()]), key=lambda i: (source[i], i))
+        lines += [f"### {direction}: PSNR dB / SSIM inside the brain, per held-out subject", "",
+                  "| subject | source | fold | " + " | ".join(names) + " |", "|---|---|---|" + "---|" * len(names)]
+        for i in subjects:
+            cells = [f"{rows[r][i]['mask']['psnr']:.2f} / {rows[r][i]['mask']['ssim']:.3f}" if i in rows[r] else "–"
+                     for r in names]
+            lines.append(f"| {i} | {source[i]} | {fold_of[i]} | " + " | ".join(cells) + " |")
+        lines += ["", f"{direction}: mean ± SD over subjects (PSNR dB / SSIM / MAE); n = scored subjects", "",
+                  "| group | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for group in sorted({source[i] for i in subjects}) + ["overall"]:
+            cells = []
+            for r in names:
+                members = [row for i, row in rows[r].items() if group == "overall" or source[i] == group]
+                cells.append(" / ".join(_fmt([m["mask"][k] for m in members], d) for k, d in
+                                        (("psnr", 2), ("ssim", 3), ("mae", 4))) + f" (n={len(members)})")
+            lines.append(f"| {group} | " + " | ".join(cells) + " |")
+        if len(names) > 1:
+            base = names[0]
+            lines += ["", f"{direction}: paired difference to {base} on the subjects both scored (mean ± SD)", "",
+                      "| recipe | n | ΔPSNR dB | ΔSSIM | worst source ΔPSNR |", "|---|---|---|---|---|"]
+            for r in names[1:]:
+                common = sorted(set(rows[r]) & set(rows[base]))
+                if not common:
+                    continue
+                dp = [rows[r][i]["mask"]["psnr"] - rows[base][i]["mask"]["psnr"] for i in common]
+                ds = [rows[r][i]["mask"]["ssim"] - rows[base][i]["mask"]["ssim"] for i in common]
+                per_source = {}
+                for i, d in zip(common, dp):
+                    per_source.setdefault(source[i], []).append(d)
+                worst = min(per_source, key=lambda s: np.mean(per_source[s]))
+                lines.append(f"| {r} − {base} | {len(common)} | {_fmt(dp, 2)} | {_fmt(ds, 3)} | "
+                             f"{worst} {np.mean(per_source[worst]):+.2f} |")
+        lines += ["", f"{direction}: runs (training CPU minutes, optimisation steps, scoring slices per CPU-s)", "",
+                  "| recipe | fold | steps | train CPU min | slices / CPU-s |", "|---|---|---|---|---|"]
+        for r in names:
+            for run in sorted(recipes[r], key=lambda x: x["fold"]):
+                speed = [row["slices_per_second"] for row in run["rows"] if row.get("slices_per_second")]
+                lines.append(f"| {r} | {run['fold']} | {run['steps']} | {run['train_cpu_minutes']:.1f} | "
+                             f"{_fmt(speed, 1)} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m studies.cross_validation", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("plan", help="fold the subjects and write the split files")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", nargs="+", default=["../shared/data/paired"], help="folders of paired subject folders")
+    p.add_argument("--folds", type=int, default=5)
+    p.add_argument("--seed", type=int, default=0)
+    for name in ("queue", "table"):
+        sub.add_parser(name).add_argument("--out", required=True)
+    for name in ("train", "score"):
+        p = sub.add_parser(name)
+        p.add_argument("--out", required=True)
+        p.add_argument("--direction", choices=DIRECTIONS, required=True)
+        p.add_argument("--recipe", choices=list(RECIPES), required=True)
+        p.add_argument("--fold", type=int, required=True)
+        if name == "train":
+            p.add_argument("--minutes", type=float, default=4.0, help="CPU minutes of training steps")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    try:
+        if args.command == "plan":
+            data = plan(out, [Path(d) for d in args.data], args.folds, args.seed)
+            for f, fold in enumerate(data["folds"]):
+                print(f"fold {f}: " + ", ".join(f"{s['id']} [{s['source']}]" for s in fold))
+        elif args.command == "queue":
+            run_queue(out)
+        elif args.command == "table":
+            print(table(out))
+        elif args.command == "train":
+            return subprocess.run(training_command(out, args.direction, args.recipe, args.fold, args.minutes),
+                                  cwd=REPO).returncode
+        else:
+            score_run(out, args.direction, args.recipe, args.fold)
+    except MRISynthesisError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
