@@ -189,7 +189,7 @@ def _synthesize(args) -> int:
     from . import catalog
     from .checkpoint import read_metadata
     from .errors import InputError
-    from .io import check_output_path, load_volume, write_outputs, write_volume
+    from .io import check_output_path, load_volume, write_outputs
     from .synthesis import check_model_request
 
     direction = DIRECTION_ALIASES.get(args.direction) if args.direction else None
@@ -241,12 +241,11 @@ def _synthesize(args) -> int:
     finally:
         close()
     result, std, synthesizer = run.synthetic, run.uncertainty, run.synthesizer
-    writers = [(args.output, lambda tmp: write_volume(result, tmp, target=args.output))]
+    writers = [(args.output, result)]  # volumes are written in the format of their suffix
     if args.save_mask:
-        used = volume.with_array(mask_used(volume, chosen).astype("float32"))
-        writers.append((args.save_mask, lambda tmp: write_volume(used, tmp, target=args.save_mask)))
+        writers.append((args.save_mask, volume.with_array(mask_used(volume, chosen).astype("float32"))))
     if std is not None:
-        writers.append((args.uncertainty, lambda tmp: write_volume(std, tmp, target=args.uncertainty)))
+        writers.append((args.uncertainty, std))
     if args.preview:
         from .preview import render_preview, write_png
 

@@ -48,6 +48,8 @@ def load_volume(path) -> Volume:
         raise InputError(f"input file not found: {path}")
     if path.is_dir():
         raise InputError(f"input is a folder, expected a NIfTI file: {path}")
+    if not path.is_file():  # a FIFO would block forever, a device never ends
+        raise InputError(f"{path.name} is not a regular file (a pipe, device or socket); refused")
     if _suffix(path) in NRRD_SUFFIXES:
         from .nrrd_io import load_nrrd
 
@@ -111,15 +113,21 @@ def _reason(error: Exception) -> str:
 def check_output_path(path, inputs=(), suffixes=VOLUME_SUFFIXES) -> Path:
     """Validate an output path before any work is done; returns it as a Path.
 
-    Refuses: a suffix not in ``suffixes``, a path equal to one of ``inputs``, a missing or
-    non-writable folder, a path that is a folder.
+    Refuses: a suffix not in ``suffixes``, a path equal to one of ``inputs`` or to the data file of
+    an ``.nhdr`` input, a missing or non-writable folder, a path that is a folder. An ``.nhdr``
+    output also writes ``<stem>.raw.gz`` (:func:`~MRISynthesisLib.nrrd_io.nhdr_data_file`): that
+    file may not be an input's, and if it exists it must be the data file of the ``.nhdr`` being
+    replaced (never an unrelated file of that name).
     """
     path = Path(path)
     if _suffix(path) not in suffixes:
         raise OutputError(f"output '{path.name}' must end in {' or '.join(suffixes)}")
-    for source in inputs:
-        if source is not None and _same_file(path, Path(source)):
+    input_files = _input_files(inputs)
+    for source in input_files:
+        if _same_file(path, source):
             raise OutputError(f"output {path} is the input file; choose another name (inputs are never overwritten)")
+    if _suffix(path) == ".nhdr":
+        _check_nhdr_data_file(path, input_files)
     folder = path.parent if str(path.parent) else Path(".")
     if not folder.is_dir():
         raise OutputError(f"output folder does not exist: {folder}")
@@ -128,6 +136,37 @@ def check_output_path(path, inputs=(), suffixes=VOLUME_SUFFIXES) -> Path:
     if path.is_dir():
         raise OutputError(f"output path is a folder: {path}")
     return path
+
+
+def _input_files(inputs) -> list[Path]:
+    """The files of ``inputs``: each path, and the data file of a detached NRRD header."""
+    from .nrrd_io import detached_data_file
+
+    files = []
+    for source in inputs:
+        if source is None:
+            continue
+        files.append(Path(source))
+        if _suffix(Path(source)) in NRRD_SUFFIXES and Path(source).is_file():
+            data = detached_data_file(Path(source))
+            if data is not None:
+                files.append(data)
+    return files
+
+
+def _check_nhdr_data_file(path: Path, input_files) -> None:
+    from .nrrd_io import detached_data_file, nhdr_data_file
+
+    data = nhdr_data_file(path)
+    for source in input_files:
+        if _same_file(data, source):
+            raise OutputError(f"output {path.name} would write its data to {data.name}, which is an input's "
+                              "file; choose another output name (inputs are never overwritten)")
+    if data.exists() or data.is_symlink():
+        owner = detached_data_file(path) if path.is_file() else None
+        if owner is None or not _same_file(owner, data):
+            raise OutputError(f"output {path.name} would write its data to {data.name}, which already exists and "
+                              f"is not the data file of {path.name}; remove it or choose another output name")
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -197,13 +236,14 @@ def write_nifti(volume: Volume, path) -> None:
     nib.save(nifti_image(volume), str(path))
 
 
-def write_volume(volume: Volume, path, target=None) -> None:
+def write_volume(volume: Volume, path, target=None, data_path=None) -> None:
     """Write ``volume`` to ``path`` in the format of ``target``'s suffix (``path`` may be its
-    temporary name): NIfTI (:func:`write_nifti`) or NRRD (:func:`MRISynthesisLib.nrrd_io.write_nrrd`)."""
+    temporary name; no checks, not atomic): NIfTI (:func:`write_nifti`) or NRRD
+    (:func:`MRISynthesisLib.nrrd_io.write_nrrd`; ``data_path``: where an ``.nhdr``'s data goes)."""
     if _suffix(Path(target if target is not None else path)) in NRRD_SUFFIXES:
         from .nrrd_io import write_nrrd
 
-        write_nrrd(volume, path, target=target)
+        write_nrrd(volume, path, target=target, data_path=data_path)
     else:
         write_nifti(volume, path)
 
@@ -211,24 +251,42 @@ def write_volume(volume: Volume, path, target=None) -> None:
 def save_volume(volume: Volume, path, inputs=()) -> Path:
     """Write ``volume`` as float32 NIfTI or NRRD (by the suffix) atomically, never over one of ``inputs``."""
     path = check_output_path(path, inputs)
-    return write_outputs([(path, lambda tmp: write_volume(volume, tmp, target=path))])[0]
+    return write_outputs([(path, volume)])[0]
 
 
 def write_outputs(writers) -> list[Path]:
-    """Write several outputs all or nothing: ``writers`` is ``[(path, write(temporary_path))]``.
+    """Write several outputs all or nothing: ``writers`` is ``[(path, what)]`` where ``what`` is a
+    :class:`Volume` (written by :func:`write_volume` in the format of ``path``'s suffix) or a
+    function ``write(temporary_path)`` for other files.
 
-    Each writer fills a temporary file beside its target; the targets are replaced only when every
-    writer succeeded (:func:`~MRISynthesisLib.atomic.atomic_paths`). A failure (full disk, lost
-    permission) raises :class:`OutputError` naming the file, and no output is left, not even a
-    temporary file.
+    Each output is written to a temporary file beside its target, an ``.nhdr``'s data file too;
+    the targets are replaced only when every one succeeded (:func:`~MRISynthesisLib.atomic.atomic_paths`).
+    A failure (full disk, lost permission) raises :class:`OutputError` naming the file, and no
+    output is left, not even a temporary file. Returns the paths of ``writers``.
     """
+    from .nrrd_io import nhdr_data_file
+
     paths = [Path(path) for path, _ in writers]
+    targets, data_files = [], {}  # an .nhdr's data file is a target of its own, renamed with the rest
+    for path, what in zip(paths, (what for _, what in writers)):
+        targets.append(path)
+        if _suffix(path) == ".nhdr":
+            if not isinstance(what, Volume):
+                raise TypeError(f"{path.name}: an .nhdr output must be given as a Volume (it has a data file)")
+            data_files[path] = len(targets)
+            targets.append(nhdr_data_file(path))
     current = paths[0] if paths else None
+    suffixes = [".raw.gz" if p.name.endswith(".raw.gz") else _suffix(p) if _suffix(p) in NIFTI_SUFFIXES
+                else p.suffix for p in targets]
     try:
-        with atomic_paths(paths, [_suffix(p) if _suffix(p) in NIFTI_SUFFIXES else p.suffix for p in paths]) as temps:
-            for tmp, path, (_, write) in zip(temps, paths, writers):
-                current = path
-                write(tmp)
+        with atomic_paths(targets, suffixes) as temps:
+            for path, (_, what) in zip(paths, writers):
+                current, tmp = path, temps[targets.index(path)]
+                if isinstance(what, Volume):
+                    data_tmp = temps[data_files[path]] if path in data_files else None
+                    write_volume(what, tmp, target=path, data_path=data_tmp)
+                else:
+                    what(tmp)
             current = None
     except OSError as error:
         where = f"cannot write {current}" if current is not None else "cannot write the outputs"

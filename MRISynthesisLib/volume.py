@@ -15,6 +15,9 @@ import numpy as np
 
 from .errors import InputError
 
+#: Largest coordinate or voxel step accepted in an index-to-RAS matrix (mm): a kilometre.
+MAX_COORDINATE_MM = 1e6
+
 
 @dataclass(frozen=True, eq=False)
 class Volume:
@@ -33,6 +36,9 @@ class Volume:
             raise InputError(f"expected a 4x4 index-to-RAS matrix, got shape {affine.shape}")
         if not np.all(np.isfinite(affine)):
             raise InputError("the index-to-RAS matrix contains NaN or infinite values (a corrupt header?)")
+        if np.abs(affine).max() > MAX_COORDINATE_MM:  # would overflow float32 (NIfTI) or is no scanner's
+            raise InputError(f"the index-to-RAS matrix has a value of {np.abs(affine).max():g} mm; at most "
+                             f"{MAX_COORDINATE_MM:g} mm (a kilometre) is accepted (a corrupt header?)")
         if abs(np.linalg.det(affine[:3, :3])) < 1e-12:
             raise InputError("the index-to-RAS matrix is singular (a voxel axis has no direction)")
         object.__setattr__(self, "array", array)

@@ -1,6 +1,9 @@
-"""NRRD (3D Slicer's native format) in and out: same voxels and the same RAS geometry as NIfTI."""
+"""NRRD (3D Slicer's native format) in and out: same voxels and the same RAS geometry as NIfTI;
+hostile NRRD files are refused quickly, with bounded memory."""
 
+import base64
 import os
+import zlib
 
 import nibabel as nib
 import numpy as np
@@ -8,6 +11,7 @@ import pytest
 from phantoms import affine_for, head_phantom
 
 from MRISynthesisLib.cli import main
+from MRISynthesisLib.errors import InputError
 from MRISynthesisLib.io import load_volume, save_volume
 from MRISynthesisLib.volume import Volume
 
@@ -101,3 +105,260 @@ def test_nrrd_without_patient_space_or_with_vectors_is_refused(tmp_path, tiny_ch
     _one_line_error(capsys, ["synthesize", str(tmp_path / "vector.nrrd")] + argv, "multi-component", tmp_path)
     _one_line_error(capsys, ["synthesize", str(tmp_path / "broken.nrrd")] + argv, "cannot read", tmp_path)
     _one_line_error(capsys, ["synthesize", str(tmp_path / "huge.nrrd")] + argv, "more than the", tmp_path)
+
+
+# -- hostile NRRD files: bounded memory and time, one-line refusals -------------------------------
+
+#: bzip2 of 1.5 GiB of zero bytes (1169 bytes; made with bz2.BZ2Compressor(9)).
+BZIP2_BOMB = base64.b64decode(
+    "QlpoOTFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1kOCeLfAV+OQADAAAAIIAAwgE1GQqAlqQqAlzFBWSZTWQ4J4t8BX45AAMAAAAggADCATUZCoCWpCoCXMUFZJlNZDgni3wFfjkAAwAAACCAAMIBNRkKgJakKgJcxQVkmU1m9af1tAB+0wgDAAAAEAAggADDMCapplIgbVJEDxdyRThQkOkSpVcA=")
+
+_LOAD = ("import sys\nfrom MRISynthesisLib.errors import InputError\nfrom MRISynthesisLib.io import load_volume\n"
+         "try:\n    v = load_volume(sys.argv[1])\n    print('accepted', v.shape)\n"
+         "except InputError as error:\n    print('refused:', error)\n")
+
+
+def _header(*fields, dimension=3, sizes="64 64 64", kind="uchar", encoding="raw"):
+    lines = ["NRRD0004", f"type: {kind}", f"dimension: {dimension}", "space: left-posterior-superior",
+             f"sizes: {sizes}", "space directions: (1,0,0) (0,1,0) (0,0,1)", "endian: little",
+             f"encoding: {encoding}", "space origin: (0,0,0)", *fields]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _detached(folder, data_name, *fields, **options):
+    path = folder / "in.nhdr"
+    path.write_bytes(_header(f"data file: {data_name}", *fields, **options))
+    return path
+
+
+def _case(name, folder):
+    """Build one hostile case in folder; returns the file to load."""
+    folder.mkdir()
+    if name == "data file /dev/zero":
+        return _detached(folder, "/dev/zero")
+    if name == "link to /dev/zero":
+        (folder / "zero.raw").symlink_to("/dev/zero")
+        return _detached(folder, "zero.raw")
+    if name == "data file ../":
+        (folder.parent / "outside.raw").write_bytes(bytes(64 ** 3))
+        return _detached(folder, "../outside.raw")
+    if name == "FIFO data file":
+        os.mkfifo(folder / "pipe.raw")
+        return _detached(folder, "pipe.raw")
+    if name == "FIFO input":
+        os.mkfifo(folder / "pipe.nrrd")
+        return folder / "pipe.nrrd"
+    if name == "bzip2 bomb":
+        (folder / "d.raw.bz2").write_bytes(BZIP2_BOMB)
+        return _detached(folder, "d.raw.bz2", encoding="bzip2")
+    if name == "bzip2 bomb, large declared size":
+        (folder / "d.raw.bz2").write_bytes(BZIP2_BOMB)
+        return _detached(folder, "d.raw.bz2", encoding="bzip2", sizes="512 512 512")
+    if name == "gzip bomb":
+        compressor, zeros = zlib.compressobj(1, zlib.DEFLATED, zlib.MAX_WBITS | 16), bytes(1 << 22)
+        (folder / "d.raw.gz").write_bytes(b"".join(compressor.compress(zeros) for _ in range(16)) + compressor.flush())
+        return _detached(folder, "d.raw.gz", encoding="gzip")
+    if name == "40 GiB sparse data file":
+        with open(folder / "d.raw", "wb") as stream:
+            stream.truncate(40 << 30)
+        return _detached(folder, "d.raw")
+    if name == "40 GiB sparse .nrrd":
+        path = folder / "in.nrrd"
+        with open(path, "wb") as stream:
+            stream.write(_header() + b"\n")
+            stream.truncate(40 << 30)
+        return path
+    if name == "header without end":
+        path = folder / "in.nrrd"
+        with open(path, "wb") as stream:
+            stream.write(b"NRRD0004\n")
+            stream.truncate(40 << 30)
+        return path
+    if name == "huge line skip":
+        path = folder / "in.nrrd"
+        path.write_bytes(_header("line skip: 999999999999") + b"\n" + bytes(64 ** 3))
+        return path
+    if name == "line skip through a sparse file":
+        with open(folder / "d.raw", "wb") as stream:
+            stream.truncate(40 << 30)
+        return _detached(folder, "d.raw", "line skip: 1000")
+    if name == "huge byte skip":
+        path = folder / "in.nrrd"
+        path.write_bytes(_header("byte skip: 999999999999") + b"\n" + bytes(64 ** 3))
+        return path
+    if name == "negative sizes":
+        path = folder / "in.nrrd"
+        path.write_bytes(_header(sizes="-64 -64 64") + b"\n" + bytes(64 ** 3))
+        return path
+    raise ValueError(name)
+
+
+HOSTILE = {
+    "data file /dev/zero": "is outside the header's folder",
+    "link to /dev/zero": "is outside the header's folder",
+    "data file ../": "is outside the header's folder",
+    "FIFO data file": "is not a regular file",
+    "FIFO input": "is not a regular file",
+    "bzip2 bomb": "holds more data than its header declares",
+    "bzip2 bomb, large declared size": "would decompress more than 1100 times its size",
+    "gzip bomb": "holds more data than its header declares",
+    "40 GiB sparse data file": "holds 42,949,672,960 bytes after its header",
+    "40 GiB sparse .nrrd": "bytes after its header and skips",
+    "header without end": "header is longer than 1,048,576 bytes",
+    "huge line skip": "line skip 999999999999 / byte skip 0 exceeds",
+    "line skip through a sparse file": "line skip is longer than its data file",
+    "huge byte skip": "byte skip 999999999999 exceeds",
+    "negative sizes": "must be positive",
+}
+
+
+@pytest.mark.parametrize("name", list(HOSTILE))
+def test_hostile_nrrd_is_refused_quickly_with_bounded_memory(tmp_path, name):
+    from bounded import MAX_RSS_BYTES, MAX_SECONDS, run_bounded
+
+    path = _case(name, tmp_path / "case")
+    try:
+        result = run_bounded(_LOAD, path, timeout=MAX_SECONDS + 5, address_space=3 << 30)
+    finally:
+        for sparse in tmp_path.rglob("*"):  # free the sparse files at once
+            if sparse.is_file() and not sparse.is_symlink() and sparse.stat().st_size > 1 << 30:
+                sparse.unlink()
+    assert result.returncode == 0, f"{name}: killed or crashed after {result.seconds:.1f} s: {result.output[-500:]}"
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refused: ") and HOSTILE[name] in lines[0], result.output
+    assert result.seconds < MAX_SECONDS, f"{name}: {result.seconds:.1f} s"
+    assert result.peak_rss_bytes < MAX_RSS_BYTES, f"{name}: peak RSS {result.peak_rss_bytes / 2**20:.0f} MiB"
+
+
+def test_data_file_in_a_subfolder_is_read(tmp_path):
+    data = np.arange(4 * 5 * 6, dtype=np.float32).reshape(4, 5, 6, order="F")
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "v.raw").write_bytes(data.tobytes(order="F"))
+    path = tmp_path / "v.nhdr"
+    path.write_bytes(_header("data file: data/v.raw", sizes="4 5 6", kind="float"))
+    assert np.array_equal(load_volume(path).array, data)
+
+
+@pytest.mark.parametrize("encoding", ["raw", "gzip", "bzip2", "ascii"])
+def test_every_encoding_reads_exactly_the_declared_values(tmp_path, encoding):
+    data = (np.arange(7 * 5 * 3, dtype=np.float64).reshape(7, 5, 3, order="F") - 20) / 3
+    nrrd.write(str(tmp_path / "v.nrrd"), data, {"space": "left-posterior-superior", "encoding": encoding,
+                                              "space directions": np.eye(3), "space origin": np.zeros(3)})
+    assert np.array_equal(load_volume(tmp_path / "v.nrrd").array, data.astype(np.float32))
+
+
+def test_4d_nrrd_whose_last_axis_has_length_1_is_read_as_3d(tmp_path):
+    data = head_phantom((20, 24, 12))
+    header = {"space": "left-posterior-superior", "kinds": ["domain", "domain", "domain", "list"],
+              "space directions": [[0.9, 0, 0], [0, 0.9, 0], [0, 0, 2.0], [np.nan] * 3], "space origin": [1, 2, 3]}
+    nrrd.write(str(tmp_path / "v.nrrd"), data[..., None], header)
+    nrrd.write(str(tmp_path / "nokinds.nrrd"), data[..., None],
+               {"space": "left-posterior-superior", "space directions": [[0.9, 0, 0], [0, 0.9, 0], [0, 0, 2.0],
+                                                                         [np.nan] * 3], "space origin": [1, 2, 3]})
+    for name in ("v.nrrd", "nokinds.nrrd"):
+        volume = load_volume(tmp_path / name)
+        assert volume.shape == (20, 24, 12) and np.array_equal(volume.array, data)
+        np.testing.assert_array_equal(volume.affine[:3, :3], np.diag([-0.9, -0.9, 2.0]))
+    nrrd.write(str(tmp_path / "two.nrrd"), np.stack([data, data], -1), header)
+    with pytest.raises(InputError, match="multi-component"):
+        load_volume(tmp_path / "two.nrrd")
+    del header["kinds"]
+    nrrd.write(str(tmp_path / "two.nrrd"), np.stack([data, data], -1), header)
+    with pytest.raises(InputError, match="several volumes"):
+        load_volume(tmp_path / "two.nrrd")
+
+
+def test_nrrd_origin_beyond_a_kilometre_is_refused(tmp_path, tiny_checkpoint, capsys):
+    path = tmp_path / "far.nrrd"
+    path.write_bytes(_header(sizes="20 20 8").replace(b"(0,0,0)", b"(1e300,0,0)") + b"\n"
+                     + (head_phantom((20, 20, 8)) > 0).astype(np.uint8).tobytes(order="F"))
+    with pytest.raises(InputError, match=r"index-to-RAS matrix has a value of 1e\+300 mm"):
+        load_volume(path)
+
+
+# -- .nhdr output: never over an input's or a stranger's data file; all or nothing ----------------
+
+@pytest.fixture
+def nhdr_input(tmp_path):
+    """An input ``in.nhdr`` whose data file is called ``out.raw.gz`` (the name ``-o out.nhdr`` writes)."""
+    volume = Volume(head_phantom((30, 34, 20)), affine_for("LPS", spacing=(0.9, 0.9, 2.0)))
+    save_volume(volume, tmp_path / "out.nhdr")
+    (tmp_path / "out.nhdr").rename(tmp_path / "in.nhdr")
+    assert b"data file: out.raw.gz" in (tmp_path / "in.nhdr").read_bytes()
+    return tmp_path / "in.nhdr"
+
+
+def test_nhdr_output_never_overwrites_an_input_data_file(tmp_path, nhdr_input, tiny_checkpoint, capsys):
+    before = load_volume(nhdr_input).array.copy()
+    data = (tmp_path / "out.raw.gz").read_bytes()
+    _one_line_error(capsys, ["synthesize", str(nhdr_input), "-o", str(tmp_path / "out.nhdr"), "--model",
+                             str(tiny_checkpoint), "--quiet"], "out.raw.gz, which is an input's file", tmp_path)
+    assert (tmp_path / "out.raw.gz").read_bytes() == data
+    assert np.array_equal(load_volume(nhdr_input).array, before)
+
+
+def test_nhdr_output_never_overwrites_an_unrelated_file_of_its_data_name(tmp_path, tiny_checkpoint, capsys):
+    save_volume(Volume(head_phantom((30, 34, 20)), affine_for("LPS")), tmp_path / "t1.nii.gz")
+    (tmp_path / "out.raw.gz").write_bytes(b"somebody else's file")
+    argv = ["synthesize", str(tmp_path / "t1.nii.gz"), "-o", str(tmp_path / "out.nhdr"), "--model",
+            str(tiny_checkpoint), "--quiet"]
+    _one_line_error(capsys, argv, "already exists and is not the data file of out.nhdr", tmp_path)
+    assert (tmp_path / "out.raw.gz").read_bytes() == b"somebody else's file"
+    (tmp_path / "out.raw.gz").unlink()
+    assert main(argv) == 0 and main(argv) == 0  # our own pair may be replaced
+    assert sorted(os.listdir(tmp_path)) == ["out.nhdr", "out.raw.gz", "t1.nii.gz"]
+
+
+def test_nhdr_output_on_a_full_disk_changes_nothing(tmp_path, tiny_checkpoint, capsys, monkeypatch):
+    from MRISynthesisLib import io as volume_io
+
+    save_volume(Volume(head_phantom((30, 34, 20)), affine_for("LPS")), tmp_path / "t1.nii.gz")
+    argv = ["synthesize", str(tmp_path / "t1.nii.gz"), "-o", str(tmp_path / "out.nhdr"), "--model",
+            str(tiny_checkpoint), "--quiet", "--save-mask", str(tmp_path / "mask.nii.gz")]
+    assert main(argv) == 0
+    capsys.readouterr()
+    before = {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)}
+    write_nifti = volume_io.write_nifti
+
+    def full_disk(volume, path):
+        if "mask" in str(path):
+            import errno
+
+            raise OSError(errno.ENOSPC, "No space left on device")
+        write_nifti(volume, path)
+
+    monkeypatch.setattr(volume_io, "write_nifti", full_disk)
+    with monkeypatch.context() as patch:  # a second run with other voxels
+        patch.setattr("MRISynthesisLib.synthesis.Synthesizer.synthesize",
+                      lambda self, volume, progress=None, mask=None: volume.with_array(volume.array * 0 + 7))
+        _one_line_error(capsys, argv, "No space left on device; no output was written", tmp_path)
+    assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
+
+
+def test_nhdr_write_killed_midway_leaves_only_temporaries_the_next_write_removes(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    volume = Volume(head_phantom((30, 34, 20)), affine_for("LPS"))
+    save_volume(volume, tmp_path / "src.nii.gz")
+    code = ("import sys, time, zlib\nfrom MRISynthesisLib.io import load_volume, save_volume\n"
+            "def stuck(*args):\n    open(sys.argv[3], 'w').close()\n    time.sleep(60)\n"
+            "volume = load_volume(sys.argv[1])\nzlib.compressobj = stuck  # the data file is being written\n"
+            "save_volume(volume, sys.argv[2])\n")
+    started = tmp_path / "started"
+    child = subprocess.Popen([sys.executable, "-c", code, str(tmp_path / "src.nii.gz"), str(tmp_path / "out.nhdr"),
+                              str(started)], cwd=os.getcwd())
+    deadline = time.time() + 60
+    while not started.exists() and time.time() < deadline and child.poll() is None:
+        time.sleep(0.05)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    started.unlink()
+    leftovers = sorted(set(os.listdir(tmp_path)) - {"src.nii.gz"})
+    assert leftovers and all(name.startswith((".out.nhdr.", ".out.raw.gz.")) and "mrisynthesis-tmp-" in name
+                             and (tmp_path / name).is_file() for name in leftovers), leftovers
+    save_volume(volume, tmp_path / "out.nhdr")
+    assert sorted(os.listdir(tmp_path)) == ["out.nhdr", "out.raw.gz", "src.nii.gz"]
+    assert np.array_equal(load_volume(tmp_path / "out.nhdr").array, volume.array)
