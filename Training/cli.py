@@ -155,6 +155,8 @@ def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
                 (run_dir / "config.yaml").write_text(config_module.to_yaml(config), encoding="utf-8")
         else:
             run_dir = Path(resume_dir)
+            require_resumable_state(run_dir)
+        before = set(os.listdir(run_dir)) if not created and context.is_main else set()
         distributed.barrier(context)
         try:
             data = prepare_data(config, run_dir, context, resume=not created, log=log)
@@ -167,10 +169,9 @@ def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
             # A run that could not even start leaves nothing behind (so the same name works
             # again); a failed resume leaves the run, and its config.yaml, as they were.
             if created and context.is_main:
-                shutil.rmtree(run_dir, ignore_errors=True)
-                if new_output_dir:
-                    with contextlib.suppress(OSError):
-                        run_dir.parent.rmdir()  # only if empty
+                _remove_run_folder(run_dir, new_output_dir)
+            elif context.is_main:  # a failed resume adds nothing (cache/, split.json, tensorboard/, ...)
+                _remove_new_entries(run_dir, before)
             if isinstance(error, (MRISynthesisError, KeyboardInterrupt)):
                 raise
             if isinstance(error, Exception):  # torch/OS errors while building (e.g. out of memory)
@@ -182,9 +183,16 @@ def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
             (run_dir / "config.yaml").write_text(config_module.to_yaml(config), encoding="utf-8")
             log(f"resuming {run_dir} at epoch {trainer.epoch}, step {trainer.global_step}")
         try:
-            summary = trainer.fit(stop_at_step=stop_at_step)
-        finally:
-            logger.close()
+            try:
+                summary = trainer.fit(stop_at_step=stop_at_step)
+            finally:
+                logger.close()
+        except BaseException:
+            # A new run that stopped before it saved anything (e.g. its first step failed) could be
+            # neither resumed nor started again under its name: remove it, as if it never started.
+            if created and context.is_main and not _has_saved_state(run_dir):
+                _remove_run_folder(run_dir, new_output_dir)
+            raise
         if context.is_main:
             summary["conventions_text"] = ("reference = target percentile-normalised to [0, 1] in its brain mask; "
                                            "MAE/PSNR/SSIM in the mask, SSIM 2D on axial slices, mean over subjects")
@@ -193,6 +201,38 @@ def train(config, resume_dir=None, stop_at_step=None, log=print) -> dict:
         return summary
     finally:
         distributed.cleanup(context)
+
+
+def require_resumable_state(run_dir: Path) -> None:
+    """Refuse (before anything is written into ``run_dir``) a run folder without a training state."""
+    from .state import STATE_FILE
+
+    if not (Path(run_dir) / STATE_FILE).is_file():
+        raise MRISynthesisError(f"no resumable state in {run_dir}: {STATE_FILE} is missing (the run stopped before "
+                                "its first checkpoint; start it again without --resume)")
+
+
+def _has_saved_state(run_dir: Path) -> bool:
+    from .state import STATE_FILE
+
+    return (run_dir / STATE_FILE).exists() or any((run_dir / "checkpoints").glob("*.safetensors"))
+
+
+def _remove_run_folder(run_dir: Path, new_output_dir: bool) -> None:
+    shutil.rmtree(run_dir, ignore_errors=True)
+    if new_output_dir:
+        with contextlib.suppress(OSError):
+            run_dir.parent.rmdir()  # only if empty
+
+
+def _remove_new_entries(run_dir: Path, before: set) -> None:
+    for name in set(os.listdir(run_dir)) - before:
+        path = run_dir / name
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            with contextlib.suppress(OSError):
+                path.unlink()
 
 
 def main(argv=None) -> int:
@@ -211,6 +251,7 @@ def _main(argv) -> int:
         parser.print_help()
         return 2
     args = parser.parse_args(argv)
+    run_dir = None
     try:
         if args.list_options:
             for key, default, help_text in config_module.describe_fields():
@@ -220,13 +261,17 @@ def _main(argv) -> int:
         if args.print_config:
             print(config_module.to_yaml(config), end="")
             return 0
+        run_dir = Path(resume_dir) if resume_dir else Path(config.output_dir) / config.name
         train(config, resume_dir)
         return 0
     except MRISynthesisError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("interrupted; continue with --resume <run folder>", file=sys.stderr)
+        if run_dir is not None and run_dir.is_dir():
+            print(f"interrupted; continue with --resume {run_dir}", file=sys.stderr)
+        else:
+            print("interrupted before the run saved anything; nothing was kept", file=sys.stderr)
         return 130
 
 

@@ -339,6 +339,8 @@ def validate(config: Config) -> Config:
                                 ("validation.every_epochs", config.validation.every_epochs, 1),
                                 ("loss.pool_size", config.loss.pool_size, 0)):
         check(value >= minimum, f"{key} must be >= {minimum}; got {value}")
+    for key, value in (("seed", config.seed), ("data.split_seed", config.data.split_seed)):
+        check(0 <= value < 2 ** 32, f"{key} must be an integer from 0 to 2**32 - 1; got {value}")
     _check_ranges(config, check)
     check(bool(config.name) and "/" not in config.name and config.name not in (".", ".."),
           f"name must be a plain folder name; got {config.name!r}")

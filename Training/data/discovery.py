@@ -271,6 +271,7 @@ def check_pair(subject: Subject, atol_mm: float = 1e-3) -> None:
             shape = shape[:-1]
         return shape, np.asarray(image.affine, dtype=np.float64)
 
+    _require_two_images(subject)
     t1_shape, t1_affine = header(subject.t1)
     others = [("T2", subject.t2)] + ([("mask", subject.mask)] if subject.mask is not None else [])
     for label, path in others:
@@ -284,6 +285,23 @@ def check_pair(subject: Subject, atol_mm: float = 1e-3) -> None:
             raise InputError(f"subject {subject.id}: {label} {Path(path).name} and T1 {Path(subject.t1).name} "
                              f"have different voxel-to-RAS matrices (max difference {worst:.4g} mm > {atol_mm:g}); "
                              f"paired training needs co-registered images on one grid")
+
+
+def _require_two_images(subject: Subject) -> None:
+    """Refuse a pair whose T1 and T2 are one image (the same file, a link to it, or a byte-identical
+    copy): the network would learn the identity and training would look excellent."""
+    import filecmp
+    import os
+
+    t1, t2 = Path(subject.t1), Path(subject.t2)
+    try:
+        same = os.path.samefile(t1, t2) or (t1.stat().st_size == t2.stat().st_size
+                                            and filecmp.cmp(t1, t2, shallow=False))
+    except OSError as error:
+        raise InputError(f"subject {subject.id}: cannot read {error.filename}: {error.strerror}") from None
+    if same:
+        raise InputError(f"subject {subject.id}: T1 {t1.name} and T2 {t2.name} are the same image; paired "
+                         "training needs two contrasts of the subject")
 
 
 def format_report(report: DiscoveryReport) -> str:

@@ -9,8 +9,8 @@ import pytest
 from Training.cli import main
 
 
-def _nifti(path, shape=(24, 24, 12), affine=None):
-    rng = np.random.default_rng(0)
+def _nifti(path, shape=(24, 24, 12), affine=None, seed=0):
+    rng = np.random.default_rng(seed)
     data = rng.uniform(1, 100, size=shape).astype(np.float32)
     nib.save(nib.Nifti1Image(data, np.eye(4) if affine is None else affine), str(path))
 
@@ -19,7 +19,7 @@ def _subject(root, name, t2_shape=(24, 24, 12)):
     folder = root / name
     folder.mkdir(parents=True)
     _nifti(folder / f"{name}_T1w.nii.gz")
-    _nifti(folder / f"{name}_T2w.nii.gz", shape=t2_shape)
+    _nifti(folder / f"{name}_T2w.nii.gz", shape=t2_shape, seed=1)
     return folder
 
 
@@ -95,3 +95,80 @@ def test_fp16_on_cpu_is_refused(capsys, tmp_path):
     code, err = _run(capsys, tmp_path, f"data.root={tmp_path / 'data'}", "data.split=[0.5,0.5,0]",
                      "train.precision=fp16", "data.slice_size=16", "data.min_foreground=0.0")
     assert code == 2 and "fp16" in err
+
+
+def _options(tmp_path):
+    return [f"data.root={tmp_path / 'data'}", "data.split=[0.5,0.5,0]", "data.slice_size=16",
+            "data.min_foreground=0.0", "train.epochs=1", "train.steps_per_epoch=2", "data.batch_size=2"]
+
+
+def _two_subjects(tmp_path):
+    for name in ("sub-01", "sub-02"):
+        _subject(tmp_path / "data", name)
+    return _options(tmp_path)
+
+
+@pytest.mark.parametrize("overrides,pattern", [
+    (["seed=-1"], "seed must be"),
+    (["data.split_seed=-3"], "data.split_seed must be"),
+    (["family=supervised", "model.generator=unet_256", "data.slice_size=64"], "unet_256 expects"),
+])
+def test_a_run_that_fails_at_its_first_step_leaves_no_folder(capsys, tmp_path, overrides, pattern):
+    """Neither a new run ('already exists') nor --resume ('no resumable state') could use such a folder."""
+    code, err = _run(capsys, tmp_path, *_two_subjects(tmp_path), "name=first", *overrides)
+    errors = [line for line in err.splitlines() if line.startswith("error:")]  # after the progress bars
+    assert code == 2 and len(errors) == 1 and pattern in errors[0] and "Traceback" not in err, err
+    assert not (tmp_path / "runs").exists()
+    code, err = _run(capsys, tmp_path, *_options(tmp_path), "name=first")
+    assert code == 0, err  # the same name works at once
+
+
+def test_a_failed_resume_adds_nothing_to_the_run_folder(capsys, tmp_path):
+    run = tmp_path / "runs" / "old"
+    run.mkdir(parents=True)
+    (run / "config.yaml").write_text("name: old\nfamily: baseline\n")
+    before = sorted(p.name for p in run.iterdir())
+    for name in ("sub-01", "sub-02"):
+        _subject(tmp_path / "data", name)
+    code = main(["--resume", str(run), f"data.root={tmp_path / 'data'}", "data.split=[0.5,0.5,0]",
+                 "data.slice_size=16", "data.min_foreground=0.0"])
+    err = capsys.readouterr().err
+    assert code == 2 and "no resumable state" in err, err
+    assert sorted(p.name for p in run.iterdir()) == before  # no cache/, split.json, tensorboard/
+
+
+def test_interrupted_run_names_its_folder(capsys, tmp_path, monkeypatch):
+    import Training.cli as cli
+
+    def interrupt(config, resume_dir=None):  # a run interrupted after it saved its state
+        (tmp_path / "runs" / "mine").mkdir(parents=True)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "train", interrupt)
+    assert main([f"output_dir={tmp_path / 'runs'}", "name=mine", "family=baseline"]) == 130
+    err = capsys.readouterr().err
+    assert f"--resume {tmp_path / 'runs' / 'mine'}" in err and "<run folder>" not in err
+
+
+@pytest.mark.parametrize("how", ["same path", "symlink", "copy"])
+def test_manifest_whose_t1_and_t2_are_the_same_image_is_refused(capsys, tmp_path, how):
+    import shutil
+
+    rows = ["subject,t1,t2"]
+    for name in ("sub-01", "sub-02"):
+        folder = _subject(tmp_path / "data", name)
+        t1, t2 = folder / f"{name}_T1w.nii.gz", folder / f"{name}_T2w.nii.gz"
+        if name == "sub-02":
+            t2.unlink()
+            if how == "symlink":
+                t2.symlink_to(t1)
+            elif how == "copy":
+                shutil.copyfile(t1, t2)
+            else:
+                t2 = t1
+        rows.append(f"{name},{t1},{t2}")
+    (tmp_path / "subjects.csv").write_text("\n".join(rows) + "\n")
+    code, err = _run(capsys, tmp_path, f"data.manifest={tmp_path / 'subjects.csv'}", *_options(tmp_path)[1:])
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and "sub-02" in errors[0] and "the same image" in errors[0], err
+    assert not (tmp_path / "runs").exists()
