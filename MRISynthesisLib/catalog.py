@@ -1,10 +1,12 @@
-"""The model catalog: ``Resources/Models.json`` lists the models that ship with MRISynthesis.
+"""The model catalog: ``Resources/Models.json`` lists the models that ship with MRISynthesis, and
+the user's own ``Models.json`` (written by ``python -m Training.export``) lists models they trained.
 
 Each entry: ``id``, ``title``, ``direction`` (t1-to-t2 / t2-to-t1), ``file`` (relative to the
-Resources folder), ``sha256`` of that file, ``description`` and ``default`` (true for the model
-used when none is named). The Resources folder is found next to the ``MRISynthesisLib`` package
-(source checkout or Slicer extension), or where the environment variable
-``MRISYNTHESIS_RESOURCES`` points.
+folder of its ``Models.json``), ``sha256`` of that file, ``description`` and ``default`` (true for
+the model used when none is named; a default in the user's catalog wins over the shipped one). The
+Resources folder is found next to the ``MRISynthesisLib`` package (source checkout or Slicer
+extension), or where the environment variable ``MRISYNTHESIS_RESOURCES`` points. The user's folder
+is :func:`user_models_dir`. An id of the shipped catalog cannot be reused in the user's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from .checkpoint import DIRECTIONS, file_sha256
 from .errors import CheckpointError, InputError
 
 CATALOG_NAME = "Models.json"
+USER_MODELS_ENV = "MRISYNTHESIS_USER_MODELS"
 
 
 @dataclass(frozen=True)
@@ -34,9 +37,15 @@ class CatalogEntry:
     architecture: str = ""
     supports_uncertainty: bool = False
     card: str = ""  # model card, relative to the Resources folder
+    folder: str = ""  # the folder of the Models.json that lists it (not read from the file)
 
     def path(self, resources: Path | None = None) -> Path:
-        return (resources or resources_dir()) / self.file
+        return Path(resources or self.folder or resources_dir()) / self.file
+
+    @property
+    def is_users(self) -> bool:
+        """True for a model of the user's own catalog (not one that ships)."""
+        return bool(self.folder) and Path(self.folder) == user_models_dir()
 
 
 def resources_dir() -> Path:
@@ -52,20 +61,50 @@ def resources_dir() -> Path:
     return here.parent / "Resources"
 
 
+def user_models_dir() -> Path:
+    """The folder of the user's own models and their ``Models.json``: ``$MRISYNTHESIS_USER_MODELS``,
+    else ``%APPDATA%\\MRISynthesis`` (Windows), ``~/Library/Application Support/MRISynthesis`` (macOS)
+    or ``$XDG_DATA_HOME/mrisynthesis`` (default ``~/.local/share/mrisynthesis``)."""
+    env = os.environ.get(USER_MODELS_ENV)
+    if env:
+        return Path(env).expanduser()
+    if sys.platform == "win32":
+        return Path(os.environ.get("APPDATA") or Path.home() / "AppData" / "Roaming") / "MRISynthesis"
+    if sys.platform == "darwin":
+        return Path.home() / "Library" / "Application Support" / "MRISynthesis"
+    return Path(os.environ.get("XDG_DATA_HOME") or Path.home() / ".local" / "share") / "mrisynthesis"
+
+
 def list_models(direction: str | None = None, resources: Path | None = None) -> list[CatalogEntry]:
-    """Catalog entries, optionally only those of one direction (in catalog order)."""
+    """Catalog entries, optionally only those of one direction: the shipped ones, then the user's own
+    (each in catalog order). ``resources``: read only that folder's ``Models.json``."""
     if direction is not None and direction not in DIRECTIONS:
         raise InputError(f"unknown direction '{direction}'; expected one of {', '.join(DIRECTIONS)}")
-    folder = resources or resources_dir()
-    path = folder / CATALOG_NAME
+    folders = [Path(resources)] if resources is not None else [resources_dir(), user_models_dir()]
+    entries: list[CatalogEntry] = []
+    for folder in folders:
+        known = {e.id for e in entries}
+        # an id that ships is never shadowed by a user's entry of the same id
+        entries += [e for e in _read_catalog(folder) if e.id not in known]
+    return [e for e in entries if direction is None or e.direction == direction]
+
+
+def read_catalog_file(path: Path) -> dict:
+    """The ``{"models": [...]}`` object of a ``Models.json`` (``{"models": []}`` if it is absent)."""
     if not path.is_file():
-        return []
+        return {"models": []}
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
         raise CheckpointError(f"model catalog {path} is malformed: {_first_line(error)}") from None
-    entries = [_entry(item, index, path) for index, item in enumerate(_models_list(data, path))]
-    return [e for e in entries if direction is None or e.direction == direction]
+    _models_list(data, path)
+    return data
+
+
+def _read_catalog(folder: Path) -> list[CatalogEntry]:
+    path = folder / CATALOG_NAME
+    data = read_catalog_file(path)
+    return [_entry(item, index, path) for index, item in enumerate(_models_list(data, path))]
 
 
 _REQUIRED = ("id", "title", "direction", "file", "sha256")
@@ -85,7 +124,7 @@ def _entry(item, index: int, path: Path) -> CatalogEntry:
     missing = [name for name in _REQUIRED if name not in item]
     if missing:
         raise CheckpointError(f"model catalog {path} is malformed: entry {index + 1} lacks {', '.join(missing)}")
-    values = {k: v for k, v in item.items() if k in fields}
+    values = {k: v for k, v in item.items() if k in fields and k != "folder"}
     for name, value in values.items():
         expected = str if name in _REQUIRED else type(fields[name].default)
         if expected is float:
@@ -95,7 +134,7 @@ def _entry(item, index: int, path: Path) -> CatalogEntry:
         if not ok:
             raise CheckpointError(f"model catalog {path} is malformed: entry {index + 1} ({item.get('id')!r}) "
                                   f"has {name} = {value!r}; expected {expected.__name__}")
-    return CatalogEntry(**values)
+    return CatalogEntry(**values, folder=str(path.parent))
 
 
 def _first_line(error: Exception) -> str:
@@ -105,9 +144,9 @@ def _first_line(error: Exception) -> str:
 
 def default_model(direction: str, resources: Path | None = None) -> CatalogEntry:
     entries = list_models(direction, resources)
-    for entry in entries:
-        if entry.default:
-            return entry
+    defaults = [entry for entry in entries if entry.default]
+    if defaults:
+        return defaults[-1]  # the user's own default, when they chose one, else the shipped one
     if entries:
         return entries[0]
     raise InputError(f"no model for {direction} ships with this installation; name a checkpoint with --model PATH")
@@ -119,23 +158,23 @@ def resolve_model(model: str | None, direction: str | None = None, resources: Pa
 
     Catalog files are checked against their SHA-256 (``verify``); a mismatch is refused.
     """
-    folder = resources or resources_dir()
     if model is None:
         if direction is None:
             raise InputError("name a model (catalog id or checkpoint file) or a direction")
-        entry = default_model(direction, folder)
+        entry = default_model(direction, resources)
     else:
         candidate = Path(model).expanduser()
         if candidate.suffix == ".safetensors" or os.sep in str(model) or candidate.exists():
             if not candidate.is_file():
                 raise CheckpointError(f"checkpoint not found: {candidate}")
             return candidate
-        matches = [e for e in list_models(None, folder) if e.id == model]
+        entries = list_models(None, resources)
+        matches = [e for e in entries if e.id == model]
         if not matches:
-            known = ", ".join(e.id for e in list_models(None, folder)) or "none installed"
+            known = ", ".join(e.id for e in entries) or "none installed"
             raise InputError(f"unknown model '{model}'; catalog ids: {known}; or give a .safetensors file")
         entry = matches[0]
-    path = entry.path(folder)
+    path = entry.path()
     if not path.is_file():
         raise CheckpointError(f"model '{entry.id}' is listed in the catalog but its file is missing: {path}")
     if verify and entry.sha256 and file_sha256(path) != entry.sha256:

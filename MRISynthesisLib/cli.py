@@ -371,12 +371,15 @@ def _models(args) -> int:
     if args.json:
         print(json.dumps([e.__dict__ for e in entries], indent=2))
         return 0
+    folders = f"catalogs: {catalog.resources_dir() / catalog.CATALOG_NAME} (shipped), " \
+              f"{catalog.user_models_dir() / catalog.CATALOG_NAME} (yours: python -m Training.export)"
     if not entries:
-        print("no models installed (catalog: %s)" % (catalog.resources_dir() / catalog.CATALOG_NAME))
+        print(f"no models installed ({folders})")
         return 0
     print(f"{'id':32} {'direction':10} {'default':7} title")
     for e in entries:
-        print(f"{e.id:32} {e.direction:10} {'yes' if e.default else '':7} {e.title}")
+        print(f"{e.id:32} {e.direction:10} {'yes' if e.default else '':7} {e.title}{' (yours)' if e.is_users else ''}")
+    print(folders)
     return 0
 
 

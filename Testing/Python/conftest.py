@@ -2,9 +2,18 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# Tests never read or write the developer's own model catalog (where `python -m Training.export` writes);
+# set here, before any test runs, so that subprocesses inherit it too.
+os.environ["MRISYNTHESIS_USER_MODELS"] = tempfile.mkdtemp(prefix="mrisynthesis-test-user-models-")
+atexit.register(shutil.rmtree, os.environ["MRISYNTHESIS_USER_MODELS"], True)
 
 
 REPO = Path(__file__).resolve().parents[2]

@@ -61,3 +61,54 @@ def test_export_accepts_a_trusted_format_1_run_and_writes_the_current_format(tmp
     resources.mkdir()
     export(run, "legacy", "Legacy", resources=resources)
     assert read_metadata(resources / "Models" / "legacy.safetensors").format_version == FORMAT_VERSION
+
+
+def _digests(folder):
+    import hashlib
+
+    return {p.relative_to(folder).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_train_export_synthesize_with_a_catalog_of_ones_own(tmp_path, monkeypatch, capsys):
+    """``python -m Training.export CKPT --id X --half`` puts the model in the user's own catalog (never
+    the checkout's Resources), and ``synthesize --model X`` and ``models`` find it there."""
+    import nibabel as nib
+
+    from MRISynthesisLib.catalog import resources_dir, user_models_dir
+    from MRISynthesisLib.cli import main as cli_main
+    from Training.export import main
+
+    user = tmp_path / "my-models"
+    monkeypatch.setenv("MRISYNTHESIS_USER_MODELS", str(user))
+    assert user_models_dir() == user
+    shipped_before = _digests(resources_dir())
+    run = _checkpoint(tmp_path)
+    assert main([str(run), "--id", "my-t1t2", "--half"]) == 0
+    assert "my-t1t2" in capsys.readouterr().out
+    assert _digests(resources_dir()) == shipped_before  # our catalog and weights untouched
+    assert (user / "Models" / "my-t1t2.safetensors").is_file()
+    entry = {e.id: e for e in list_models("t1-to-t2")}["my-t1t2"]
+    assert entry.title == "my-t1t2" and not entry.default
+    assert resolve_model("my-t1t2") == user / "Models" / "my-t1t2.safetensors"
+    assert resolve_model(None, "t1-to-t2") != entry.path()  # the shipped default stays the default
+
+    assert cli_main(["models"]) == 0
+    listing = capsys.readouterr().out
+    assert "my-t1t2" in listing and "t1-to-t2-resunet-v4" in listing and str(user) in listing
+    volume = Volume(head_phantom((30, 34, 10)), affine_for("LPS", spacing=(2, 2, 2)))
+    nib.save(nib.Nifti1Image(volume.array, volume.affine), str(tmp_path / "t1.nii.gz"))
+    assert cli_main(["synthesize", str(tmp_path / "t1.nii.gz"), "-o", str(tmp_path / "t2.nii.gz"),
+                     "--model", "my-t1t2", "--brain-mask", "none"]) == 0
+    assert read_metadata(resolve_model("my-t1t2")).model_id == "my-t1t2"
+    assert nib.load(str(tmp_path / "t2.nii.gz")).shape == (30, 34, 10)
+
+
+def test_export_refuses_the_id_of_a_shipped_model(tmp_path, monkeypatch, capsys):
+    from Training.export import main
+
+    monkeypatch.setenv("MRISYNTHESIS_USER_MODELS", str(tmp_path / "user"))
+    assert main([str(_checkpoint(tmp_path)), "--id", "t1-to-t2-resunet-v4"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "t1-to-t2-resunet-v4" in err[0] and "shipped" in err[0], err
+    assert not (tmp_path / "user").exists()
