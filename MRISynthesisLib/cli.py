@@ -81,10 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                           "reproducible results on any machine (default: auto)")
     syn.add_argument("--brain-mask", "--mask", dest="brain_mask", default="auto", metavar="auto|none|FILE",
                      help="auto (default): keep a skull-stripped input as it is, brain-extract a whole-head scan "
-                          "(deepbet); none: no extraction; FILE: a brain mask NIfTI on the input's grid "
+                          "(deepbet); none: no extraction; FILE: a brain mask (NIfTI or NRRD) on the input's grid "
                           "(non-zero = brain). The output is 0 outside the mask")
     syn.add_argument("--save-mask", default=None, metavar="PATH",
-                     help="also write the brain mask used (NIfTI, 1 = brain, 0 = background, input's grid)")
+                     help="also write the brain mask used (NIfTI or NRRD by its suffix, 1 = brain, 0 = background, input's grid)")
     syn.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")
     syn.add_argument("--uncertainty", default=None, metavar="PATH",
                      help="also write a per-voxel standard deviation map (VAE models only)")
@@ -95,9 +95,9 @@ def _parser() -> argparse.ArgumentParser:
     ev = commands.add_parser("evaluate", help="compare a synthetic volume with the real one",
                              description="MAE, MSE, PSNR, SSIM, mutual information inside a mask and on whole "
                                          "slices; every number is printed with its conventions.")
-    ev.add_argument("--pred", required=True, help="synthetic volume (NIfTI)")
-    ev.add_argument("--ref", required=True, help="real reference volume (NIfTI) on the same grid")
-    ev.add_argument("--mask", default=None, help="brain mask (NIfTI); default: the reference's foreground mask (preprocessing.brain_mask)")
+    ev.add_argument("--pred", required=True, help="synthetic volume (NIfTI or NRRD)")
+    ev.add_argument("--ref", required=True, help="real reference volume (NIfTI or NRRD) on the same grid")
+    ev.add_argument("--mask", default=None, help="brain mask (NIfTI or NRRD); default: the reference's foreground mask (preprocessing.brain_mask)")
     ev.add_argument("--normalisation", default="model-units",
                     choices=["model-units", "percentile", "minmax", "zscore", "none"],
                     help="model-units (default, the conventions of the README's model table and of training "

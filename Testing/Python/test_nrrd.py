@@ -362,3 +362,24 @@ def test_nhdr_write_killed_midway_leaves_only_temporaries_the_next_write_removes
     save_volume(volume, tmp_path / "out.nhdr")
     assert sorted(os.listdir(tmp_path)) == ["out.nhdr", "out.raw.gz", "src.nii.gz"]
     assert np.array_equal(load_volume(tmp_path / "out.nhdr").array, volume.array)
+
+
+def test_help_says_masks_may_be_nrrd_and_an_nrrd_mask_works(tmp_path, tiny_checkpoint, capsys):
+    """``--help`` names the formats a mask is read in, and an NRRD mask gives the NIfTI mask's output."""
+    with pytest.raises(SystemExit):
+        main(["synthesize", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    brain_mask_help = text[text.index("auto (default):"):].split("--save-mask")[0]
+    assert "NIfTI or NRRD" in brain_mask_help, brain_mask_help
+    assert "mask NIfTI" not in text
+    volume = Volume(head_phantom((24, 28, 12)), affine_for("LPS"))
+    mask = volume.with_array((volume.array > 0).astype(np.float32))
+    save_volume(volume, tmp_path / "t1.nii.gz")
+    outputs = []
+    for suffix in (".nii.gz", ".nrrd"):
+        save_volume(mask, tmp_path / f"mask{suffix}")
+        out = tmp_path / f"out-{suffix.strip('.')}.nii.gz"
+        assert main(["synthesize", str(tmp_path / "t1.nii.gz"), "-o", str(out), "--model", str(tiny_checkpoint),
+                     "--brain-mask", str(tmp_path / f"mask{suffix}")]) == 0
+        outputs.append(load_volume(out).array)
+    assert np.array_equal(outputs[0], outputs[1])

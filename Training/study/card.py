@@ -128,9 +128,10 @@ Output: 0 background, 1 = the 99.5th percentile of the target contrast in the br
 
 ## Intended use
 Filling in a missing T1-weighted or T2-weighted series for visualisation, registration or as an input to
-tools that need both contrasts, on skull-stripped adult brain MRI. Whole-head scans are accepted (the
-foreground mask then covers the head) but the model has only seen skull-stripped brains: outside the brain
-its output is meaningless, so pass a brain mask (`--mask`) where one exists. Not for measuring lesions, not
+tools that need both contrasts, on skull-stripped adult brain MRI. The model has only seen skull-stripped
+brains: a whole-head scan is brain-extracted automatically first (`--brain-mask auto`, the default; deepbet,
+less accurate on T2w than on T1w input) and the output is 0 outside the brain. Check the mask
+(`--save-mask`) and pass a corrected or your own one with `--brain-mask FILE`. Not for measuring lesions, not
 for diagnosis, not validated on children, other organs or other contrasts.
 
 ## Test metrics
