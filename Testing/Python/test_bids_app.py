@@ -507,3 +507,16 @@ def test_skip_existing_is_keyed_on_the_inputs_and_every_option(tmp_path, tiny_ch
     assert "1 done, 0 skipped" in run("--precision", "bf16", "--brain-mask", "auto")
     assert "0 done, 1 skipped" in run("--precision", "bf16", "--brain-mask", "auto")
     assert "1 done, 0 skipped" in run("--precision", "bf16", "--brain-mask", "auto", "--no-skip-existing")
+
+
+def test_cohorts_doc_documents_every_option_of_the_bids_app(capsys):
+    import re
+
+    with pytest.raises(SystemExit):
+        main(["bids", "--help"])
+    options = set(re.findall(r"(--[a-z][a-z-]+)", capsys.readouterr().out)) - {"--help"}
+    doc = (REPO / "docs" / "cohorts.md").read_text()
+    table = {line.split("|")[1] for line in doc.splitlines() if line.startswith("| `--")}
+    missing = [option for option in sorted(options) if not any(f"`{option}" in row for row in table)]
+    assert not missing, f"options of 'mrisynthesis bids' missing from docs/cohorts.md's table: {missing}"
+    assert "HOOK(" not in doc and "not offered" not in doc
