@@ -20,7 +20,6 @@ import json
 import os
 import sys
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -111,44 +110,23 @@ def _bids_uri(path: Path, root: Path) -> str:
     return f"bids:raw:{Path(relative).as_posix()}"
 
 
-def reference_metrics(synthetic, target, low: float, high: float):
-    """Brain MAE/PSNR/SSIM of ``synthetic`` against the real ``target`` (same grid).
-
-    Same conventions as training validation and the model cards: the target is
-    percentile-normalised (``low``..``high``) to [0, 1] inside its brain mask
-    (:func:`preprocessing.brain_mask`), the synthetic volume is compared as is, SSIM on canonical
-    axial slices. Returns ``(metrics, normalised target Volume)``.
-    """
-    import numpy as np
-
-    from .metrics import evaluate
-    from .orientation import to_canonical_slices
-    from .preprocessing import brain_mask, percentile_normalise
-
-    mask = brain_mask(target.array)
-    normalised, _ = percentile_normalise(target.array, mask, low, high)
-    stacks = [to_canonical_slices(np.asarray(a, dtype=np.float32), target.affine)[0]
-              for a in (synthetic.array, normalised, mask.astype(np.float32))]
-    result = evaluate(stacks[0], stacks[1], mask=stacks[2] > 0.5, normalisation="none", slice_axis=0)
-    metrics = {"BrainMAE": float(result["mae"]), "BrainPSNR": float(result["psnr"]), "BrainSSIM": float(result["ssim"]),
-               "Conventions": {"reference": f"real target percentile-normalised ({low}..{high}) to [0, 1] in its brain "
-                                            "mask; synthetic compared as is",
-                               "mask": "preprocessing.brain_mask of the real target",
-                               "mask_voxels": result["conventions"]["mask_voxels"],
-                               "data_range": result["conventions"]["data_range"],
-                               "ssim": result["conventions"]["ssim"], "pooling": "per volume"}}
-    return metrics, target.with_array(normalised)
+#: The BIDS sidecar's spelling of :attr:`MRISynthesisLib.pipeline.SynthesisResult.precision`.
+PRECISION_NAMES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
-def _precision_of(synthesizer) -> str:
-    explicit = getattr(synthesizer, "precision", None)
-    if explicit is not None and hasattr(explicit, "name"):
-        name = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}.get(explicit.name, explicit.name)
-        return name + (" + channels_last" if getattr(explicit, "channels_last", False) else "")
-    from .device import autocast_dtype
+def sidecar_metrics(score) -> dict:
+    """The sidecar's ``Metrics`` of a :func:`MRISynthesisLib.metrics.score` result."""
+    conventions = score.conventions
+    return {"BrainMAE": float(score["mae"]), "BrainPSNR": float(score["psnr"]), "BrainSSIM": float(score["ssim"]),
+            "Conventions": {"reference": conventions["reference"], "mask": conventions["mask"],
+                            "mask_voxels": conventions["mask_voxels"], "data_range": conventions["data_range"],
+                            "ssim": conventions["ssim"], "pooling": "per volume"}}
 
-    dtype = autocast_dtype(synthesizer.device) if synthesizer.mixed_precision else None
-    return f"autocast {str(dtype).replace('torch.', '')}" if dtype is not None else "float32"
+
+def sidecar_precision(precision: str) -> str:
+    """'float32', 'bfloat16 + channels_last', ... for the pipeline's 'fp32', 'bf16 + channels_last'."""
+    name, _, rest = precision.partition(" ")
+    return " ".join([PRECISION_NAMES.get(name, name)] + ([rest] if rest else []))
 
 
 def request_key(item: BidsItem, options: AppOptions) -> dict:
@@ -183,9 +161,10 @@ def _previous_result(paths, key: dict, label: str, source_uri: str) -> ItemResul
     return ItemResult(label, "skipped", metrics=metrics, warnings=notes)
 
 
-def process_item(item: BidsItem, options: AppOptions, get_synthesizer) -> ItemResult:
+def process_item(item: BidsItem, options: AppOptions, synthesizers) -> ItemResult:
     """Synthesize one item and write its derivatives; never raises for a bad item (its failure is
-    returned, and recorded on disk when that is possible)."""
+    returned, and recorded on disk when that is possible). ``synthesizers``: the process's
+    :class:`MRISynthesisLib.pipeline.SynthesizerFactory` (a one-model cache)."""
     start = time.monotonic()
     paths = derivative_paths(item, options.output_dir, options.direction)
     failure_record = paths.figures / f"{paths.stem}{FAILURE_SUFFIX}"
@@ -195,7 +174,7 @@ def process_item(item: BidsItem, options: AppOptions, get_synthesizer) -> ItemRe
             previous = _previous_result(paths, key, item.label, _bids_uri(item.source, options.bids_dir))
             if previous is not None:
                 return previous
-        return _synthesize_item(item, options, get_synthesizer(), paths, failure_record, start, key)
+        return _synthesize_item(item, options, synthesizers, paths, failure_record, start, key)
     except Exception as error:  # one item's failure must not stop the cohort
         message = _one_line(error)
         try:
@@ -215,39 +194,25 @@ def _one_line(error: BaseException) -> str:
     return message
 
 
-def _synthesize_item(item, options, synthesizer, paths, failure_record, start, key) -> ItemResult:
-    from .io import load_volume, save_volume
+def _synthesize_item(item, options, synthesizers, paths, failure_record, start, key) -> ItemResult:
+    from .io import save_volume
+    from .pipeline import SynthesisRequest, run
 
     source_contrast, target_contrast = SUFFIXES[options.direction]
-    from .brain_extraction import choose_brain_mask
-
-    volume = load_volume(item.source)
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        # whole-head scans are brain-extracted first; skull-stripped ones pass unchanged (mask None)
-        chosen = choose_brain_mask(volume, options.brain_mask, device=synthesizer.device)
-        synthetic = synthesizer.synthesize(volume, mask=chosen.mask)
-    # The core's input plausibility check (out-of-distribution input, in meta['input_check'] when
-    # the core records it) and any Python warning raised during synthesis reach the sidecar.
-    check = synthetic.meta.get("input_check") or {}
-    notes = [str(w) for w in check.get("warnings", [])] + [str(w.message) for w in caught]
-    notes = list(dict.fromkeys(notes))  # a warning repeated per batch is reported once
+    # the parent's resolution of 'auto' (recorded in the skip key), so that every worker uses it
+    precision = options.resolved_precision or options.precision or "auto"
+    request = SynthesisRequest(item.source, model=options.model_path, direction=options.direction,
+                               device=options.device, precision=precision, batch_size=options.batch_size,
+                               brain_mask=options.brain_mask, reference=item.reference)
+    result = run(request, synthesizers=synthesizers)
     metrics, reference = None, None
-    if item.reference is not None:
-        try:
-            target = load_volume(item.reference)
-            if not target.same_geometry(volume, atol=1e-3):
-                notes.append(f"the real {target_contrast} image is on another voxel grid than the {source_contrast} "
-                             "(not co-registered): no metrics")
-            else:
-                metrics, reference = reference_metrics(synthetic, target, *synthesizer.metadata.percentiles)
-                metrics["Reference"] = _bids_uri(item.reference, options.bids_dir)
-        except MRISynthesisError as error:
-            notes.append(f"real {target_contrast} image not usable for metrics: {error}")
+    if result.score is not None:
+        metrics = dict(sidecar_metrics(result.score), Reference=_bids_uri(item.reference, options.bids_dir))
+        reference = result.input.with_array(result.score.reference)
     paths.image.parent.mkdir(parents=True, exist_ok=True)
-    write_figures(paths.figures, paths.stem, volume, synthetic, reference)
-    save_volume(synthetic, paths.image, inputs=[item.source] + ([item.reference] if item.reference else []))
-    metadata = synthesizer.metadata
+    write_figures(paths.figures, paths.stem, result.input, result.synthetic, reference)
+    save_volume(result.synthetic, paths.image, inputs=[item.source] + ([item.reference] if item.reference else []))
+    metadata = result.metadata
     sidecar = {
         "Description": f"Synthetic {target_contrast} image computed from the {source_contrast} image by MRISynthesis. "
                        f"{NOT_FOR_DIAGNOSIS}",
@@ -255,11 +220,12 @@ def _synthesize_item(item, options, synthesizer, paths, failure_record, start, k
         "SourceContrast": source_contrast, "TargetContrast": target_contrast, "Direction": options.direction,
         "ModelId": metadata.model_id, "ModelArchitecture": metadata.architecture,
         "ModelSHA256": options.model_sha256, "SoftwareName": "MRISynthesis", "SoftwareVersion": __version__,
-        "Device": str(synthesizer.device), "Precision": _precision_of(synthesizer), "BrainMask": chosen.source,
+        "Device": result.device, "Precision": sidecar_precision(result.precision),
+        "BrainMask": result.brain_mask.source,
         "IntensityUnits": metadata.output_units,
         "InputNormalisation": metadata.normalisation,
         "Geometry": "the source image's voxel grid and affine, unchanged",
-        "Warnings": notes,
+        "Warnings": result.warnings,
         "Metrics": metrics,
         "NotForDiagnosis": True,
         "Request": key,
@@ -267,7 +233,7 @@ def _synthesize_item(item, options, synthesizer, paths, failure_record, start, k
     _write_json(paths.sidecar, sidecar)  # written last: its presence marks the item as finished
     if failure_record.exists():
         os.remove(failure_record)
-    return ItemResult(item.label, "done", time.monotonic() - start, metrics, warnings=notes)
+    return ItemResult(item.label, "done", time.monotonic() - start, metrics, warnings=result.warnings)
 
 
 def _write_json(path: Path, data) -> None:
@@ -280,26 +246,16 @@ def _write_json(path: Path, data) -> None:
 
 # -- many items ---------------------------------------------------------------------------------
 
-class _LazySynthesizer:
-    """Loads the model at the first item that needs it (a fully skipped run loads nothing)."""
+def _synthesizers(threads: int | None = None):
+    """The synthesizer factory of one process: a one-model cache (the model loads at the first item
+    that needs it, so a fully skipped run loads nothing); ``threads``: torch threads of this process."""
+    from .pipeline import SynthesizerCache
 
-    def __init__(self, options: AppOptions, threads: int | None = None):
-        self.options, self.threads, self.synthesizer = options, threads, None
+    if threads:
+        import torch
 
-    def __call__(self):
-        if self.synthesizer is None:
-            from .synthesis import Synthesizer
-
-            if self.threads:
-                import torch
-
-                torch.set_num_threads(self.threads)
-            # the parent's resolution of 'auto' (recorded in the skip key), so that every worker uses it
-            precision = self.options.resolved_precision or self.options.precision
-            extra = {"precision": precision} if precision else {}
-            self.synthesizer = Synthesizer(self.options.model_path, device=self.options.device,
-                                           batch_size=self.options.batch_size, **extra)
-        return self.synthesizer
+        torch.set_num_threads(threads)
+    return SynthesizerCache()
 
 
 _WORKER = None
@@ -307,12 +263,12 @@ _WORKER = None
 
 def _init_worker(options: AppOptions, threads: int) -> None:
     global _WORKER
-    _WORKER = (options, _LazySynthesizer(options, threads))
+    _WORKER = (options, _synthesizers(threads))
 
 
 def _work(item: BidsItem) -> ItemResult:
-    options, synthesizer = _WORKER
-    return process_item(item, options, synthesizer)
+    options, synthesizers = _WORKER
+    return process_item(item, options, synthesizers)
 
 
 def run_items(items, options: AppOptions, jobs: int = 1, progress: bool = True) -> list[ItemResult]:
@@ -324,10 +280,10 @@ def run_items(items, options: AppOptions, jobs: int = 1, progress: bool = True) 
     results: dict[int, ItemResult] = {}
     try:
         if jobs <= 1 or len(items) <= 1:
-            synthesizer = _LazySynthesizer(options)
+            synthesizers = _synthesizers()
             for index, item in enumerate(items):
                 bar.set_postfix_str(item.label)
-                results[index] = process_item(item, options, synthesizer)
+                results[index] = process_item(item, options, synthesizers)
                 bar.update(1)
         else:
             results = _run_pool(items, options, jobs, bar)

@@ -51,11 +51,13 @@ class BrainMaskChoice:
 
     ``mask``: boolean ``[i, j, k]`` on the input's grid, or ``None`` to let the synthesizer compute
     its usual foreground mask (:func:`preprocessing.brain_mask`). ``source``: one of
-    ``"skull-stripped input"``, ``"extracted"``, ``"none"``, ``"given"``.
+    ``"skull-stripped input"``, ``"extracted"``, ``"none"``, ``"given"``. ``warnings``: sentences
+    about the mask the user must see (every front end shows them and the provenance records them).
     """
 
     mask: np.ndarray | None
     source: str
+    warnings: tuple = ()
 
     def describe(self) -> str:
         return {"skull-stripped input": "input is skull-stripped: its non-zero voxels",

@@ -28,7 +28,6 @@ from .conventions import DEFAULT_DIRECTION, DIRECTION_ALIASES, PERCENTILE_HIGH, 
 from .errors import Cancelled, MRISynthesisError
 
 NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
-AXIAL_SLICES = "axial (canonical slices, index 0 = most inferior), whatever the files' storage order"
 #: Entry-point group of the subcommands other packages add (see the module docstring).
 COMMAND_GROUP = "mrisynthesis.commands"
 BUILT_IN_COMMANDS = ("synthesize", "evaluate", "models", "bids")
@@ -90,6 +89,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="also write a per-voxel standard deviation map (VAE models only)")
     syn.add_argument("--preview", default=None, metavar="PNG",
                      help="also write a PNG preview (input | synthetic, middle axial slices)")
+    syn.add_argument("--reference", default=None, metavar="PATH",
+                     help="a real, registered volume of the target contrast on the input's grid: also print MAE, "
+                          "PSNR, SSIM and MI against it (the conventions of 'evaluate')")
     syn.add_argument("--quiet", action="store_true", help="no progress bar")
 
     ev = commands.add_parser("evaluate", help="compare a synthetic volume with the real one",
@@ -186,84 +188,70 @@ def _main(argv) -> int:
 
 
 def _synthesize(args) -> int:
-    from . import catalog
-    from .checkpoint import read_metadata
+    """``mrisynthesis synthesize``: the arguments as a :class:`~MRISynthesisLib.pipeline.SynthesisRequest`,
+    :func:`~MRISynthesisLib.pipeline.run`, then every output written together (or none)."""
     from .errors import InputError
-    from .io import check_output_path, load_volume, write_outputs
-    from .synthesis import check_model_request
+    from .io import check_output_path, write_outputs
+    from .pipeline import SynthesisRequest, run
 
-    direction = DIRECTION_ALIASES.get(args.direction) if args.direction else None
     mask_file = args.brain_mask if args.brain_mask.lower() not in ("auto", "none") else None
     outputs = [p for p in (args.output, args.uncertainty, args.preview, args.save_mask) if p]
+    inputs = [args.input, mask_file, args.reference]
     for path in (args.output, args.uncertainty, args.save_mask):
         if path:
-            check_output_path(path, inputs=[args.input, mask_file])
+            check_output_path(path, inputs=inputs)
     if args.preview:
-        check_output_path(args.preview, inputs=[args.input, mask_file], suffixes=(".png",))
+        check_output_path(args.preview, inputs=inputs, suffixes=(".png",))
     if len({Path(p).resolve() for p in outputs}) < len(outputs):
         raise InputError("--output, --uncertainty, --preview and --save-mask must be different files")
-    if args.batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
-    model_path = catalog.resolve_model(args.model, direction or (DEFAULT_DIRECTION if args.model is None else None))
-    metadata = read_metadata(model_path)
-    check_model_request(metadata, direction)  # before the volume is read
-    volume = load_volume(args.input)
-    mask_choice = args.brain_mask.lower() if mask_file is None else None
-    if mask_file:
-        mask_volume = load_volume(mask_file)
-        _require_same_grid(mask_volume, volume, "--brain-mask", "the input")
-        if not (mask_volume.array > 0).any():
-            raise InputError(f"--brain-mask {Path(mask_file).name} is empty (no voxel > 0)")
-        mask_choice = mask_volume.array
-
-    from .brain_extraction import choose_brain_mask, mask_used
-    from .synthesis import UNCERTAINTY_SAMPLES, Synthesizer, require_positive_intensities, synthesize_with_fallback
-
-    require_positive_intensities(volume.array)  # before brain extraction, which would blame the mask
-
-    def create(device, batch_size):  # also the GPU out-of-memory fallbacks' synthesizers
-        return Synthesizer(model_path, device=device, batch_size=batch_size, flip_tta=args.tta,
-                           precision=args.precision)
-
-    synthesizer = create(args.device, args.batch_size)
-    check_model_request(metadata, uncertainty=bool(args.uncertainty), can_sample=synthesizer.supports_uncertainty)
-    progress, close = _progress_bar(args.quiet, "brain extraction", unit="step")
+    request = SynthesisRequest(args.input, model=args.model, direction=args.direction, device=args.device,
+                               precision=args.precision, batch_size=args.batch_size, brain_mask=args.brain_mask,
+                               uncertainty=bool(args.uncertainty), flip_tta=args.tta, reference=args.reference)
+    progress, close = _stage_progress_bars(args.quiet)
     try:
-        chosen = choose_brain_mask(volume, mask_choice, device=synthesizer.device, progress=progress)
+        result = run(request, progress=progress)
     finally:
         close()
-    mask = chosen.mask
-    progress, close = _progress_bar(args.quiet, "synthesizing")
-    try:
-        run = synthesize_with_fallback(create, volume, args.device, args.batch_size, first=synthesizer,
-                                       progress=progress, mask=mask,
-                                       uncertainty_samples=UNCERTAINTY_SAMPLES if args.uncertainty else 0)
-    finally:
-        close()
-    result, std, synthesizer = run.synthetic, run.uncertainty, run.synthesizer
-    writers = [(args.output, result)]  # volumes are written in the format of their suffix
+    writers = [(args.output, result.synthetic)]  # volumes are written in the format of their suffix
     if args.save_mask:
-        writers.append((args.save_mask, volume.with_array(mask_used(volume, chosen).astype("float32"))))
-    if std is not None:
-        writers.append((args.uncertainty, std))
+        writers.append((args.save_mask, result.input.with_array(result.mask_used().astype("float32"))))
+    if result.uncertainty is not None:
+        writers.append((args.uncertainty, result.uncertainty))
     if args.preview:
         from .preview import render_preview, write_png
 
-        picture = render_preview(volume, result)
+        picture = render_preview(result.input, result.synthetic)
         writers.append((args.preview, lambda tmp: write_png(picture, tmp)))
     written = write_outputs(writers)  # all or none
-    for note in run.notes:  # GPU out-of-memory fallbacks
-        print(f"warning: {note}", file=sys.stderr)
-    for warning in result.meta["input_check"]["warnings"]:
-        print(f"warning: the input does not look like the brain MRI the model was trained on: {warning}",
-              file=sys.stderr)
-    print(f"model: {metadata.model_id} ({metadata.architecture}, {metadata.source_contrast} -> "
-          f"{metadata.target_contrast}) on {synthesizer.device}, {synthesizer.precision.describe()}", file=sys.stderr)
-    print(f"brain mask: {chosen.describe()}", file=sys.stderr)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    for note in result.notes:
+        print(note, file=sys.stderr)
+    if result.score is not None:
+        from .metrics import format_table
+
+        print(format_table(result.score))
     for path in written:
         print(f"wrote {path}", file=sys.stderr)
     print(NOT_FOR_DIAGNOSIS, file=sys.stderr)
     return 0
+
+
+def _stage_progress_bars(quiet: bool):
+    """``progress(stage, done, total)`` for :func:`MRISynthesisLib.pipeline.run`: one bar per stage
+    that reports steps (brain extraction, synthesis), and a function that closes them."""
+    labels = {"brain extraction": ("brain extraction", "step"), "synthesis": ("synthesizing", "slice")}
+    bars = {stage: _progress_bar(quiet, label, unit=unit) for stage, (label, unit) in labels.items()}
+
+    def progress(stage, done, total):
+        if stage in bars and bars[stage][0] is not None and total:
+            bars[stage][0](done, total)
+
+    def close():
+        for _, close_bar in bars.values():
+            close_bar()
+
+    return progress, close
 
 
 def _bids(args) -> int:
@@ -300,38 +288,18 @@ def _progress_bar(quiet: bool, label: str, unit: str = "slice"):
 
 def _evaluate(args) -> int:
     from .io import check_output_path, load_volume
-    from .metrics import evaluate, format_table, json_compatible
+    from .metrics import format_table, json_compatible, score
+    from .pipeline import load_brain_mask_file, require_same_grid
 
     if args.json:
         check_output_path(args.json, inputs=[args.pred, args.ref, args.mask], suffixes=(".json",))
     pred, ref = load_volume(args.pred), load_volume(args.ref)
-    _require_same_grid(pred, ref, "--pred", "--ref")
+    require_same_grid(pred, ref, "--pred", "--ref")
     mask = None
     if args.mask:
-        mask_volume = load_volume(args.mask)
-        _require_same_grid(mask_volume, ref, "--mask", "--ref")
-        mask = mask_volume.array > 0
-        if not mask.any():
-            from .errors import InputError
-
-            raise InputError(f"--mask {Path(args.mask).name} is empty (no voxel > 0)")
-    from .orientation import to_canonical_slices
-
-    # Metrics are computed on canonical axial slices, so "per slice" means axial whatever the storage.
-    pred_stack, _ = to_canonical_slices(pred.array, pred.affine)
-    ref_stack, _ = to_canonical_slices(ref.array, ref.affine)
-    if mask is not None:
-        mask_stack = to_canonical_slices(mask, ref.affine)[0]
-    else:
-        from .preprocessing import brain_mask
-
-        mask_stack = brain_mask(ref_stack)
-    result = evaluate(pred_stack, ref_stack, mask_stack, normalisation=args.normalisation,
-                      slice_axis=0, per_slice=args.per_slice)
-    result["conventions"]["mask"] = (f"given ({Path(args.mask).name})" if args.mask
-                                     else "automatic foreground mask of the reference (preprocessing.brain_mask)")
-    # The stacks are canonical: their axis 0 is axial whatever the files' storage order.
-    result["conventions"]["slice_axis"] = AXIAL_SLICES
+        mask = load_brain_mask_file(args.mask, ref, option="--mask", other_name="--ref")
+    result = score(pred, ref, mask, normalisation=args.normalisation, per_slice=args.per_slice,
+                   mask_description=f"given ({Path(args.mask).name})" if args.mask else None)
     if args.json:  # before printing, so a closed stdout (| head) cannot lose it
         _write_json_atomic(Path(args.json), json_compatible(result))
     print(format_table(result))
@@ -340,17 +308,6 @@ def _evaluate(args) -> int:
     if args.json:
         print(f"wrote {args.json}", file=sys.stderr)
     return 0
-
-
-def _require_same_grid(volume, other, name: str, other_name: str) -> None:
-    """Refuse volumes on different voxel grids (shape or matrix differ by more than 1e-3 mm)."""
-    from .errors import InputError
-
-    if volume.shape != other.shape:
-        raise InputError(f"{name} has shape {volume.shape} but {other_name} has {other.shape}; they must share one grid")
-    if not volume.same_geometry(other, atol=1e-3):
-        raise InputError(f"{name} and {other_name} have the same shape but different voxel-to-world matrices; "
-                         "resample one onto the other's grid first")
 
 
 def _write_json_atomic(path: Path, data) -> None:

@@ -455,6 +455,7 @@ def evaluate(
     slice_axis: int = 0,
     bins: int = 64,
     per_slice: bool = False,
+    percentiles: tuple = (PERCENTILE_LOW, PERCENTILE_HIGH),
 ) -> dict:
     """Compare a synthesized image or volume with its reference; every convention is recorded.
 
@@ -470,6 +471,8 @@ def evaluate(
         slice_axis: axis of the 3D arrays along which 2D SSIM slices (and per-slice values) are taken.
         bins: bins per axis of the joint histogram for MI/NMI.
         per_slice: also return one value per slice containing mask voxels and their mean.
+        percentiles: ``(low, high)`` of the reference's normalisation under ``'model-units'`` (a
+            model's own, :attr:`MRISynthesisLib.checkpoint.ModelMetadata.percentiles`).
 
     Returns:
         dict with ``mae``, ``mse``, ``psnr`` (dB), ``ssim``, ``mi_bits``, ``nmi`` inside the mask
@@ -493,7 +496,7 @@ def evaluate(
         raise InputError(f"normalisation must be one of {', '.join(EVALUATE_NORMALISATIONS)}; got {normalisation!r}")
     if normalisation == "model-units":
         pred_n, pred_info = pred, {"mode": "none (synthetic values in model units, compared as they are)"}
-        ref_n, ref_info = _reference_in_model_units(ref, mask)
+        ref_n, ref_info = _reference_in_model_units(ref, mask, *percentiles)
         data_range = 1.0
     else:
         pred_n, pred_info = normalise_for_metrics(pred, mask, normalisation)
@@ -547,18 +550,108 @@ def evaluate(
     return result
 
 
-def _reference_in_model_units(ref: np.ndarray, mask: np.ndarray) -> tuple[np.ndarray, dict]:
-    """The reference as training validation scores against: p0.5..p99.5 in the mask -> [0, 1], 0 outside."""
+def _reference_in_model_units(ref: np.ndarray, mask: np.ndarray, low_percentile: float = PERCENTILE_LOW,
+                              high_percentile: float = PERCENTILE_HIGH) -> tuple[np.ndarray, dict]:
+    """The reference as a model's output is scaled: p0.5..p99.5 in the mask -> [0, 1], 0 outside."""
     from .preprocessing import percentile_normalise
 
     try:
-        normalised, (low, high) = percentile_normalise(ref, mask, PERCENTILE_LOW, PERCENTILE_HIGH)
+        normalised, (low, high) = percentile_normalise(ref, mask, low_percentile, high_percentile)
     except InputError:
         raise InputError("ref is constant inside the mask, so it cannot be normalised to model units; "
                          "use a larger mask or --normalisation none") from None
     info = {"mode": "percentile in the mask, 0 outside (preprocessing.percentile_normalise)", "low": low,
-            "high": high, "percentiles": [PERCENTILE_LOW, PERCENTILE_HIGH]}
+            "high": high, "percentiles": [low_percentile, high_percentile]}
     return normalised.astype(np.float64), info
+
+
+# --------------------------------------------------------------------------------------------
+# Scoring a synthetic volume against its reference: the one function every front end uses
+# --------------------------------------------------------------------------------------------
+
+#: How :func:`score` describes the slice axis: metrics run on canonical axial slices.
+AXIAL_SLICES = "axial (canonical slices, index 0 = most inferior), whatever the files' storage order"
+#: What :func:`score` means by 'model-units', in words (the default of every front end).
+MODEL_UNITS = ("reference percentile-normalised ({low:g}..{high:g} inside the mask) to [0, 1], 0 outside; "
+               "synthetic compared as it is (already in those units)")
+
+
+class Score(dict):
+    """The result of :func:`score`: :func:`evaluate`'s dict (``mae``, ``mse``, ``psnr``, ``ssim``,
+    ``mi_bits``, ``nmi``, ``whole_slice``, optional ``per_slice``, ``conventions``, ``warnings``)
+    with the volumes that were compared, so a front end can show the difference map it summarises.
+
+    ``synthetic`` and ``reference``: the volumes as compared (after normalisation), on the
+    synthetic volume's grid; ``mask``: boolean ``[i, j, k]``.
+    """
+
+    def __init__(self, values: dict, synthetic, reference, mask):
+        super().__init__(values)
+        self.synthetic, self.reference, self.mask = synthetic, reference, mask
+
+    @property
+    def conventions(self) -> dict:
+        return self["conventions"]
+
+    @property
+    def warnings(self) -> list:
+        return self["warnings"]
+
+    def conventions_text(self) -> str:
+        """The conventions in one paragraph (what Slicer, the QC report and docs show)."""
+        return describe_conventions(self["conventions"])
+
+    def difference(self) -> np.ndarray:
+        """``synthetic - reference`` as compared, 0 outside the mask (float32 ``[i, j, k]``)."""
+        return np.where(self.mask, self.synthetic - self.reference, 0.0).astype(np.float32)
+
+
+def score(synthetic, reference, mask=None, *, normalisation: str = "model-units",
+          percentiles: tuple = (PERCENTILE_LOW, PERCENTILE_HIGH), per_slice: bool = False,
+          mask_description: str | None = None) -> Score:
+    """Compare a synthetic :class:`~MRISynthesisLib.volume.Volume` with a real reference on the same grid.
+
+    The one scoring function of MRISynthesis (``evaluate``, the BIDS App, the Slicer module,
+    training validation and the study use it). Defaults, the conventions of the model cards:
+    ``normalisation='model-units'`` (the reference is percentile-normalised with ``percentiles``
+    inside the mask to [0, 1], the synthetic volume is compared as it is, data range 1); ``mask``
+    (boolean ``[i, j, k]``) defaults to :func:`MRISynthesisLib.preprocessing.brain_mask` of the
+    reference; every metric is computed on canonical axial slices (whatever the storage order),
+    pooled per volume. ``mask_description`` says in the conventions where a given mask came from.
+    Returns a :class:`Score`; raises :class:`InputError` like :func:`evaluate`.
+    """
+    from .orientation import to_canonical_slices
+    from .preprocessing import brain_mask
+
+    if synthetic.shape != reference.shape:
+        raise InputError(f"the synthetic volume has shape {synthetic.shape} but the reference has "
+                         f"{reference.shape}; they must share one grid")
+    if mask is None:
+        mask, source = brain_mask(reference.array), "automatic brain mask of the reference (preprocessing.brain_mask)"
+    else:
+        mask, source = np.asarray(mask) != 0, mask_description or "given"
+    stacks = [to_canonical_slices(np.asarray(a), reference.affine)[0]
+              for a in (synthetic.array, reference.array, mask)]
+    values = evaluate(stacks[0], stacks[1], stacks[2], normalisation=normalisation, slice_axis=0,
+                      per_slice=per_slice, percentiles=tuple(percentiles))
+    values["conventions"].update(mask=source, slice_axis=AXIAL_SLICES)
+    if normalisation == "model-units":
+        values["conventions"]["reference"] = MODEL_UNITS.format(low=percentiles[0], high=percentiles[1])
+        compared_synthetic = np.asarray(synthetic.array, dtype=np.float32)
+        compared_reference = _reference_in_model_units(np.asarray(reference.array), mask, *percentiles)[0]
+    else:
+        compared_synthetic = normalise_for_metrics(synthetic.array, mask, normalisation)[0]
+        compared_reference = normalise_for_metrics(reference.array, mask, normalisation)[0]
+    return Score(values, compared_synthetic, compared_reference.astype(np.float32), mask)
+
+
+def describe_conventions(conventions: dict) -> str:
+    """One paragraph of the conventions :func:`evaluate` / :func:`score` recorded."""
+    reference = conventions.get("reference") or f"both volumes normalised ({conventions['normalisation']})"
+    return (f"Inside the mask ({conventions['mask']}; {conventions['mask_voxels']} voxels). {reference[0].upper()}"
+            f"{reference[1:]}; data range {_format_convention(conventions['data_range'])}. "
+            f"SSIM: {conventions['ssim']}, on {conventions.get('slice_axis')} slices. MI: {conventions['mi']}. "
+            f"Pooling: {conventions['pooling']}. Values are in normalised units, not scanner units.")
 
 
 def json_compatible(result):

@@ -6,15 +6,15 @@ synthesize`` would (canonical slices, normalisation, resampling to the model gri
 
 Conventions (recorded with the numbers in ``metrics.jsonl`` and in exported checkpoints):
 
-- Reference: the real target contrast, percentile-normalised inside its brain mask to [0, 1]
-  with the same percentiles as the model input (:func:`MRISynthesisLib.preprocessing.percentile_normalise`);
-  the synthetic volume is already in these units, so no further normalisation is applied
-  (``metrics.evaluate(..., normalisation='none')``, data range = that of the reference in the mask, ~1).
+- Scoring: :func:`MRISynthesisLib.metrics.score`, the scoring function of every front end, with
+  its default ``'model-units'`` conventions: the real target contrast is percentile-normalised
+  inside the brain mask to [0, 1] with the same percentiles as the model input; the synthetic
+  volume is already in these units and is compared as it is; data range 1.
 - Mask: the subject's brain mask file when discovery found one, else
   :func:`MRISynthesisLib.preprocessing.brain_mask` of the target; it selects the scored voxels.
   The source is normalised with its own brain mask, as in training and at inference.
 - Metrics: MAE, PSNR and SSIM (2D on canonical axial slices, map averaged in the mask, per-volume
-  pooling) from :func:`MRISynthesisLib.metrics.evaluate`; the subject values are averaged
+  pooling); the subject values are averaged
   (unweighted mean over subjects).
 - Baseline: "inverted source" = 1 - the normalised source contrast (normalised like the model's
   input) inside the mask, the trivial
@@ -85,11 +85,11 @@ class Validator:
                                              mixed_precision=False)
         per_subject, conventions, grid = {}, {}, None
         for index, subject in enumerate(self.subjects):
-            source, _, mask, reference = self.load_subject(subject)
+            source, target, mask, reference = self.load_subject(subject)
             # No mask argument: the source is normalised with its own brain mask, exactly as in
             # training (cache) and at inference; ``mask`` only selects the voxels that are scored.
             synthetic = synthesizer.synthesize(source).array
-            per_subject[subject.id], conventions = self._score(synthetic, reference, mask, source.affine)
+            per_subject[subject.id], conventions = self._score(synthetic, target, mask)
             if preview and index == 0:
                 grid = self._preview(source, synthetic, reference, mask)
         return ValidationResult(self._mean(per_subject), per_subject, conventions, grid)
@@ -98,20 +98,18 @@ class Validator:
         """Scores of the trivial baseline 1 - normalised source, inside the mask."""
         per_subject, conventions = {}, {}
         for subject in self.subjects:
-            source, _, mask, reference = self.load_subject(subject)
+            source, target, mask, _ = self.load_subject(subject)
             normalised, _ = percentile_normalise(source.array, brain_mask(source.array), self.low, self.high)
             inverted = inverted_intensities(normalised, mask)
-            per_subject[subject.id], conventions = self._score(inverted, reference, mask, source.affine)
+            per_subject[subject.id], conventions = self._score(inverted, target, mask)
         return ValidationResult(self._mean(per_subject), per_subject, conventions)
 
-    def _score(self, synthetic, reference, mask, affine):
-        stacks = [to_canonical_slices(np.asarray(a, dtype=np.float32), affine)[0]
-                  for a in (synthetic, reference, mask.astype(np.float32))]
-        result = core_metrics.evaluate(stacks[0], stacks[1], mask=stacks[2] > 0.5, normalisation="none",
-                                       slice_axis=0)
-        conventions = dict(result["conventions"])
-        conventions["reference"] = (f"target percentile-normalised ({self.low}..{self.high}) in the brain mask "
-                                    "to [0, 1]; synthetic output compared as is")
+    def _score(self, synthetic, target, mask):
+        """``({metric: value}, conventions)`` of ``synthetic`` (``[i, j, k]`` on ``target``'s grid)."""
+        result = core_metrics.score(target.with_array(np.asarray(synthetic, dtype=np.float32)), target, mask,
+                                    percentiles=(self.low, self.high),
+                                    mask_description="the subject's brain mask (file, else of the target)")
+        conventions = dict(result.conventions)
         conventions["subject_pooling"] = "unweighted mean over validation subjects"
         return {name: float(result[name]) for name in REPORTED}, conventions
 

@@ -2,11 +2,11 @@
 
 Conventions (the same as the training package's validation, :mod:`Training.validation`):
 
-- Reference: the real target contrast percentile-normalised (0.5..99.5 inside the brain mask) to
-  [0, 1] by :func:`MRISynthesisLib.preprocessing.percentile_normalise`; synthetic volumes are
-  already in these units (trained models through :class:`MRISynthesisLib.synthesis.Synthesizer`,
-  baselines through :mod:`Training.baselines`), so :func:`MRISynthesisLib.metrics.evaluate`
-  is called with ``normalisation='none'``; its data range is that of the reference in the mask (1.0).
+- Scoring: :func:`MRISynthesisLib.metrics.score` (the one scoring function, model-units
+  conventions): the real target contrast percentile-normalised (0.5..99.5 inside the brain mask)
+  to [0, 1]; synthetic volumes are already in these units (trained models through
+  :class:`MRISynthesisLib.synthesis.Synthesizer`, baselines through :mod:`Training.baselines`)
+  and are compared as they are; data range 1.
 - Brain mask: the subject's brain-mask file when discovery found one, else
   :func:`MRISynthesisLib.preprocessing.brain_mask` of the target; the Synthesizer gets the same mask.
 - Region: inside the brain mask (primary) and whole slices that contain brain; SSIM is 2D on
@@ -145,8 +145,8 @@ def texture(stack, region_stack) -> dict | None:
 def score(case: TestCase, synthetic, seconds: float) -> dict:
     """Metrics (brain mask and whole slices), texture (real and synthetic) and speed of one prediction."""
     synthetic_stack = case.stack(synthetic)
-    result = core_metrics.evaluate(synthetic_stack, case.cached_stack("reference"), mask=case.cached_stack("mask"),
-                                   normalisation="none", slice_axis=0)
+    result = core_metrics.score(case.target.with_array(np.asarray(synthetic, dtype=np.float32)), case.target,
+                                case.mask, mask_description="the subject's brain mask (file, else of the target)")
     lesion = case.cached_stack("lesion")
     real_texture = case.real_texture()
     return {

@@ -1,0 +1,382 @@
+"""One synthesis run, the same for every front end: :class:`SynthesisRequest` in, :class:`SynthesisResult` out.
+
+The command line (``mrisynthesis synthesize``), the BIDS App and the Slicer module's worker process
+all describe what they want as a :class:`SynthesisRequest` and call :func:`run`, which does, in
+this order::
+
+    resolve the model -> check the request -> load the input -> choose the brain mask
+    -> synthesise (a GPU that runs out of memory is retried with batch size 1, then on the CPU)
+    -> score against the reference (when one is given)
+
+and returns a :class:`SynthesisResult`: the synthetic volume (and the uncertainty map), the mask
+used, the model, the device and precision that ran, every warning the user must see (input check,
+out-of-memory fallbacks, brain mask, reference problems, Python warnings raised on the way) and
+informational notes. Front ends only turn their own inputs into a request, show the progress,
+and write or display the result; they add no synthesis logic of their own.
+
+Nothing is written to disk here: writing outputs (atomically, all or none) is the front end's job
+(:func:`MRISynthesisLib.io.write_outputs`). The synthetic volume's ``meta['provenance']`` records
+what made it (model and its content hash, device, precision, brain-mask source, the input's content
+hash, warnings); :func:`MRISynthesisLib.io.nifti_image` stores it in the file.
+
+Example (no Slicer, no files)::
+
+    from MRISynthesisLib.pipeline import SynthesisRequest, run
+    result = run(SynthesisRequest(volume, direction="t1-to-t2", device="cpu", precision="fp32"))
+    result.synthetic, result.warnings
+
+Progress and cancelling: ``progress(stage, done, total)`` is called with ``stage`` one of
+:data:`STAGES` ("brain extraction" reports 3 steps, "synthesis" one step per batch of slices;
+``done = total = 0`` announces that a stage starts); ``cancelled()`` is polled between stages and
+after every step, and returning True raises :class:`~MRISynthesisLib.errors.Cancelled`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Protocol
+
+import numpy as np
+
+from .brain_extraction import BrainMaskChoice
+from .checkpoint import ModelMetadata
+from .errors import Cancelled, InputError, MRISynthesisError
+from .metrics import Score
+from .volume import Volume
+
+#: The stages :func:`run` reports through ``progress(stage, done, total)``, in order.
+STAGES = ("loading model", "brain extraction", "synthesis", "scoring")
+#: Prefix of the input check's warnings, as every front end shows them.
+INPUT_CHECK_WARNING = "the input does not look like the brain MRI the model was trained on: "
+#: What :func:`volume_sha256` hashes (recorded beside the hash in the provenance).
+INPUT_HASH_CONVENTION = "sha256 of the float32 voxels [i, j, k] in C order, then the float64 4x4 affine"
+
+
+@dataclass
+class SynthesisRequest:
+    """What to synthesise and how; every field has the command line's default.
+
+    - ``input``: a :class:`Volume` or the path of a NIfTI/NRRD file.
+    - ``model``: catalog id or ``.safetensors`` path; None = the default model of ``direction``.
+    - ``direction``: 't1-to-t2' or 't2-to-t1' (aliases accepted); None = the model's own (or the
+      default direction when no model is named). A model of the other direction is refused.
+    - ``device``: 'auto', 'cpu', 'cuda' or 'mps'; ``precision``: 'auto', 'fp32', 'bf16' or 'fp16'
+      (:func:`MRISynthesisLib.device.resolve_precision`); ``batch_size``: slices per forward pass.
+    - ``brain_mask``: 'auto' (skull-stripped inputs as they are, whole-head scans brain-extracted),
+      'none', the path of a mask file on the input's grid, or a mask array ``[i, j, k]``
+      (non-zero = brain).
+    - ``uncertainty``: also a standard-deviation map (models that can sample only);
+      ``flip_tta``: average with the left-right mirrored prediction.
+    - ``reference``: a real target-contrast :class:`Volume` or file on the input's grid; the result
+      is then scored (:func:`MRISynthesisLib.metrics.score`, model-units conventions) inside the
+      brain mask used for synthesis when it was extracted or given, else inside the reference's
+      automatic brain mask. A reference on another grid or unreadable gives a warning, not an error.
+
+    The fields are plain values (picklable), so a request can be sent to a worker process.
+    """
+
+    input: Volume | str | os.PathLike
+    model: str | os.PathLike | None = None
+    direction: str | None = None
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int = 8
+    brain_mask: str | os.PathLike | np.ndarray = "auto"
+    uncertainty: bool = False
+    flip_tta: bool = False
+    reference: Volume | str | os.PathLike | None = None
+
+
+@dataclass
+class SynthesisResult:
+    """What :func:`run` made, and every message about it.
+
+    ``synthetic`` (and ``uncertainty``, or None): volumes on exactly the input's grid, in normalised
+    units; ``input``: the input volume as read; ``brain_mask``: the mask choice (its ``mask`` is
+    None when the synthesizer used its own foreground mask, see :meth:`mask_used`);
+    ``metadata`` and ``model_path``: the model; ``device`` ('cpu', 'cuda', ...), ``precision``
+    (e.g. 'fp32', 'bf16 + channels_last') and ``batch_size``: what finally ran (after any
+    out-of-memory fallback); ``warnings``: sentences every front end shows as warnings (input
+    check, fallbacks, brain mask, reference); ``notes``: informational sentences (model, device,
+    brain mask); ``score``: the comparison with the reference, or None.
+    """
+
+    synthetic: Volume
+    uncertainty: Volume | None
+    input: Volume
+    brain_mask: BrainMaskChoice
+    metadata: ModelMetadata
+    model_path: Path
+    device: str
+    precision: str
+    batch_size: int
+    warnings: list = field(default_factory=list)
+    notes: list = field(default_factory=list)
+    score: Score | None = None
+
+    def mask_used(self) -> np.ndarray:
+        """The boolean ``[i, j, k]`` mask synthesis worked in (for saving or showing it)."""
+        from .brain_extraction import mask_used
+
+        return mask_used(self.input, self.brain_mask)
+
+
+class SynthesizerLike(Protocol):
+    """What :func:`run` needs of a synthesizer (:class:`MRISynthesisLib.synthesis.Synthesizer` is
+    one; tests may pass others through a :class:`SynthesizerFactory`)."""
+
+    device: object          # torch.device
+    precision: object       # MRISynthesisLib.device.Precision
+    batch_size: int
+    metadata: ModelMetadata
+
+    @property
+    def supports_uncertainty(self) -> bool: ...
+
+    def synthesize(self, volume: Volume, progress=None, mask=None) -> Volume: ...
+
+    def synthesize_with_uncertainty(self, volume: Volume, samples: int = 8, progress=None, mask=None): ...
+
+
+class SynthesizerFactory(Protocol):
+    """``factory(model_path, device, batch_size, precision, flip_tta)`` -> a :class:`SynthesizerLike`."""
+
+    def __call__(self, model_path: Path, device: str, batch_size: int, precision: str,
+                 flip_tta: bool) -> SynthesizerLike: ...
+
+
+def create_synthesizer(model_path, device, batch_size, precision, flip_tta) -> SynthesizerLike:
+    """The default :class:`SynthesizerFactory`: a new :class:`~MRISynthesisLib.synthesis.Synthesizer`."""
+    from . import synthesis
+
+    return synthesis.Synthesizer(model_path, device=device, batch_size=batch_size, precision=precision,
+                                 flip_tta=flip_tta)
+
+
+class SynthesizerCache:
+    """A :class:`SynthesizerFactory` that keeps the last synthesizer and returns it again while the
+    checkpoint file (path, modification time, size), device, precision and ``flip_tta`` are the
+    same (loading and hashing a checkpoint takes seconds; the BIDS App runs one model on many
+    inputs). One entry only: a second model on the GPU would double its memory. The batch size is
+    set on the returned synthesizer."""
+
+    def __init__(self, create: SynthesizerFactory = create_synthesizer):
+        self.create = create
+        self.key, self.synthesizer = None, None
+
+    def __call__(self, model_path, device, batch_size, precision, flip_tta=False) -> SynthesizerLike:
+        path = Path(model_path).resolve()
+        stat = os.stat(path)
+        key = (str(path), stat.st_mtime_ns, stat.st_size, str(device), str(precision), bool(flip_tta))
+        if key != self.key:
+            self.clear()  # the old model's memory is released before the new one loads
+            self.synthesizer = self.create(model_path, device, batch_size, precision, flip_tta)
+            self.key = key
+        self.synthesizer.batch_size = int(batch_size)
+        return self.synthesizer
+
+    def clear(self) -> None:
+        self.key, self.synthesizer = None, None
+
+
+def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelled: Callable | None = None,
+        synthesizers: SynthesizerFactory = create_synthesizer) -> SynthesisResult:
+    """Carry out ``request``; see the module docstring for the steps, progress and cancelling.
+
+    ``synthesizers`` makes the synthesizer of each attempt (:class:`SynthesizerCache` keeps a
+    loaded model between runs). Raises :class:`~MRISynthesisLib.errors.MRISynthesisError`
+    subclasses with one-line messages for bad requests and inputs (before any synthesis where
+    possible), :class:`~MRISynthesisLib.errors.Cancelled` when cancelled, ``MemoryError`` when the
+    CPU runs out of memory. Nothing is written to disk; the input is never modified.
+    """
+    from .synthesis import UNCERTAINTY_SAMPLES, check_model_request, require_positive_intensities, \
+        synthesize_with_fallback
+
+    stage = _StageReporter(progress, cancelled)
+    batch_size = _check_batch_size(request.batch_size)
+    model_path, metadata = resolve_request_model(request)  # before the volume is read
+    volume = request.input if isinstance(request.input, Volume) else _load(request.input, "input")
+    mask_choice = _mask_choice(request.brain_mask, volume)
+    require_positive_intensities(volume.array)  # before brain extraction, which would blame the mask
+
+    def create(device, size):  # also the out-of-memory fallbacks' synthesizers
+        return synthesizers(model_path, device, size, request.precision, request.flip_tta)
+
+    stage.start("loading model")
+    synthesizer = create(request.device, batch_size)
+    check_model_request(metadata, uncertainty=bool(request.uncertainty), can_sample=synthesizer.supports_uncertainty)
+    caught_warnings = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        from .brain_extraction import choose_brain_mask
+
+        chosen = choose_brain_mask(volume, mask_choice, device=synthesizer.device,
+                                   progress=stage.reporter("brain extraction"))
+        stage.start("synthesis")
+        fallback = synthesize_with_fallback(create, volume, request.device, batch_size, first=synthesizer,
+                                            progress=stage.reporter("synthesis"), mask=chosen.mask,
+                                            uncertainty_samples=UNCERTAINTY_SAMPLES if request.uncertainty else 0)
+        caught_warnings = [str(w.message) for w in caught]
+    stage.check()
+    used = fallback.synthesizer
+    result = SynthesisResult(
+        synthetic=fallback.synthetic, uncertainty=fallback.uncertainty, input=volume, brain_mask=chosen,
+        metadata=metadata, model_path=Path(model_path), device=used.device.type,
+        precision=used.precision.describe(), batch_size=int(used.batch_size))
+    check = result.synthetic.meta["input_check"]
+    result.warnings = _unique(list(fallback.notes) + list(chosen.warnings)
+                              + [INPUT_CHECK_WARNING + w for w in check["warnings"]] + caught_warnings)
+    if request.reference is not None:
+        stage.start("scoring")
+        result.score = _score_reference(request.reference, result, result.warnings)
+    result.notes = [f"model: {metadata.model_id} ({metadata.architecture}, {metadata.source_contrast} -> "
+                    f"{metadata.target_contrast}) on {result.device}, {result.precision}",
+                    f"brain mask: {chosen.describe()}"]
+    _record_provenance(result)
+    return result
+
+
+# -- the steps ------------------------------------------------------------------------------------
+
+def resolve_request_model(request: SynthesisRequest) -> tuple[Path, ModelMetadata]:
+    """The checkpoint path and metadata ``request`` asks for, checked against its direction
+    (before any volume is read; a front end may call it early to refuse a bad request at once)."""
+    from . import catalog
+    from .checkpoint import read_metadata
+    from .conventions import DEFAULT_DIRECTION, DIRECTION_ALIASES
+    from .synthesis import check_model_request
+
+    direction = None
+    if request.direction is not None:
+        direction = DIRECTION_ALIASES.get(str(request.direction).lower())
+        if direction is None:
+            raise InputError(f"unknown direction '{request.direction}'; expected one of "
+                             f"{', '.join(sorted(DIRECTION_ALIASES))}")
+    model = None if request.model is None else str(request.model)
+    model_path = catalog.resolve_model(model, direction or (DEFAULT_DIRECTION if model is None else None))
+    metadata = read_metadata(model_path)
+    check_model_request(metadata, direction)
+    return Path(model_path), metadata
+
+
+def _check_batch_size(batch_size) -> int:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    return int(batch_size)
+
+
+def _load(path, role: str) -> Volume:
+    from .io import load_volume
+
+    return load_volume(path)
+
+
+def require_same_grid(volume: Volume, other: Volume, name: str, other_name: str) -> None:
+    """:class:`InputError` unless the volumes share one voxel grid (shape, and the voxel-to-world
+    matrices within 1e-3 mm)."""
+    if volume.shape != other.shape:
+        raise InputError(f"{name} has shape {volume.shape} but {other_name} has {other.shape}; they must share one grid")
+    if not volume.same_geometry(other, atol=1e-3):
+        raise InputError(f"{name} and {other_name} have the same shape but different voxel-to-world matrices; "
+                         "resample one onto the other's grid first")
+
+
+def load_brain_mask_file(path, volume: Volume, option: str = "--brain-mask", other_name: str = "the input"
+                         ) -> np.ndarray:
+    """The brain mask stored in ``path`` (NIfTI or NRRD on ``volume``'s grid) as a boolean
+    ``[i, j, k]`` array: non-zero = brain. An empty mask or another grid is refused (messages name
+    ``option`` and ``other_name``)."""
+    mask_volume = _load(path, option)
+    require_same_grid(mask_volume, volume, option, other_name)
+    if not (mask_volume.array > 0).any():
+        raise InputError(f"{option} {Path(path).name} is empty (no voxel > 0)")
+    return mask_volume.array != 0
+
+
+def _mask_choice(choice, volume: Volume):
+    """'auto' / 'none' (any case) as they are; a path is read; an array is passed on."""
+    if isinstance(choice, np.ndarray):
+        return choice
+    if isinstance(choice, str) and choice.lower() in ("auto", "none"):
+        return choice.lower()
+    return load_brain_mask_file(choice, volume)
+
+
+def _score_reference(reference, result: SynthesisResult, warnings_out: list) -> Score | None:
+    """Score ``result.synthetic`` against ``reference``; a reference that cannot be used adds a
+    warning and gives None."""
+    from .conventions import TARGET_CONTRAST
+    from .metrics import score
+
+    target = TARGET_CONTRAST[result.metadata.direction]
+    try:
+        reference = reference if isinstance(reference, Volume) else _load(reference, "reference")
+        if not reference.same_geometry(result.input, atol=1e-3):
+            warnings_out.append(f"the real {target} image is on another voxel grid than the input "
+                                "(not co-registered): no metrics")
+            return None
+        mask = result.brain_mask.mask
+        return score(result.synthetic, reference, mask, percentiles=result.metadata.percentiles,
+                     mask_description=(f"the brain mask used for synthesis ({result.brain_mask.source})"
+                                       if mask is not None else None))
+    except MRISynthesisError as error:
+        warnings_out.append(f"real {target} image not usable for metrics: {error}")
+        return None
+
+
+def _record_provenance(result: SynthesisResult) -> None:
+    """Add what only the pipeline knows to the output's provenance (stored in the file)."""
+    provenance = result.synthetic.meta.setdefault("provenance", {})
+    provenance.update(
+        device=result.device, precision=result.precision, batch_size=result.batch_size,
+        brain_mask=result.brain_mask.source, brain_mask_description=result.brain_mask.describe(),
+        input_sha256=volume_sha256(result.input), input_sha256_of=INPUT_HASH_CONVENTION,
+        warnings=list(result.warnings))
+    if result.uncertainty is not None:
+        result.uncertainty.meta["provenance"] = dict(provenance, role="uncertainty (standard deviation)")
+
+
+def volume_sha256(volume: Volume, voxels_per_chunk: int = 4_000_000) -> str:
+    """Content hash of a volume (see :data:`INPUT_HASH_CONVENTION`): equal for equal voxels and
+    geometry whatever file or front end they came from. Hashed in slabs (no full-size copy)."""
+    digest = hashlib.sha256()
+    array = volume.array
+    step = max(1, array.shape[0] * voxels_per_chunk // max(1, array.size))
+    for start in range(0, array.shape[0], step):
+        digest.update(np.ascontiguousarray(array[start:start + step], dtype=np.float32).tobytes())
+    digest.update(np.ascontiguousarray(volume.affine, dtype=np.float64).tobytes())
+    return digest.hexdigest()
+
+
+def _unique(items: list) -> list:
+    """``items`` without repeats (a warning raised once per batch is reported once), in order."""
+    return list(dict.fromkeys(str(item) for item in items))
+
+
+class _StageReporter:
+    """Turns the front end's ``progress(stage, done, total)`` and ``cancelled()`` into the
+    ``progress(done, total) -> bool`` callbacks of the core's steps."""
+
+    def __init__(self, progress, cancelled):
+        self.progress, self.cancelled = progress, cancelled
+
+    def check(self) -> None:
+        if self.cancelled is not None and self.cancelled():
+            raise Cancelled("synthesis cancelled; nothing was written")
+
+    def start(self, stage: str) -> None:
+        self.check()
+        if self.progress is not None:
+            self.progress(stage, 0, 0)
+
+    def reporter(self, stage: str):
+        def report(done, total):
+            if self.progress is not None:
+                self.progress(stage, done, total)
+            return not (self.cancelled is not None and self.cancelled())
+
+        return report
