@@ -108,3 +108,28 @@ def test_out_of_memory_recognition():
     assert is_out_of_memory(RuntimeError("MPS backend out of memory (MPS allocated: 8 GB)"))
     assert not is_out_of_memory(MemoryError())
     assert not is_out_of_memory(ValueError("out of memory"))
+
+
+def test_bids_app_recovers_from_gpu_out_of_memory_like_the_command_line(tmp_path, t1, tiny_checkpoint, capsys,
+                                                                         monkeypatch):
+    """The BIDS App runs through the same pipeline, so it has the same fallback (it had none before)."""
+    import json
+
+    from MRISynthesisLib import device
+
+    bids = tmp_path / "bids" / "sub-01" / "anat"
+    bids.mkdir(parents=True)
+    (bids / "sub-01_T1w.nii.gz").write_bytes(t1.read_bytes())
+    code, expected = synthesize(tmp_path, t1, tiny_checkpoint, "cpu.nii.gz", "--device", "cpu")
+    assert code == 0
+    made = []
+    monkeypatch.setattr(synthesis, "Synthesizer", gpu_without_memory(2, made))
+    monkeypatch.setattr(device, "select_device", lambda requested="auto": torch.device("cpu"))  # "a GPU is there"
+    out = tmp_path / "derivatives"
+    assert main(["bids", str(tmp_path / "bids"), str(out), "participant", "--model", str(tiny_checkpoint),
+                 "--device", "cuda", "--quiet", "--no-report"]) == 0, capsys.readouterr().err
+    image = out / "sub-01" / "anat" / "sub-01_desc-synthetic_T2w.nii.gz"
+    sidecar = json.loads(image.with_suffix("").with_suffix(".json").read_text())
+    assert made == [("cuda", 8)]  # its synthesizer cache retries with the loaded model at batch size 1
+    assert BATCH_8_NOTE in sidecar["Warnings"] and sidecar["Device"] == "cuda"
+    np.testing.assert_array_equal(nib.load(str(image)).get_fdata(), nib.load(str(expected)).get_fdata())
