@@ -41,7 +41,9 @@ def terminate_cleanly() -> None:
         signal.signal(signal.SIGTERM, handler)
 
 
-def _default_mode() -> int:
+def default_file_mode() -> int:
+    """The permissions a new file gets here (0o666 less the umask); temporary files are created
+    private (0o600) and given these before they are renamed into place."""
     umask = os.umask(0)
     os.umask(umask)
     return 0o666 & ~umask
@@ -137,7 +139,7 @@ def atomic_paths(paths, suffixes=None):
             with open(tmp, "rb") as written:  # on disk before the rename makes it visible
                 os.fsync(written.fileno())
         for tmp, path in zip(temporaries, paths):
-            os.chmod(tmp, _default_mode())
+            os.chmod(tmp, default_file_mode())
             os.replace(tmp, path)
     finally:
         for tmp in temporaries:

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import __version__
-from .atomic import _default_mode
+from .atomic import default_file_mode
 from .conventions import DIRECTIONS, SOURCE_CONTRAST, TARGET_CONTRAST
 from .errors import InputError, OutputError
 
@@ -239,7 +239,7 @@ def create_once(path, text: str) -> Path:
             stream.write(text)
             stream.flush()
             os.fsync(stream.fileno())
-        os.chmod(tmp, _default_mode())
+        os.chmod(tmp, default_file_mode())
         try:
             os.link(tmp, path)
         except FileExistsError:

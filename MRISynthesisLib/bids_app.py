@@ -27,7 +27,7 @@ from . import __version__
 from .bids import (SUFFIXES, BidsItem, create_once, dataset_description, derivative_paths, discover,
                    ensure_dataset_description)
 from .conventions import DEFAULT_DIRECTION
-from .errors import InputError, MRISynthesisError, OutputError
+from .errors import InputError, MRISynthesisError, OutputError, first_line
 from .qc_report import FAILURE_SUFFIX, check_report_is_ours, write_figures, write_report
 
 NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
@@ -187,9 +187,9 @@ def process_item(item: BidsItem, options: AppOptions, synthesizers) -> ItemResul
 
 
 def _one_line(error: BaseException) -> str:
-    text = str(error).strip()
-    message = text.splitlines()[0] if text else type(error).__name__
-    if not isinstance(error, (MRISynthesisError, MemoryError)) and text:
+    """Our errors as they are; another error's message after its type's name."""
+    message = first_line(error, limit=10_000)
+    if not isinstance(error, (MRISynthesisError, MemoryError)) and str(error).strip():
         message = f"{type(error).__name__}: {message}"
     return message
 

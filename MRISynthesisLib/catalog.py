@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .checkpoint import DIRECTIONS, file_sha256
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, first_line
 
 CATALOG_NAME = "Models.json"
 USER_MODELS_ENV = "MRISYNTHESIS_USER_MODELS"
@@ -96,7 +96,7 @@ def read_catalog_file(path: Path) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise CheckpointError(f"model catalog {path} is malformed: {_first_line(error)}") from None
+        raise CheckpointError(f"model catalog {path} is malformed: {first_line(error)}") from None
     _models_list(data, path)
     return data
 
@@ -135,11 +135,6 @@ def _entry(item, index: int, path: Path) -> CatalogEntry:
             raise CheckpointError(f"model catalog {path} is malformed: entry {index + 1} ({item.get('id')!r}) "
                                   f"has {name} = {value!r}; expected {expected.__name__}")
     return CatalogEntry(**values, folder=str(path.parent))
-
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
 
 
 def default_model(direction: str, resources: Path | None = None) -> CatalogEntry:

@@ -34,7 +34,7 @@ from pathlib import Path
 from . import __version__
 from .atomic import atomic_path
 from .conventions import DIRECTIONS, PERCENTILE_HIGH, PERCENTILE_LOW, SOURCE_CONTRAST, TARGET_CONTRAST
-from .errors import CheckpointError, InputError
+from .errors import CheckpointError, InputError, first_line
 
 FORMAT = "mrisynthesis-checkpoint"
 FORMAT_VERSION = 2
@@ -314,7 +314,7 @@ def _read_header(path, trust_legacy_metadata: bool = False):
                        for name in handle.keys()}
     except Exception as error:
         raise CheckpointError(f"{path.name} is not a readable safetensors checkpoint "
-                              f"(corrupt or truncated?): {_first_line(error)}") from None
+                              f"(corrupt or truncated?): {first_line(error)}") from None
     if raw is None:
         raise CheckpointError(f"{path.name} has no MRISynthesis metadata; it is not one of our checkpoints")
     try:
@@ -344,7 +344,7 @@ def load_checkpoint(path, device="cpu", trust_legacy_metadata: bool = False):
         state = load_file(str(path), device="cpu")
     except Exception as error:
         raise CheckpointError(f"cannot read the weights in {path.name} (corrupt or truncated?): "
-                              f"{_first_line(error)}") from None
+                              f"{first_line(error)}") from None
     if content_hash(state) != metadata.content_sha256:
         raise CheckpointError(f"{path.name}: weights do not match the content hash in its metadata (file corrupted or altered)")
     try:
@@ -356,7 +356,7 @@ def load_checkpoint(path, device="cpu", trust_legacy_metadata: bool = False):
         model.load_state_dict(state, strict=True)
     except RuntimeError as error:
         raise CheckpointError(f"{path.name}: weights do not fit architecture '{metadata.architecture}' "
-                              f"with its config: {_first_line(error)}") from None
+                              f"with its config: {first_line(error)}") from None
     model.eval()
     return model.to(device), metadata
 
@@ -398,7 +398,7 @@ def network_shapes(architecture: str, config: dict) -> dict:
         with torch.device("meta"), _skip_meta_initialisers():
             network = build_model(architecture, **config)
     except Exception as error:  # a config the constructor rejects (InputError, negative sizes, ...)
-        raise CheckpointError(f"cannot build its network '{architecture}': {_first_line(error)}") from None
+        raise CheckpointError(f"cannot build its network '{architecture}': {first_line(error)}") from None
     return {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
 
 
@@ -456,7 +456,3 @@ def _existing(path) -> Path:
                               "pickles are never loaded because loading one can run code")
     return path
 
-
-def _first_line(error: Exception) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0][:300] if lines else type(error).__name__

@@ -181,8 +181,9 @@ def _main(argv) -> int:
 
         if not is_out_of_memory(error) and "can't allocate memory" not in str(error):
             raise
-        first_line = str(error).strip().splitlines()[0]
-        print(f"error: out of memory ({first_line}); try a smaller --batch-size, --device cpu or a smaller volume",
+        from .errors import first_line
+
+        print(f"error: out of memory ({first_line(error)}); try a smaller --batch-size, --device cpu or a smaller volume",
               file=sys.stderr)
         return 1
 

@@ -6,6 +6,13 @@ the Slicer module shows it in a message box.
 """
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """The first line of ``error``'s message (at most ``limit`` characters), or its type's name when
+    it has no message: how an error of a library (nibabel, torch, ...) is quoted in ours."""
+    lines = str(error).strip().splitlines()
+    return lines[0][:limit] if lines else type(error).__name__
+
+
 class MRISynthesisError(Exception):
     """Base class of all errors that are reported to the user without a traceback."""
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .atomic import atomic_paths
-from .errors import InputError, OutputError
+from .errors import InputError, OutputError, first_line
 from .volume import Volume
 
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
@@ -62,7 +62,7 @@ def load_volume(path) -> Volume:
         dtype = image.get_data_dtype()
         shape = tuple(int(n) for n in image.shape)
     except Exception as error:  # nibabel raises many types for bad files
-        raise InputError(f"cannot read {path.name}: {_reason(error)}") from None
+        raise InputError(f"cannot read {path.name}: {first_line(error)}") from None
     if dtype.fields is not None or (len(dtype.shape) > 0):
         raise InputError(f"{path.name} is a multi-component (RGB/vector) image; expected one scalar contrast")
     while len(shape) > 3 and shape[-1] == 1:
@@ -77,7 +77,7 @@ def load_volume(path) -> Volume:
         with np.errstate(over="ignore", invalid="ignore"):
             data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
     except Exception as error:
-        raise InputError(f"cannot read the voxels of {path.name}: {_reason(error)}") from None
+        raise InputError(f"cannot read the voxels of {path.name}: {first_line(error)}") from None
     if not np.all(np.isfinite(data)):
         raw = np.asanyarray(image.dataobj.get_unscaled() if hasattr(image.dataobj, "get_unscaled") else data)
         if np.issubdtype(raw.dtype, np.integer) or np.all(np.isfinite(raw)):
@@ -103,11 +103,6 @@ def _check_declared_size(path: Path, image, shape) -> None:
         raise InputError(f"{path.name} declares {' x '.join(str(n) for n in shape)} voxels ({needed:,} bytes of data) "
                          f"but the file is only {size:,} bytes{' compressed' if compressed else ''}; "
                          "it is truncated or its header is wrong")
-
-
-def _reason(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def check_output_path(path, inputs=(), suffixes=VOLUME_SUFFIXES) -> Path:

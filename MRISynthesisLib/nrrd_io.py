@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import InputError
+from .errors import InputError, first_line
 from .volume import Volume
 
 #: Largest volume accepted (voxels): 2^28, e.g. 640^3 (1 GiB as float32); clinical MRI is ~2^24.
@@ -105,7 +105,7 @@ def read_header(path: Path) -> tuple[dict, int]:
     try:
         return dict(nrrd.read_header(lines)), size
     except Exception as error:  # pynrrd raises NRRDError, ValueError, StopIteration...
-        raise InputError(f"cannot read {path.name}: {_reason(error)}") from None
+        raise InputError(f"cannot read {path.name}: {first_line(error)}") from None
 
 
 def detached_data_file(path: Path) -> Path | None:
@@ -118,10 +118,6 @@ def detached_data_file(path: Path) -> Path | None:
         return None
     return (Path(path).parent / name).resolve() if name else None
 
-
-def _reason(error: Exception) -> str:
-    text = str(error).strip().splitlines()
-    return text[0] if text else type(error).__name__
 
 
 def _open_regular(path: Path, what: str):
@@ -308,7 +304,7 @@ def _decompressed_chunks(handle, kind: str, limit: int, path: Path):
                 yield pending
                 pending = b""
     except (zlib.error, OSError, EOFError, ValueError) as error:
-        raise InputError(f"cannot read {path.name}: its {kind} data is corrupt ({_reason(error)})") from None
+        raise InputError(f"cannot read {path.name}: its {kind} data is corrupt ({first_line(error)})") from None
     if pending:
         yield pending
     if produced > limit:
@@ -358,7 +354,7 @@ def _fill_ascii(out: np.ndarray, handle, path: Path) -> None:
             try:
                 values = np.array(text.split(), dtype=np.float64)
             except ValueError as error:
-                raise InputError(f"cannot read {path.name}: its ASCII data has a non-number ({_reason(error)})") from None
+                raise InputError(f"cannot read {path.name}: its ASCII data has a non-number ({first_line(error)})") from None
             if position + values.size > out.size:
                 raise InputError(f"{path.name} holds more data than its header declares ({out.size:,} values)")
             part = out[position: position + values.size]
