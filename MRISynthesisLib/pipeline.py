@@ -137,7 +137,9 @@ class SynthesizerLike(Protocol):
     @property
     def supports_uncertainty(self) -> bool: ...
 
-    def synthesize(self, volume: Volume, progress=None, mask=None) -> Volume: ...
+    def synthesize(self, volume: Volume, progress=None, mask=None) -> Volume:
+        """The synthetic volume; its ``meta['input_check']`` holds the input check
+        (:meth:`MRISynthesisLib.input_check.InputCheck.as_dict`: at least ``warnings``)."""
 
     def synthesize_with_uncertainty(self, volume: Volume, samples: int = 8, progress=None, mask=None): ...
 

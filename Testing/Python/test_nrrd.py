@@ -330,7 +330,8 @@ def test_nhdr_output_on_a_full_disk_changes_nothing(tmp_path, tiny_checkpoint, c
     monkeypatch.setattr(volume_io, "write_nifti", full_disk)
     with monkeypatch.context() as patch:  # a second run with other voxels
         patch.setattr("MRISynthesisLib.synthesis.Synthesizer.synthesize",
-                      lambda self, volume, progress=None, mask=None: volume.with_array(volume.array * 0 + 7))
+                      lambda self, volume, progress=None, mask=None: Volume(
+                          volume.array * 0 + 7, volume.affine, {"input_check": {"warnings": []}}))
         _one_line_error(capsys, argv, "No space left on device; no output was written", tmp_path)
     assert {name: (tmp_path / name).read_bytes() for name in os.listdir(tmp_path)} == before
 
