@@ -429,7 +429,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._fillMetricsTable(result.metrics)
 
     def _fillMetricsTable(self, metrics) -> None:
-        from MRISynthesisLib.metrics import PERCENTILE_HIGH, PERCENTILE_LOW
+        from MRISynthesisLib.conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 
         rows = [("mae", _("MAE")), ("psnr", _("PSNR (dB)")), ("ssim", _("SSIM")), ("mi_bits", _("MI (bits)"))]
         table = self.ui.metricsTable

@@ -21,6 +21,11 @@ import socket
 import tempfile
 from pathlib import Path
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = [
+    "TEMP_MARKER", "Terminated", "atomic_path", "atomic_paths", "default_file_mode",
+    "remove_stale_temporaries", "terminate_cleanly"]
+
 TEMP_MARKER = "mrisynthesis-tmp-"
 
 

@@ -33,6 +33,9 @@ from .orientation import from_canonical_slices, to_canonical_slices
 from .preprocessing import brain_mask, looks_skull_stripped
 from .volume import Volume
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = ["CHOICES", "BrainMaskChoice", "choose_brain_mask", "extract_brain", "mask_used"]
+
 #: SHA-256 of the TorchScript files inside the deepbet 1.0.2 wheel (validated in docs/architecture.md).
 DEEPBET_WEIGHTS = {
     "bbox_model.pt": "39a7b2b5f799faa1391ea97bfcdc0b9299f20d84f2316a4ff8918dc4685e40aa",

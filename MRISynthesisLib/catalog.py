@@ -20,6 +20,11 @@ from pathlib import Path
 from .checkpoint import DIRECTIONS, file_sha256
 from .errors import CheckpointError, InputError, first_line
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = [
+    "CATALOG_NAME", "USER_MODELS_ENV", "CatalogEntry", "default_model", "list_models", "read_catalog_file",
+    "resolve_model", "resources_dir", "user_models_dir"]
+
 CATALOG_NAME = "Models.json"
 USER_MODELS_ENV = "MRISYNTHESIS_USER_MODELS"
 

@@ -36,6 +36,12 @@ from .atomic import atomic_path
 from .conventions import DIRECTIONS, PERCENTILE_HIGH, PERCENTILE_LOW, SOURCE_CONTRAST, TARGET_CONTRAST
 from .errors import CheckpointError, InputError, first_line
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = [
+    "FORMAT_VERSION", "MAX_CONTEXT_SLICES", "MAX_PARAMETERS", "MAX_SLICE_SIZE", "ModelMetadata",
+    "content_hash", "file_sha256", "load_checkpoint", "network_size", "read_metadata", "save_checkpoint",
+    "upgrade_checkpoint"]
+
 FORMAT = "mrisynthesis-checkpoint"
 FORMAT_VERSION = 2
 #: Older formats that can still be read when the caller vouches for their unprotected metadata.

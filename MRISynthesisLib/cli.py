@@ -27,6 +27,9 @@ from .atomic import Terminated
 from .conventions import DEFAULT_DIRECTION, DIRECTION_ALIASES, PERCENTILE_HIGH, PERCENTILE_LOW
 from .errors import Cancelled, MRISynthesisError
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = ["COMMAND_GROUP", "NOT_FOR_DIAGNOSIS", "main", "plugin_commands", "quiet_when_pipe_closes"]
+
 NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
 #: Entry-point group of the subcommands other packages add (see the module docstring).
 COMMAND_GROUP = "mrisynthesis.commands"

@@ -11,6 +11,12 @@ from __future__ import annotations
 
 from .errors import InputError
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = [
+    "DEFAULT_DIRECTION", "DIRECTIONS", "DIRECTION_ALIASES", "MIN_TRAINING_FOREGROUND", "PERCENTILE_HIGH",
+    "PERCENTILE_LOW", "REVERSE", "SOURCE_CONTRAST", "T1_TO_T2", "T2_TO_T1", "TARGET_CONTRAST",
+    "check_direction", "source_and_target", "source_contrast", "target_contrast"]
+
 #: Synthesis directions: which contrast is given and which one is synthesised.
 T1_TO_T2 = "t1-to-t2"
 T2_TO_T1 = "t2-to-t1"

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 from .errors import InputError
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = [
+    "DEVICE_CHOICES", "PRECISION_CHOICES", "Precision", "autocast_dtype", "cpu_has_native_bf16",
+    "resolve_precision", "select_device"]
+
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
 

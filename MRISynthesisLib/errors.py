@@ -5,6 +5,9 @@ of :class:`MRISynthesisError`; the command line prints its message on one line a
 the Slicer module shows it in a message box.
 """
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = ["Cancelled", "CheckpointError", "InputError", "MRISynthesisError", "OutputError", "first_line"]
+
 
 def first_line(error: BaseException, limit: int = 300) -> str:
     """The first line of ``error``'s message (at most ``limit`` characters), or its type's name when

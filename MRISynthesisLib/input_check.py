@@ -21,6 +21,9 @@ import numpy as np
 
 from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = ["InputCheck", "check_stack", "check_volume"]
+
 #: Fraction of voxels clearly below zero (< -1 % of the bright end); real MRI: at most 0.0013.
 MAX_NEGATIVE_FRACTION = 0.05
 #: Fraction of the field of view that is foreground; real MRI: 0.11 to 0.54, uniform noise: 0.98.

@@ -17,6 +17,11 @@ from .atomic import atomic_paths
 from .errors import InputError, OutputError, first_line
 from .volume import Volume
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = [
+    "MAX_VOXELS", "NIFTI_SUFFIXES", "NRRD_SUFFIXES", "VOLUME_SUFFIXES", "check_output_path", "load_volume",
+    "nifti_image", "read_provenance", "save_volume", "write_outputs", "write_volume"]
+
 NIFTI_SUFFIXES = (".nii", ".nii.gz")
 NRRD_SUFFIXES = (".nrrd", ".nhdr")
 VOLUME_SUFFIXES = NIFTI_SUFFIXES + NRRD_SUFFIXES

@@ -53,6 +53,12 @@ from skimage.metrics import structural_similarity
 from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 from .errors import InputError
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = [
+    "EVALUATE_NORMALISATIONS", "METRIC_NAMES", "MIN_MASK_VOXELS", "Score", "absolute_error_map",
+    "describe_conventions", "evaluate", "format_table", "glcm_features", "json_compatible", "mae", "mse",
+    "mutual_information", "normalise_for_metrics", "psnr", "relative_error_map", "score", "ssim"]
+
 NORMALISATIONS = ("none", "minmax", "percentile", "zscore")
 #: :func:`evaluate` also accepts 'model-units' (reference normalised, synthetic compared as it is).
 EVALUATE_NORMALISATIONS = NORMALISATIONS + ("model-units",)

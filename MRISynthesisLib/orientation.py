@@ -22,6 +22,9 @@ from nibabel import orientations as nio
 
 from .errors import InputError
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = ["CanonicalTransform", "find_axial_axis", "from_canonical_slices", "to_canonical_slices"]
+
 _LPS = nio.axcodes2ornt(("L", "P", "S"))
 
 

@@ -48,6 +48,12 @@ from .errors import Cancelled, InputError, MRISynthesisError
 from .metrics import Score
 from .volume import Volume
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = [
+    "INPUT_CHECK_WARNING", "STAGES", "SynthesisRequest", "SynthesisResult", "SynthesizerCache",
+    "SynthesizerFactory", "SynthesizerLike", "create_synthesizer", "load_brain_mask_file",
+    "require_same_grid", "resolve_request_model", "run", "volume_sha256"]
+
 #: The stages :func:`run` reports through ``progress(stage, done, total)``, in order.
 STAGES = ("loading model", "brain extraction", "synthesis", "scoring")
 #: Prefix of the input check's warnings, as every front end shows them.

@@ -21,6 +21,12 @@ from scipy import ndimage
 from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 from .errors import InputError
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = [
+    "SliceGeometry", "brain_mask", "fill_slice_holes", "foreground_slices", "gather_context",
+    "looks_skull_stripped", "normalisation_range", "normalise_stack", "percentile_normalise",
+    "scale_to_unit", "to_model_range"]
+
 #: Fraction of exactly-zero voxels above which a volume is treated as skull-stripped / masked.
 ZERO_BACKGROUND_FRACTION = 0.05
 #: Skull-stripped data has little foreground on the volume's outer faces (a raw scan's air

@@ -31,6 +31,11 @@ from .preprocessing import (SliceGeometry, brain_mask, contiguous_copy, fill_sli
                             gather_context, normalisation_range, scale_to_unit, slabs, to_model_range)
 from .volume import Volume
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = [
+    "MIN_INPLANE_VOXELS", "UNCERTAINTY_SAMPLES", "SynthesisRun", "Synthesizer", "check_model_request",
+    "device_name", "is_out_of_memory", "require_positive_intensities", "synthesize_with_fallback"]
+
 #: Smallest in-plane size (voxels) that is synthesised; smaller inputs are refused.
 MIN_INPLANE_VOXELS = 16
 #: Stochastic passes for an uncertainty (standard deviation) map.
@@ -282,8 +287,8 @@ def is_out_of_memory(error: BaseException) -> bool:
 
 
 def device_name(synthesizer) -> str:
-    """'cuda', 'mps' or 'cpu': the device a synthesizer runs on."""
-    return str(getattr(getattr(synthesizer, "device", None), "type", synthesizer.device))
+    """'cuda', 'mps' or 'cpu': the device a synthesizer (a ``torch.device`` in ``.device``) runs on."""
+    return synthesizer.device.type
 
 
 def _release_gpu_memory() -> None:

@@ -15,6 +15,9 @@ import numpy as np
 
 from .errors import InputError
 
+#: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
+__all__ = ["Volume"]
+
 #: Largest coordinate or voxel step accepted in an index-to-RAS matrix (mm): a kilometre.
 MAX_COORDINATE_MM = 1e6
 

@@ -71,7 +71,7 @@ class Validator:
         if subject.id not in self._volumes:
             t1, t2 = load_volume(subject.t1), load_volume(subject.t2)
             source, target = source_and_target(self.direction, t1, t2)
-            if getattr(subject, "mask", None):
+            if subject.mask:
                 mask = load_volume(subject.mask).array > 0
             else:
                 mask = brain_mask(target.array)

@@ -120,3 +120,133 @@ def test_mrisynthesis_train_works_from_a_pip_install(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "loss.l1" in done.stdout
     assert (target / "bin" / "mrisynthesis-train").is_file()
+
+
+# -- the public API ------------------------------------------------------------------------------
+
+#: Folders of the packages that use the core from outside (they may import only its public API).
+CLIENTS = ("Training", "MRISynthesis", "benchmarks", "studies")
+PRODUCT = ("MRISynthesisLib",) + CLIENTS
+
+
+def public_api() -> dict:
+    """``{module: set of public names}`` as the core declares it."""
+    import importlib
+
+    import MRISynthesisLib
+
+    return {name: set(importlib.import_module(f"MRISynthesisLib.{name}").__all__)
+            for name in MRISynthesisLib.PUBLIC_MODULES}
+
+
+def core_uses(path: Path) -> list:
+    """``(line, module, name)`` of every use of the core in ``path``: ``from MRISynthesisLib.m import
+    name``, ``from MRISynthesisLib import m`` (name None) and ``alias.name`` where ``alias`` is a core
+    module, wherever the import is (also inside functions)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    uses, aliases = [], {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").split(".")[0] == "MRISynthesisLib":
+            for alias in node.names:
+                if node.module == "MRISynthesisLib":
+                    uses.append((node.lineno, alias.name, None))
+                    aliases[alias.asname or alias.name] = alias.name
+                else:
+                    uses.append((node.lineno, node.module.split(".", 1)[1], alias.name))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("MRISynthesisLib."):
+                    uses.append((node.lineno, alias.name.split(".", 1)[1], None))
+                    if alias.asname:
+                        aliases[alias.asname] = alias.name.split(".", 1)[1]
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+            uses.append((node.lineno, aliases[node.value.id], node.attr))
+    return uses
+
+
+def product_files(folders=PRODUCT):
+    return [path for folder in folders if (REPO / folder).is_dir() for path in sorted((REPO / folder).rglob("*.py"))]
+
+
+def test_every_public_module_declares_its_names():
+    api = public_api()
+    assert {"pipeline", "metrics", "synthesis", "io", "volume"} <= set(api)
+    for module, names in api.items():
+        assert names and not [n for n in names if n.startswith("_")], module
+
+
+def test_other_packages_import_only_the_public_api():
+    api = public_api()
+    offending = []
+    for path in product_files(CLIENTS):
+        for line, module, name in core_uses(path):
+            where = f"{path.relative_to(REPO).as_posix()}:{line}"
+            if module == "__version__" or (name or "").startswith("__"):
+                continue
+            if module not in api:
+                offending.append(f"{where} imports the private module MRISynthesisLib.{module}")
+            elif name is not None and name not in api[module]:
+                offending.append(f"{where} uses MRISynthesisLib.{module}.{name}, not in its __all__")
+    assert offending == []
+
+
+def test_the_public_api_scan_sees_imports_and_attributes(tmp_path):
+    sample = tmp_path / "sample.py"
+    sample.write_text("from MRISynthesisLib.io import load_volume\nfrom MRISynthesisLib import metrics as m\n"
+                      "def f():\n    import MRISynthesisLib.bids_app\n    return m.score, m._hidden\n")
+    assert sorted(core_uses(sample)) == [(1, "io", "load_volume"), (2, "metrics", None), (4, "bids_app", None),
+                                         (5, "metrics", "_hidden"), (5, "metrics", "score")]
+
+
+def test_no_private_name_is_imported_from_another_module():
+    """Within the project (another project's private names are that project's business)."""
+    ours = {"MRISynthesisLib", "MRISynthesisSlicer", "Training", "studies", "benchmarks"}
+    offending = []
+    for path in product_files():
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").split(".")[0] in ours):
+                names = [a.name for a in node.names if a.name.startswith("_") and not a.name.startswith("__")]
+                if names:
+                    offending.append(f"{path.relative_to(REPO).as_posix()}:{node.lineno} {names}")
+    assert offending == []
+
+
+def core_import_graph() -> dict:
+    """``{core module: core modules it imports}`` (imports anywhere in the file, relative or not)."""
+    graph = {}
+    for path in CORE.rglob("*.py"):
+        parts = path.relative_to(REPO).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        package = module if path.name == "__init__.py" else module.rsplit(".", 1)[0]
+        targets = set()
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                base = ".".join(package.split(".")[:len(package.split(".")) - node.level + 1])
+                if node.module:
+                    targets.add(f"{base}.{node.module}")
+                else:
+                    targets |= {f"{base}.{alias.name}" for alias in node.names}
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("MRISynthesisLib"):
+                targets.add(node.module)
+        graph[module] = targets - {module}
+    return {module: targets & set(graph) for module, targets in graph.items()}
+
+
+def test_the_core_has_no_import_cycle():
+    """e.g. io reads NRRD through nrrd_io, which must not import io back (it did)."""
+    graph = core_import_graph()
+    assert graph["MRISynthesisLib.io"] >= {"MRISynthesisLib.nrrd_io"}
+    state = {}
+
+    def visit(module, path):
+        state[module] = "open"
+        for target in sorted(graph[module]):
+            assert state.get(target) != "open", " -> ".join(path + [target])
+            if target not in state:
+                visit(target, path + [target])
+        state[module] = "done"
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])

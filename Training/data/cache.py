@@ -104,7 +104,7 @@ class SliceCache:
         items = []
         for subject in subjects:
             source, target = source_and_target(direction, subject.t1, subject.t2)
-            items.append((subject.id, getattr(subject, "source", "other"), Path(source), Path(target)))
+            items.append((subject.id, subject.source, Path(source), Path(target)))
         params = _params(direction, slice_size, pixel_spacing_mm, context_slices, low, high, min_foreground,
                          max_slices_per_subject)
         return cls._build_or_open(items, Path(cache_dir), params, progress)

@@ -57,7 +57,7 @@ INGREDIENTS += [(f"strong_no_{part}", f"no_norm_strong without {title}", {**STRO
 INGREDIENTS.append(("strong_seed1", "no_norm_strong, seed 1 (run-to-run noise)", {**STRONG, "seed": 1}))
 
 
-def _other_sites_split(split, by_id, path) -> Path:
+def write_other_sites_split(split, by_id, path) -> Path:
     """Validate on other sites than the study's validation side: the training subjects of every
     source other than the validation subjects' (one per source), training on the rest (the study's
     validation subjects included). The test subjects stay out of it."""
@@ -78,7 +78,7 @@ def _suffix(args) -> str:
     return "-other-sites" if args.other_sites else ""
 
 
-def _overrides(name, extra, args, manifest, n_trainval, steps_per_epoch, split_file=None):
+def run_overrides(name, extra, args, manifest, n_trainval, steps_per_epoch, split_file=None):
     values = {"name": name, "output_dir": str(args.out), "family": "supervised", "device": "cpu", "seed": 0,
               "data.manifest": str(manifest), "data.direction": args.direction,
               "data.split": protocol.validation_fractions(n_trainval, 2), "data.split_seed": 42,
@@ -102,7 +102,7 @@ def run(args) -> list[dict]:
     trainval = [by_id[i] for i in split["train"] + split["val"]]
     split_file = None
     if args.other_sites:
-        split_file = _other_sites_split(split, by_id, out / "split-other-sites.json")
+        split_file = write_other_sites_split(split, by_id, out / "split-other-sites.json")
     manifest = protocol.write_manifest(trainval, out / "trainval.csv")
     rows = []
     for name, title, extra in INGREDIENTS:
@@ -112,17 +112,17 @@ def run(args) -> list[dict]:
         if not (run_dir / "report.md").exists():  # written when a run ends
             # whole slices cost ~4x a 128 px crop per step: fewer steps between validations
             steps = args.steps_per_point if extra.get("data.crop_size") else max(2, args.steps_per_point // 3)
-            command = [sys.executable, "-m", "Training", *_overrides(run_dir.name, extra, args, manifest,
+            command = [sys.executable, "-m", "Training", *run_overrides(run_dir.name, extra, args, manifest,
                                                                        len(trainval), steps, split_file)]
             if run_dir.exists():
                 command = [sys.executable, "-m", "Training", "--resume", str(run_dir)]
             print(f"== {name}: {title}", flush=True)
             subprocess.run(command, check=True)
-        rows.append({"name": name, "title": title, "records": _records(run_dir)})
+        rows.append({"name": name, "title": title, "records": run_records(run_dir)})
     return rows
 
 
-def _records(run_dir: Path) -> dict:
+def run_records(run_dir: Path) -> dict:
     records = {"val": [], "val_raw": []}
     for line in (run_dir / "metrics.jsonl").read_text().splitlines():
         record = json.loads(line)

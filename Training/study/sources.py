@@ -41,7 +41,7 @@ from MRISynthesisLib.errors import InputError, MRISynthesisError
 from Training.data import discover_subjects, read_split, write_split
 
 from . import calibration, protocol
-from .ingredients import STRONG, _other_sites_split, _overrides, _records, add_run_arguments
+from .ingredients import STRONG, add_run_arguments, run_overrides, run_records, write_other_sites_split
 
 #: one validation, at the end (validating whole volumes costs about as much as 50 steps)
 RECIPE = {**STRONG, "data.augment_off": ["gamma"], "validation.raw_too": False}
@@ -58,7 +58,7 @@ def splits(subjects, out: Path) -> dict[str, Path]:
     validation subject's source (same validation subjects, training sets of equal size)."""
     split = protocol.study_split(subjects, 42, 2)
     by_id = {s.id: s for s in subjects}
-    files = {"unseen": _other_sites_split(split, by_id, out / "split-unseen.json")}
+    files = {"unseen": write_other_sites_split(split, by_id, out / "split-unseen.json")}
     base = read_split(files["unseen"])
     val_sources = sorted({by_id[i].source for i in base["val"]})
     cbica = sorted(i for i in base["train"] if by_id[i].source == "CBICA")
@@ -92,7 +92,7 @@ def run(args) -> list[dict]:
                     command = [sys.executable, "-m", "Training", "--resume", str(run_dir)]
                 else:
                     extra = {**RECIPE, "seed": seed, "data.cache_dir": str(out / f"cache-{condition}")}
-                    overrides = _overrides(name, extra, args, manifest, len(subjects), args.steps_per_point,
+                    overrides = run_overrides(name, extra, args, manifest, len(subjects), args.steps_per_point,
                                            files[condition])
                     command = [sys.executable, "-m", "Training", *overrides]
                 print(f"== {name}", flush=True)
@@ -102,7 +102,7 @@ def run(args) -> list[dict]:
                       key=lambda p: (int(p.name.rsplit("seed", 1)[1]), _ORDER.get(_condition(p.name), 1), p.name))
     if not finished:
         raise InputError(f"no finished {args.direction} run in {out}")
-    return [{"name": p.name, "records": _records(p)} for p in finished]
+    return [{"name": p.name, "records": run_records(p)} for p in finished]
 
 
 def score(rows, args) -> list[dict]:
