@@ -214,9 +214,20 @@ def nifti_image(volume: Volume):
 
 
 def read_provenance(path) -> dict | None:
-    """The provenance record MRISynthesis stored in a NIfTI file it wrote, or None."""
+    """The provenance record MRISynthesis stored in a NIfTI or NRRD file it wrote, or None: the model
+    and its content hash, device, precision, brain-mask source, the input's content hash, the input
+    check and the warnings (:func:`MRISynthesisLib.pipeline.run` makes it)."""
     import nibabel as nib
 
+    path = Path(path)
+    if _suffix(path) in NRRD_SUFFIXES:
+        from .nrrd_io import PROVENANCE_KEY, read_header
+
+        try:
+            record = json.loads(read_header(path)[0].get(PROVENANCE_KEY, "null"))
+        except ValueError:
+            return None
+        return record if isinstance(record, dict) else None
     for extension in nib.load(str(path)).header.extensions:
         if extension.get_code() == 6:  # comment
             try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import bz2
 import io
+import json
 import os
 import stat
 import zlib
@@ -33,6 +34,8 @@ from .volume import Volume
 MAX_VOXELS = 2 ** 28
 #: Longest NRRD header read (bytes); Slicer's headers are under 2 KB.
 MAX_HEADER_BYTES = 1 << 20
+#: The key/value field of a written NRRD header that holds the provenance record (JSON, one line).
+PROVENANCE_KEY = "mrisynthesis_provenance"
 #: Most bytes scanned to honour ``line skip`` (lines of a foreign header before the data).
 MAX_LINE_SKIP_BYTES = 16 << 20
 #: gzip (deflate) cannot exceed about 1032:1; bzip2 can (runs of zeros), but no MRI volume whose
@@ -418,6 +421,11 @@ def write_nrrd(volume: Volume, path, target=None, data_path=None) -> None:
              f"space directions: {' '.join(vector(row) for row in directions)}",
              "kinds: domain domain domain", "endian: little", "encoding: gzip",
              f"space origin: {vector(origin)}"]
+    provenance = volume.meta.get("provenance")
+    if provenance:  # what made a synthetic volume travels with it (read back by io.read_provenance)
+        lines.append(f"content: MRISynthesis {provenance.get('model_id', '')}; not for diagnosis")
+        record = json.dumps(provenance, sort_keys=True, default=str, allow_nan=False, ensure_ascii=True)
+        lines.append(f"{PROVENANCE_KEY}:={record}")
     detached = target.name.lower().endswith(".nhdr")
     if detached:
         lines.append(f"data file: {nhdr_data_file(target).name}")

@@ -168,3 +168,29 @@ def test_the_synthesizer_cache_reuses_a_loaded_model(pair, tiny_checkpoint):
                      synthesizers=cache)
         assert result.batch_size == batch_size
     assert len(made) == 1
+
+
+@pytest.mark.parametrize("suffix", [".nii.gz", ".nrrd", ".nhdr"])
+def test_the_output_file_records_what_made_it(tmp_path, pair, tiny_checkpoint, capsys, suffix):
+    """Precision, device, brain-mask source and the input's content hash are in the file itself."""
+    output = tmp_path / f"out{suffix}"
+    assert main(["synthesize", str(pair[0]), "-o", str(output), "--model", str(tiny_checkpoint), "--device", "cpu",
+                 "--precision", "fp32", "--quiet"]) == 0, capsys.readouterr().err
+    provenance = read_provenance(output)
+    assert provenance["input_sha256"] == volume_sha256(load_volume(pair[0]))
+    assert provenance["input_sha256_of"] == pipeline.INPUT_HASH_CONVENTION
+    assert (provenance["device"], provenance["precision"], provenance["brain_mask"]) == (
+        "cpu", "fp32", "skull-stripped input")
+    assert provenance["model_id"] == "test-baseline" and "not for diagnosis" in provenance["note"]
+    assert "input_check" in provenance and isinstance(provenance["warnings"], list)
+
+
+def test_the_input_hash_depends_on_voxels_and_geometry_only(pair):
+    volume = load_volume(pair[0])
+    copy = volume.with_array(volume.array.copy())
+    assert volume_sha256(copy) == volume_sha256(volume)
+    copy.array[0, 0, 0] += 1
+    assert volume_sha256(copy) != volume_sha256(volume)
+    moved = type(volume)(volume.array, volume.affine + np.eye(4) * 0)
+    moved.affine[0, 3] += 1
+    assert volume_sha256(moved) != volume_sha256(volume)
