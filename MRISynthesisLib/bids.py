@@ -61,6 +61,10 @@ class BidsItem:
         """``sub-01_ses-1_desc-synthetic_T2w``."""
         return "_".join([f"{k}-{v}" for k, v in self.entities] + [f"desc-{DESCRIPTION}", target_suffix])
 
+    def mask_stem(self) -> str:
+        """``sub-01_ses-1_desc-brain_mask``: the brain mask on the source's grid (as fMRIPrep names it)."""
+        return "_".join([f"{k}-{v}" for k, v in self.entities] + ["desc-brain", "mask"])
+
 
 @dataclass(frozen=True)
 class DerivativePaths:
@@ -68,13 +72,28 @@ class DerivativePaths:
     sidecar: Path     # .json
     figures: Path     # folder of the QC pictures of this item
     stem: str
+    mask: Path        # the brain mask synthesis used: <entities>_desc-brain_mask.nii.gz
+    mask_sidecar: Path
 
 
 def derivative_paths(item: BidsItem, output_dir, direction: str) -> DerivativePaths:
     stem = item.stem(SUFFIXES[direction][1])
     folder = Path(output_dir) / item.relative_folder()
     return DerivativePaths(folder / f"{stem}.nii.gz", folder / f"{stem}.json",
-                           Path(output_dir) / f"sub-{item.subject}" / "figures", stem)
+                           Path(output_dir) / f"sub-{item.subject}" / "figures", stem,
+                           folder / f"{item.mask_stem()}.nii.gz", folder / f"{item.mask_stem()}.json")
+
+
+def find_brain_mask(item: BidsItem, mask_dir) -> Path:
+    """The item's brain mask in a derivatives folder: ``MASK_DIR/sub-<label>/[ses-<label>/]anat/
+    <entities of the source>_desc-brain_mask.nii[.gz]`` (what this App writes, and fMRIPrep's name).
+    :class:`InputError` naming the expected file when there is none."""
+    folder = Path(mask_dir) / item.relative_folder()
+    for extension in (".nii.gz", ".nii"):
+        candidate = folder / f"{item.mask_stem()}{extension}"
+        if candidate.is_file():
+            return candidate
+    raise InputError(f"no brain mask for this item in --brain-mask-dir: expected {folder / item.mask_stem()}.nii.gz")
 
 
 def parse_name(name: str):

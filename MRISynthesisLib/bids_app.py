@@ -25,7 +25,7 @@ from pathlib import Path
 
 from . import __version__
 from .bids import (SUFFIXES, BidsItem, create_once, dataset_description, derivative_paths, discover,
-                   ensure_dataset_description)
+                   ensure_dataset_description, find_brain_mask)
 from .conventions import DEFAULT_DIRECTION
 from .errors import InputError, MRISynthesisError, OutputError, first_line
 from .qc_report import FAILURE_SUFFIX, check_report_is_ours, write_figures, write_report
@@ -61,6 +61,10 @@ def add_parser(commands) -> None:
     app.add_argument("--brain-mask", default="auto", choices=["auto", "none"],
                      help="auto: extract the brain of whole-head scans first (skull-stripped inputs are left "
                           "alone); none: synthesise inside the foreground mask as is (default: auto)")
+    app.add_argument("--brain-mask-dir", default=None, metavar="DIR",
+                     help="take each item's brain mask from this derivatives folder: DIR/sub-<label>/[ses-<label>/]"
+                          "anat/<source entities>_desc-brain_mask.nii[.gz] on the source's grid (non-zero = brain), "
+                          "e.g. fMRIPrep's or this App's own after correction; overrides --brain-mask")
     app.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default: 8)")
     app.add_argument("--jobs", type=int, default=1,
                      help="items processed in parallel, one process each (default: 1); on a cluster, "
@@ -89,6 +93,7 @@ class AppOptions:
     brain_mask: str = "auto"
     resolved_device: str = ""       # what 'auto' became on this machine: the skip key uses it
     resolved_precision: str = ""
+    brain_mask_dir: Path | None = None
 
 
 @dataclass
@@ -137,7 +142,9 @@ def request_key(item: BidsItem, options: AppOptions) -> dict:
     return {"ModelSHA256": options.model_sha256,
             "SourceSHA256": file_sha256(item.source),
             "ReferenceSHA256": file_sha256(item.reference) if item.reference is not None else None,
-            "BrainMask": options.brain_mask,
+            "BrainMask": options.brain_mask if options.brain_mask_dir is None else "given",
+            "BrainMaskSHA256": (file_sha256(find_brain_mask(item, options.brain_mask_dir))
+                                if options.brain_mask_dir is not None else None),
             "Device": options.resolved_device or options.device,
             "Precision": options.resolved_precision or options.precision or "auto"}
 
@@ -195,23 +202,27 @@ def _one_line(error: BaseException) -> str:
 
 
 def _synthesize_item(item, options, synthesizers, paths, failure_record, start, key) -> ItemResult:
-    from .io import save_volume
     from .pipeline import SynthesisRequest, run
 
     source_contrast, target_contrast = SUFFIXES[options.direction]
     # the parent's resolution of 'auto' (recorded in the skip key), so that every worker uses it
     precision = options.resolved_precision or options.precision or "auto"
-    request = SynthesisRequest(item.source, model=options.model_path, direction=options.direction,
+    source, brain_mask, given_mask = item.source, options.brain_mask, None
+    if options.brain_mask_dir is not None:
+        source, brain_mask, given_mask = _with_given_mask(item, options.brain_mask_dir)
+    request = SynthesisRequest(source, model=options.model_path, direction=options.direction,
                                device=options.device, precision=precision, batch_size=options.batch_size,
-                               brain_mask=options.brain_mask, reference=item.reference)
+                               brain_mask=brain_mask, reference=item.reference)
     result = run(request, synthesizers=synthesizers)
     metrics, reference = None, None
     if result.score is not None:
         metrics = dict(sidecar_metrics(result.score), Reference=_bids_uri(item.reference, options.bids_dir))
         reference = result.input.with_array(result.score.reference)
     paths.image.parent.mkdir(parents=True, exist_ok=True)
-    write_figures(paths.figures, paths.stem, result.input, result.synthetic, reference)
-    save_volume(result.synthetic, paths.image, inputs=[item.source] + ([item.reference] if item.reference else []))
+    chosen = result.brain_mask
+    write_figures(paths.figures, paths.stem, result.input, result.synthetic, reference,
+                  mask=chosen.mask if chosen.source in ("extracted", "given") else None)
+    _write_image_and_mask(item, options, paths, result, given_mask)
     metadata = result.metadata
     sidecar = {
         "Description": f"Synthetic {target_contrast} image computed from the {source_contrast} image by MRISynthesis. "
@@ -221,7 +232,9 @@ def _synthesize_item(item, options, synthesizers, paths, failure_record, start, 
         "ModelId": metadata.model_id, "ModelArchitecture": metadata.architecture,
         "ModelSHA256": options.model_sha256, "SoftwareName": "MRISynthesis", "SoftwareVersion": __version__,
         "Device": result.device, "Precision": sidecar_precision(result.precision),
-        "BrainMask": result.brain_mask.source,
+        "BrainMask": chosen.source,
+        "BrainMaskImage": paths.mask.relative_to(options.output_dir).as_posix(),
+        "Reference": _bids_uri(item.reference, options.bids_dir) if item.reference is not None else None,
         "IntensityUnits": metadata.output_units,
         "InputNormalisation": metadata.normalisation,
         "Geometry": "the source image's voxel grid and affine, unchanged",
@@ -234,6 +247,41 @@ def _synthesize_item(item, options, synthesizers, paths, failure_record, start, 
     if failure_record.exists():
         os.remove(failure_record)
     return ItemResult(item.label, "done", time.monotonic() - start, metrics, warnings=result.warnings)
+
+
+def _with_given_mask(item: BidsItem, mask_dir: Path):
+    """``(source volume, mask array, mask path)`` for ``--brain-mask-dir``: the item's mask, read and
+    checked against the source's grid (errors name the mask file)."""
+    from .io import load_volume
+    from .pipeline import load_brain_mask_file
+
+    path = find_brain_mask(item, mask_dir)
+    volume = load_volume(item.source)
+    return volume, load_brain_mask_file(path, volume, option=f"brain mask {path.name}",
+                                        other_name="the source image"), path
+
+
+def _write_image_and_mask(item, options, paths, result, given_mask) -> None:
+    """The synthetic image and the brain mask it was made in (1 = brain, the source's grid), all or
+    nothing; a mask read from this very derivative (``--brain-mask-dir OUTPUT_DIR``) is left as it is."""
+    import numpy as np
+
+    from .io import check_output_path, write_outputs
+
+    inputs = [item.source] + [p for p in (item.reference, given_mask) if p is not None]
+    writers = [(check_output_path(paths.image, inputs), result.synthetic)]
+    if given_mask is None or os.path.abspath(given_mask) != os.path.abspath(paths.mask):
+        mask = result.input.with_array(result.mask_used().astype(np.float32))
+        writers.append((check_output_path(paths.mask, inputs), mask))
+    write_outputs(writers)
+    _write_json(paths.mask_sidecar, {
+        "Type": "Brain", "Sources": [_bids_uri(item.source, options.bids_dir)],
+        "Description": {"skull-stripped input": "the source's non-zero voxels (it is skull-stripped)",
+                        "extracted": "brain extracted automatically (deepbet) from the whole-head source",
+                        "none": "no brain extraction: the automatic foreground (head) mask",
+                        "given": f"given with --brain-mask-dir: {given_mask}"}.get(result.brain_mask.source,
+                                                                                  result.brain_mask.source),
+        "BrainMask": result.brain_mask.source, "SoftwareName": "MRISynthesis", "SoftwareVersion": __version__})
 
 
 def _write_json(path: Path, data) -> None:
@@ -373,6 +421,8 @@ def main(args) -> int:
         return 0
     if args.jobs < 1:
         raise InputError(f"--jobs must be at least 1, got {args.jobs}")
+    if args.brain_mask_dir is not None and not Path(args.brain_mask_dir).is_dir():
+        raise InputError(f"--brain-mask-dir folder not found: {args.brain_mask_dir}")
     if args.batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {args.batch_size}")
     model_path = catalog.resolve_model(args.model, args.direction)
@@ -392,7 +442,8 @@ def main(args) -> int:
     _create_output(output_dir)
     options = AppOptions(bids_dir, output_dir, args.direction, model_path, metadata.model_id,
                          file_sha256(model_path), args.device, args.batch_size,
-                         args.precision, args.skip_existing, args.brain_mask, device.type, precision.name)
+                         args.precision, args.skip_existing, args.brain_mask, device.type, precision.name,
+                         Path(os.path.abspath(args.brain_mask_dir)) if args.brain_mask_dir else None)
     ensure_dataset_description(output_dir, dataset_description(bids_dir, args.direction, metadata.model_id,
                                                                options.model_sha256))
     create_once(output_dir / ".bidsignore", BIDSIGNORE)

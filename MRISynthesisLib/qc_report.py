@@ -7,7 +7,8 @@ radiological convention (patient right on the image's left; superior up), aspect
 anisotropic voxels. ``input`` is windowed to its own 0.5..99.5 percentiles; ``synthetic`` and
 ``reference`` (the real target, percentile-normalised in its brain mask) share the window
 [0, 1] of the normalised units, so their brightness is comparable; ``error`` is
-|synthetic - reference| on a black-red-yellow-white scale from 0 to 0.5.
+|synthetic - reference| on a black-red-yellow-white scale from 0 to :data:`ERROR_WINDOW`. When the
+brain mask was extracted from a whole-head scan (or given), its outline is drawn on ``input``.
 
 ``OUTPUT_DIR/report.html`` is rebuilt from the sidecars and failure records on disk, so any job
 (or ``mrisynthesis bids ... group``) can write it; the pictures are next to it (relative links)
@@ -33,7 +34,9 @@ from .volume import Volume
 
 FIGURE_KINDS = ("input", "synthetic", "reference", "error")
 PLANE_HEIGHT = 150  # pixels of each plane in the pictures
-ERROR_WINDOW = 0.5
+#: |synthetic - real| shown from black (0) to white (this value), the same for every item of a report.
+ERROR_WINDOW = 1.0
+OUTLINE_RGB = (0, 220, 255)  # the brain mask's outline on the input picture
 FAILURE_SUFFIX = "_failure.json"
 REPORT_NAME = "report.html"
 #: In the head of every report we write: a report.html without it is someone else's and is never replaced.
@@ -89,18 +92,32 @@ def _montage(planes: list[np.ndarray]) -> np.ndarray:
     return np.concatenate(parts[:-1], axis=0)
 
 
+def _outline(picture: np.ndarray, mask_plane: np.ndarray) -> np.ndarray:
+    """``picture`` (uint8 RGB) with the border of ``mask_plane`` (same height/width, values 0..1) drawn in cyan."""
+    from scipy.ndimage import binary_erosion
+
+    inside = mask_plane > 0.5
+    border = inside & ~binary_erosion(inside, border_value=0)
+    drawn = picture.copy()
+    drawn[border] = OUTLINE_RGB
+    return drawn
+
+
 def write_figures(figures_dir, stem: str, source: Volume, synthetic: Volume,
-                  reference: Volume | None = None) -> dict:
+                  reference: Volume | None = None, mask=None) -> dict:
     """Write the item's pictures; returns ``{kind: path}``. All volumes share ``source``'s grid.
 
     ``reference``: the real target contrast already normalised to [0, 1] in its brain mask
-    (0 outside it), or ``None``.
+    (0 outside it), or ``None``. ``mask``: a brain mask ``[i, j, k]`` that is not simply the input's
+    non-zero region (extracted from a whole-head scan, or given): its outline is drawn on the input.
     """
     from skimage.io import imsave
 
     stacks = {"input": source, "synthetic": synthetic}
     if reference is not None:
         stacks["reference"] = reference
+    if mask is not None:
+        stacks["mask"] = source.with_array(np.asarray(mask, np.float32))
     canonical = {}
     for kind, volume in stacks.items():
         canonical[kind], transform = to_canonical_slices(np.asarray(volume.array, np.float32), source.affine)
@@ -113,7 +130,11 @@ def write_figures(figures_dir, stem: str, source: Volume, synthetic: Volume,
     images = {}
     source_values = canonical["input"][canonical["input"] > 0]
     lo, hi = (np.percentile(source_values, [PERCENTILE_LOW, PERCENTILE_HIGH]) if source_values.size else (0.0, 1.0))
-    images["input"] = _montage([_grey(p, lo, hi) for p in _planes(canonical["input"], spacing, centre)])
+    input_planes = [_grey(p, lo, hi) for p in _planes(canonical["input"], spacing, centre)]
+    if mask is not None:
+        input_planes = [_outline(picture, plane)
+                        for picture, plane in zip(input_planes, _planes(canonical["mask"], spacing, centre))]
+    images["input"] = _montage(input_planes)
     images["synthetic"] = _montage([_grey(p, 0, 1) for p in _planes(canonical["synthetic"], spacing, centre)])
     if reference is not None:
         images["reference"] = _montage([_grey(p, 0, 1) for p in _planes(canonical["reference"], spacing, centre)])
@@ -234,8 +255,9 @@ def render_report(output_dir) -> str:
         "<p style=\"font-size:13px\">Planes, top to bottom: axial, coronal, sagittal through the brain's centre of mass; patient "
         "right on the image's left. <i>input</i>: own 0.5&ndash;99.5 percentile window; <i>synthetic</i> and "
         "<i>real</i> (percentile-normalised in its brain mask): window 0&ndash;1 in normalised units; "
-        f"<i>error</i>: |synthetic &minus; real|, black 0 to white {ERROR_WINDOW}. Metrics inside the brain mask of "
-        "the real image (same conventions as the model cards).</p>",
+        f"<i>error</i>: |synthetic &minus; real|, black 0 to white {ERROR_WINDOW:g}. A cyan line on the input: the "
+        "brain mask synthesis used, when it was extracted from a whole-head scan or given. Metrics inside the brain "
+        "mask of the real image (same conventions as the model cards).</p>",
         '<table class="summary"><tr><th>item</th><th>status</th><th>MAE</th><th>PSNR (dB)</th><th>SSIM</th>'
         "<th>warnings</th></tr>",
     ]
@@ -294,7 +316,7 @@ def _item_html(record: dict, output_dir: Path, raw_root: str | None = None) -> s
     number = {name: _as_number(metrics.get(name)) for name in ("BrainMAE", "BrainPSNR", "BrainSSIM")}
     metric_text = (f"brain MAE {_number(number['BrainMAE'], 3)}, PSNR {_number(number['BrainPSNR'], 2)} dB, "
                    f"SSIM {_number(number['BrainSSIM'], 3)} against <code>{e(str(metrics.get('Reference', '')))}</code>"
-                   if metrics else "no real target image of this item: no metrics")
+                   if metrics else _no_metrics_text(sidecar))
     warnings = "".join(f'<div class="warn">{e(w)}</div>' for w in _as_list(sidecar.get("Warnings")))
     sources = ", ".join(_source_link(s, raw_root) for s in _as_list(sidecar.get("Sources")))
     return (f'<div class="item" id="{e(stem)}"><h2>{e(stem)} <span class="status-done">done</span></h2>'
@@ -320,6 +342,16 @@ def check_report_is_ours(output_dir) -> None:
     if GENERATOR not in head and _OLD_TITLE not in head:
         raise OutputError(f"{path} exists and was not written by MRISynthesis; it is never replaced: "
                           "choose another OUTPUT_DIR or move that file away")
+
+
+def _no_metrics_text(sidecar: dict) -> str:
+    """Why an item has no metrics: no real target image at all, or one that could not be used (its
+    warning says why: another voxel grid, unreadable, ...)."""
+    reference = sidecar.get("Reference")
+    if isinstance(reference, str) and reference:
+        return (f"no metrics: the real {html.escape(str(sidecar.get('TargetContrast', 'target')))} image "
+                f"<code>{html.escape(reference)}</code> could not be compared (see the warning below)")
+    return "no real target image of this item: no metrics"
 
 
 def write_report(output_dir) -> Path:

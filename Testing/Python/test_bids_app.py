@@ -332,6 +332,10 @@ def test_bids_app_extracts_the_brain_of_a_whole_head_scan(shared_data, tiny_chec
     head = load_volume(out / "none" / "sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz").array > 0
     brain = load_volume(out / "auto" / "sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz").array > 0
     assert 0.2 * head.sum() < brain.sum() < 0.8 * head.sum()  # scalp and skull are background after extraction
+    mask = load_volume(out / "auto" / "sub-01/anat/sub-01_desc-brain_mask.nii.gz").array > 0
+    assert not (brain & ~mask).any() and mask.sum() < 0.8 * head.sum()  # the extracted mask, as a derivative
+    figure = "sub-01/figures/sub-01_desc-synthetic_T2w_input.png"
+    assert _cyan_pixels(out / "auto" / figure) > 100 and _cyan_pixels(out / "none" / figure) == 0
 
 
 # -- hostile datasets and output folders ----------------------------------------------------------
@@ -518,3 +522,100 @@ def test_cohorts_doc_documents_every_option_of_the_bids_app(capsys):
     missing = [option for option in sorted(options) if not any(f"`{option}" in row for row in table)]
     assert not missing, f"options of 'mrisynthesis bids' missing from docs/cohorts.md's table: {missing}"
     assert "HOOK(" not in doc and "not offered" not in doc
+
+
+# -- brain masks and the report's cards ------------------------------------------------------------
+
+def _cyan_pixels(png: Path) -> int:
+    from skimage.io import imread
+
+    from MRISynthesisLib.qc_report import OUTLINE_RGB
+
+    return int(np.all(imread(str(png))[..., :3] == OUTLINE_RGB, axis=-1).sum())
+
+
+def test_the_mask_used_is_written_as_a_bids_derivative(tmp_path, tiny_checkpoint):
+    from MRISynthesisLib.brain_extraction import choose_brain_mask, mask_used
+
+    bids = _phantom_dataset(tmp_path / "bids", subjects=("01",))
+    out = tmp_path / "out"
+    assert _run(bids, out, tiny_checkpoint) == 0
+    mask = load_volume(out / "sub-01/anat/sub-01_desc-brain_mask.nii.gz")
+    source = load_volume(bids / "sub-01/anat/sub-01_T1w.nii.gz")
+    assert mask.same_geometry(source) and set(np.unique(mask.array)) == {0.0, 1.0}
+    assert np.array_equal(mask.array > 0, mask_used(source, choose_brain_mask(source, "auto")))
+    synthetic = load_volume(out / "sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz").array
+    assert not synthetic[mask.array == 0].any()
+    description = json.loads((out / "sub-01/anat/sub-01_desc-brain_mask.json").read_text())
+    assert description["Type"] == "Brain" and description["Sources"] == ["bids:raw:sub-01/anat/sub-01_T1w.nii.gz"]
+    assert _sidecar(out)["BrainMaskImage"] == "sub-01/anat/sub-01_desc-brain_mask.nii.gz"
+    # a skull-stripped input's mask is its own outline: none is drawn
+    assert _cyan_pixels(out / "sub-01/figures/sub-01_desc-synthetic_T2w_input.png") == 0
+    schema_tools = pytest.importorskip("bidsschematools.schema")
+    rule = schema_tools.load_schema().rules.files.deriv.imaging.anat_mask
+    entities, suffix, extension = parse_name("sub-01_ses-2_acq-x_desc-brain_mask.nii.gz")
+    assert suffix in rule.suffixes and extension in rule.extensions
+
+
+def test_masks_are_taken_from_a_derivatives_folder(tmp_path, tiny_checkpoint, capsys):
+    """--brain-mask-dir: the item's <entities>_desc-brain_mask is used, drawn on the input picture, part
+    of the skip key; a missing one or one on another grid fails that item alone, with its name."""
+    bids = _phantom_dataset(tmp_path / "bids", subjects=("01", "02", "03"))
+    masks = tmp_path / "masks"
+    box = np.zeros((24, 28, 12), np.float32)
+    box[6:18, 7:21, 3:9] = 1
+    _nifti(masks / "sub-01/anat/sub-01_desc-brain_mask.nii.gz", box)
+    _nifti(masks / "sub-02/anat/sub-02_desc-brain_mask.nii.gz", box[:20])
+    out = tmp_path / "out"
+    assert _run(bids, out, tiny_checkpoint, "--brain-mask-dir", str(masks)) == 1
+    summary = capsys.readouterr().out
+    assert "1 done, 0 skipped, 2 failed" in summary
+    lines = {line.split()[0]: line for line in summary.splitlines() if line.startswith("sub-")}
+    assert "sub-02_desc-brain_mask" in lines["sub-02"] and "grid" in lines["sub-02"], summary
+    assert "sub-03_desc-brain_mask" in lines["sub-03"], summary
+    synthetic = load_volume(out / "sub-01/anat/sub-01_desc-synthetic_T2w.nii.gz").array
+    assert synthetic[box > 0].any() and not synthetic[box == 0].any()
+    assert _sidecar(out)["BrainMask"] == "given"
+    assert np.array_equal(load_volume(out / "sub-01/anat/sub-01_desc-brain_mask.nii.gz").array, box)
+    assert _cyan_pixels(out / "sub-01/figures/sub-01_desc-synthetic_T2w_input.png") > 50
+    assert _run(bids, out, tiny_checkpoint, "--brain-mask-dir", str(masks), "--participant-label", "01") == 0
+    assert "0 done, 1 skipped" in capsys.readouterr().out
+    box[6:10] = 0  # a corrected mask redoes the item
+    _nifti(masks / "sub-01/anat/sub-01_desc-brain_mask.nii.gz", box)
+    assert _run(bids, out, tiny_checkpoint, "--brain-mask-dir", str(masks), "--participant-label", "01") == 0
+    assert "1 done, 0 skipped" in capsys.readouterr().out
+    # the App's own masks, corrected in place, can be given back: the mask file is never rewritten
+    own = out / "sub-01/anat/sub-01_desc-brain_mask.nii.gz"
+    before = own.read_bytes()
+    assert _run(bids, out, tiny_checkpoint, "--brain-mask-dir", str(out), "--participant-label", "01",
+                "--no-skip-existing") == 0
+    assert own.read_bytes() == before
+
+
+def test_error_map_is_not_saturated_and_cards_say_why_there_are_no_metrics(tmp_path, tiny_checkpoint):
+    from skimage.io import imread
+
+    from MRISynthesisLib.qc_report import ERROR_WINDOW, write_figures
+    from MRISynthesisLib.volume import Volume
+
+    # errors of 0.1 .. 0.9 in normalised units: each gets its own colour, none reaches white
+    source = Volume(head_phantom((24, 28, 12)), affine_for("LPS"))
+    inside = source.array > 0
+    synthetic = source.with_array(inside * 0.95)
+    reference = source.with_array(inside * np.clip(0.95 - np.linspace(0.1, 0.9, 24)[:, None, None], 0, 1))
+    written = write_figures(tmp_path, "x", source, synthetic, reference)
+    error = imread(str(written["error"]))[..., :3].astype(int)
+    assert ERROR_WINDOW >= 0.9 and not np.all(error >= 250, axis=-1).any()
+
+    bids = tmp_path / "bids"
+    _nifti(bids / "sub-01/anat/sub-01_T1w.nii.gz")
+    _nifti(bids / "sub-01/anat/sub-01_T2w.nii.gz", affine=affine_for("RAS"))  # another grid
+    _nifti(bids / "sub-02/anat/sub-02_T1w.nii.gz")                           # no real T2w
+    out = tmp_path / "out"
+    assert _run(bids, out, tiny_checkpoint) == 0
+    report = (out / "report.html").read_text()
+    cards = {stem: report.split(f'<div class="item" id="{stem}">')[1].split('<div class="item"')[0]
+             for stem in ("sub-01_desc-synthetic_T2w", "sub-02_desc-synthetic_T2w")}
+    assert "another voxel grid" in cards["sub-01_desc-synthetic_T2w"]
+    assert "no real target image" not in cards["sub-01_desc-synthetic_T2w"]
+    assert "no real target image" in cards["sub-02_desc-synthetic_T2w"]
