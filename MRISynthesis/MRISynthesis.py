@@ -499,8 +499,9 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         if self._synthesisLogic is None:
             from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic
 
+            # The core runs in a worker process, unless a test injects its synthesizers (in process).
             self._synthesisLogic = (SynthesisLogic(self.createSynthesizer) if self.createSynthesizer
-                                    else SynthesisLogic())
+                                    else SynthesisLogic(useWorkerProcess=True))
         return self._synthesisLogic.process(
             inputVolume, outputVolume, model, direction, device=device, referenceVolume=referenceVolume,
             progress=progress, batchSize=batchSize, maskVolume=maskVolume, uncertainty=uncertainty,

@@ -1,9 +1,7 @@
 """Naming, provenance attributes, subject-hierarchy placement and display of the module's outputs."""
 
-import numpy as np
 import slicer
 
-from MRISynthesisLib.conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 from MRISynthesisLib.conventions import target_contrast as targetContrast  # 'T2' for 't1-to-t2'
 
 #: Node attributes written on every synthetic volume (read them with ``node.GetAttribute``).
@@ -47,23 +45,19 @@ def placeNextTo(node, siblingNode) -> None:
         shNode.SetItemParent(item, parentItem)
 
 
-def displayRange(arrayKJI: np.ndarray, low: float = PERCENTILE_LOW, high: float = PERCENTILE_HIGH) -> tuple:
-    """(min, max) display range: percentiles of the non-zero voxels (the synthetic background is 0)."""
-    values = arrayKJI[arrayKJI != 0]
-    if values.size == 0:
-        return 0.0, 1.0
-    lo, hi = (float(v) for v in np.percentile(values, [low, high]))
-    lo = min(lo, 0.0)  # keep background black
-    return (lo, hi) if hi > lo else (lo, lo + 1.0)
+def showAsSynthetic(volumeNode, windowRange=None) -> None:
+    """Grey colour map, window/level from the synthetic image itself (never the input's):
+    ``windowRange`` (min, max) as the core computed it (``MRISynthesisLib.worker.display_range``),
+    or computed here."""
+    from MRISynthesisLib.worker import display_range
 
-
-def showAsSynthetic(volumeNode) -> None:
-    """Grey colour map, window/level from the synthetic image itself (never the input's)."""
     volumeNode.CreateDefaultDisplayNodes()
     displayNode = volumeNode.GetDisplayNode()
     displayNode.SetAndObserveColorNodeID(GREY_COLOR_NODE_ID)
     displayNode.AutoWindowLevelOff()
-    displayNode.SetWindowLevelMinMax(*displayRange(slicer.util.arrayFromVolume(volumeNode)))
+    if windowRange is None:
+        windowRange = display_range(slicer.util.arrayFromVolume(volumeNode))
+    displayNode.SetWindowLevelMinMax(*windowRange)
 
 
 def showAsDifference(volumeNode, maxAbs: float) -> None:

@@ -13,19 +13,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from MRISynthesisLib import catalog
-from MRISynthesisLib.brain_extraction import choose_brain_mask
 from MRISynthesisLib.conventions import check_direction, target_contrast
 from MRISynthesisLib.errors import Cancelled
-from MRISynthesisLib.preprocessing import looks_skull_stripped
-from MRISynthesisLib.synthesis import (UNCERTAINTY_SAMPLES, Synthesizer, check_model_request, device_name,
-                                       synthesize_with_fallback)
+from MRISynthesisLib.synthesis import Synthesizer
+from MRISynthesisLib.volume import Volume
 
 from . import ComparisonViews, OutputNodes
 from .BrainMaskNodes import maskArrayFromNode, showMaskAsSegmentation
-from .Comparison import compareWithReference
+from .Comparison import referenceOnGrid
 from .SceneChanges import SceneChanges
-from .VolumeNodes import (checkScalarVolume, isInScene, isPlainScalarVolume, matrixBetweenNodes, updateNodeFromVolume,
-                          volumeFromNode, worldIJKToRAS)
+from .VolumeNodes import (checkScalarVolume, ijkToRASArray, isInScene, isPlainScalarVolume, matrixBetweenNodes,
+                          updateNodeFromVolume, volumeFromNode, worldIJKToRAS)
 
 
 def defaultSynthesizerFactory(checkpoint, device, batchSize, precision="auto"):
@@ -80,6 +78,7 @@ class SynthesisResult:
     brainMaskSegmentation: object = None  # the automatically extracted brain mask, editable
     notes: list = field(default_factory=list)  # e.g. GPU out-of-memory fallbacks
     precision: str = ""  # resolved network arithmetic, e.g. "fp32" or "bf16 + channels_last"
+    warnings: list = field(default_factory=list)  # the core's warnings: input check, brain mask, metrics
 
 
 def checkOutputVolume(outputVolume, inputVolume, referenceVolume=None, maskVolume=None) -> None:
@@ -127,17 +126,49 @@ def checkStillInScene(nodes, scene) -> None:
                         "during the run; nothing was added")
 
 
+class SynthesisJob:
+    """One run between :meth:`SynthesisLogic.start` and :meth:`SynthesisLogic.finish`: the nodes, the
+    request for the core (``MRISynthesisLib.worker``) and, once it ran, the worker's result."""
+
+    def __init__(self, nodes, request, notes, started):
+        self.inputVolume, self.outputVolume, self.referenceVolume, self.maskVolume = nodes
+        self.scene = self.inputVolume.GetScene()
+        self.request = request
+        self.notes = notes
+        self.started = started
+        self.workerResult = None  # MRISynthesisLib.worker.WorkerResult
+        self.worker = None  # WorkerProcess.WorkerProcess when the core runs in another process
+
+    @property
+    def watchedNodes(self):
+        return [node for node in (self.inputVolume, self.outputVolume, self.referenceVolume, self.maskVolume)
+                if node is not None]
+
+    def checkStillInScene(self):
+        checkStillInScene(self.watchedNodes, self.scene)
+
+
+#: Stages of the core's run that ``process(onStage=...)`` reports (the worker reports more).
+REPORTED_STAGES = ("brain extraction", "synthesis")
+
+
 class SynthesisLogic:
-    """Synthesis on MRML nodes.
+    """Synthesis on MRML nodes, in three steps: :meth:`start` (checks, nodes -> arrays: main thread),
+    the core's run (``MRISynthesisLib.worker.run``: in this process with :meth:`runInProcess`, or in a
+    worker process, see ``WorkerProcess``), :meth:`finish` (arrays -> nodes: main thread).
+    :meth:`process` does all three and waits.
 
     ``createSynthesizer(checkpoint, device, batchSize, precision)`` makes the core ``Synthesizer``
-    (tests inject fakes, e.g. a GPU that runs out of memory). The synthesizer of the last run is
-    kept (:class:`SynthesizerCache`), so synthesizing again with the same model does not reload it.
+    for in-process runs (tests inject fakes, e.g. a GPU that runs out of memory); the synthesizer of
+    the last in-process run is kept (:class:`SynthesizerCache`). ``useWorkerProcess``: ``process``
+    runs the core in a worker process (the module's default; the model is then loaded per run and
+    its memory freed when the process ends).
     """
 
-    def __init__(self, createSynthesizer=defaultSynthesizerFactory):
+    def __init__(self, createSynthesizer=defaultSynthesizerFactory, useWorkerProcess=False):
         self.createSynthesizer = createSynthesizer
         self.synthesizers = SynthesizerCache(createSynthesizer)
+        self.useWorkerProcess = useWorkerProcess
 
     def process(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None,
                 progress=None, batchSize=8, maskVolume=None, uncertainty=False, showResults=True, onStage=None,
@@ -149,9 +180,10 @@ class SynthesisLogic:
         create "<input> synthetic T2 (<model>)" next to the input in the subject hierarchy. Output
         geometry is exactly the input's (same voxels, same parent transform); voxels are float32 in
         normalised units (0 background, 1 = 99.5th percentile of the target contrast).
-        ``referenceVolume`` (a real target-contrast volume) adds a difference volume and metrics,
-        compared in world coordinates (parent transforms included; non-linear ones between the
-        volumes are refused). ``maskVolume`` (labelmap, non-zero = brain, or a segmentation: union of its segments)
+        ``referenceVolume`` (a real target-contrast volume) adds a difference volume and metrics
+        (the command line's model-units convention), compared in world coordinates (parent
+        transforms included; non-linear ones between the volumes are refused). ``maskVolume``
+        (labelmap, non-zero = brain, or a segmentation: union of its segments)
         replaces the automatic brain mask; without it a skull-stripped input keeps its own
         foreground and a whole-head input is brain-extracted (progress reported as 3 steps before
         the slices), the mask shown as the segmentation ``result.brainMaskSegmentation``.
@@ -162,79 +194,97 @@ class SynthesisLogic:
         it was (no node added, existing nodes unchanged). The input volume is never modified.
         Raises ``ValueError`` (or an ``MRISynthesisError``) with a one-line message on bad inputs.
         """
+        job = self.start(inputVolume, outputVolume, model, direction, device=device, referenceVolume=referenceVolume,
+                         batchSize=batchSize, maskVolume=maskVolume, uncertainty=uncertainty, precision=precision)
+
+        def onEvent(event):
+            if event["event"] == "stage" and onStage is not None and event["stage"] in REPORTED_STAGES:
+                onStage(event["stage"])
+            elif event["event"] == "progress":
+                # The widget's progress callback processes GUI events, so the user may close the scene or
+                # delete a node between two batches: stop at once instead of failing on a missing node.
+                job.checkStillInScene()
+                return True if progress is None else progress(event["done"], event["total"])
+            return True
+
+        if self.useWorkerProcess:
+            from .WorkerProcess import runAndWait
+
+            job.workerResult = runAndWait(job, onEvent)
+        else:
+            self.runInProcess(job, onEvent)
+        return self.finish(job, showResults=showResults)
+
+    def start(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None, batchSize=8,
+              maskVolume=None, uncertainty=False, precision="auto") -> SynthesisJob:
+        """Every check on the nodes, then the arrays the core needs (input in world coordinates, mask
+        and reference on the input's grid). Nothing in the scene changes."""
         started = time.time()
         direction = str(direction)
         checkNodes(inputVolume, outputVolume, referenceVolume, maskVolume, direction)
-        scene = inputVolume.GetScene()
-        watched = [node for node in (inputVolume, outputVolume, referenceVolume, maskVolume) if node is not None]
-        checkpoint = catalog.resolve_model(model or None, direction=direction)
         volume = volumeFromNode(inputVolume, inWorld=True)
         notes = []
         if worldIJKToRAS(inputVolume) is None:
             notes.append(f"'{inputVolume.GetName()}' is under a non-linear transform: slices were taken on its own "
                          "voxel grid; the synthetic volume is under the same transform.")
-        mask = maskArrayFromNode(maskVolume, inputVolume) if maskVolume is not None else None
+        mask = maskArrayFromNode(maskVolume, inputVolume) if maskVolume is not None else "auto"
+        reference = referenceOnGrid(referenceVolume, inputVolume) if referenceVolume is not None else None
+        request = {"volume": volume, "model": model or None, "direction": direction, "device": str(device),
+                   "precision": str(precision), "batch_size": int(batchSize), "uncertainty": bool(uncertainty),
+                   "brain_mask": mask, "reference": reference}
+        return SynthesisJob((inputVolume, outputVolume, referenceVolume, maskVolume), request, notes, started)
 
-        synthesizer = self.synthesizers.get(checkpoint, device, batchSize, precision)
-        metadata = synthesizer.metadata
-        check_model_request(metadata, direction, uncertainty, synthesizer.supports_uncertainty)
-        extracted = False
-        if mask is None:  # automatic: skull-stripped inputs are kept, whole-head scans brain-extracted
-            if onStage is not None and not looks_skull_stripped(volume.array):
-                onStage("brain extraction")
-            chosen = choose_brain_mask(volume, "auto", device=getattr(synthesizer, "device", "cpu"),
-                                       progress=progress)
-            mask, extracted = chosen.mask, chosen.source == "extracted"
-        if onStage is not None:
-            onStage("synthesis")
+    def runInProcess(self, job, onEvent) -> None:
+        """The core's run in this process (blocking), with the kept synthesizer."""
+        from MRISynthesisLib import worker
 
-        def progressUnlessNodesRemoved(done, total):
-            # The widget's progress callback processes GUI events, so the user may close the scene or
-            # delete a node between two batches: stop at once instead of failing on a missing node.
-            checkStillInScene(watched, scene)
-            return True if progress is None else progress(done, total)
+        checkpoint = catalog.resolve_model(job.request["model"], direction=job.request["direction"])
+        request = job.request
+        synthesizer = self.synthesizers.get(checkpoint, request["device"], request["batch_size"], request["precision"])
 
-        def createAfterOutOfMemory(retryDevice, retryBatchSize):
+        def createAfterOutOfMemory(checkpoint, retryDevice, retryBatchSize, precision):
             self.synthesizers.clear()  # frees the model that ran out of GPU memory
             return self.createSynthesizer(checkpoint, retryDevice, retryBatchSize, precision)
 
-        run = synthesize_with_fallback(createAfterOutOfMemory, volume, device, batchSize, first=synthesizer,
-                                       progress=progressUnlessNodesRemoved, mask=mask,
-                                       uncertainty_samples=UNCERTAINTY_SAMPLES if uncertainty else 0)
-        notes += run.notes
-        checkStillInScene(watched, scene)
-        comparison = None
-        if referenceVolume is not None:
-            comparison = compareWithReference(run.synthetic, inputVolume, referenceVolume, mask)
+        job.workerResult = worker.run(request, onEvent, create_synthesizer=createAfterOutOfMemory, first=synthesizer)
 
-        # Nothing in the scene has changed up to here; from here on, undo on failure.
+    def finish(self, job, showResults=True):
+        """The worker's result into the scene (main thread): the synthetic volume, the extracted brain
+        mask, the uncertainty and difference volumes, the views. A failure undoes every change."""
+        job.checkStillInScene()
+        run, info = job.workerResult, job.workerResult.info
+        inputVolume, outputVolume, referenceVolume = job.inputVolume, job.outputVolume, job.referenceVolume
+        affine = ijkToRASArray(inputVolume)  # local: the output goes under the input's transform
+        synthetic = Volume(run.synthetic, affine)
         changes = SceneChanges()
         try:
-            modelTitle = metadata.title or (metadata.model_id if metadata.model_id != "unnamed" else Path(checkpoint).stem)
-            outputVolume = self._outputNode(changes, run.synthetic, "synthetic", metadata, inputVolume,
-                                            node=outputVolume, name=OutputNodes.syntheticVolumeName(
-                                                inputVolume.GetName(), direction, modelTitle))
-            resolved = getattr(run.synthesizer, "precision", None)
-            result = SynthesisResult(outputVolume, metadata.model_id, direction, device_name(run.synthesizer),
-                                     int(run.synthesizer.batch_size), 0.0, notes=notes,
-                                     precision=resolved.describe() if hasattr(resolved, "describe") else
-                                     str(resolved or ""))
-            if extracted:
+            modelTitle = info["title"] or (info["model_id"] if info["model_id"] != "unnamed"
+                                           else Path(info["checkpoint"]).stem)
+            outputVolume = self._outputNode(changes, synthetic, "synthetic", info, inputVolume, node=outputVolume,
+                                            name=OutputNodes.syntheticVolumeName(inputVolume.GetName(),
+                                                                                 job.request["direction"], modelTitle),
+                                            show=lambda node: OutputNodes.showAsSynthetic(node, info["display_range"]))
+            result = SynthesisResult(outputVolume, info["model_id"], job.request["direction"], info["device"],
+                                     int(info["batch_size"]), 0.0, notes=job.notes + run.notes,
+                                     precision=info["precision"], warnings=list(run.warnings))
+            if run.mask is not None:
                 result.brainMaskSegmentation = changes.created(showMaskAsSegmentation(
-                    mask, inputVolume, f"{inputVolume.GetName()} brain mask"))
+                    run.mask, inputVolume, f"{inputVolume.GetName()} brain mask"))
                 OutputNodes.placeNextTo(result.brainMaskSegmentation, inputVolume)
                 result.notes.append(f"Brain extracted automatically (deepbet): segmentation "
                                     f"'{result.brainMaskSegmentation.GetName()}'. Edit it if needed and choose it "
                                     "as Brain mask to synthesize again with it.")
             if run.uncertainty is not None:
-                result.uncertaintyVolume = self._outputNode(changes, run.uncertainty, "uncertainty", metadata,
-                                                            inputVolume, name=f"{outputVolume.GetName()} uncertainty")
-            if comparison is not None:
+                result.uncertaintyVolume = self._outputNode(changes, Volume(run.uncertainty, affine), "uncertainty",
+                                                            info, inputVolume,
+                                                            name=f"{outputVolume.GetName()} uncertainty")
+            if run.difference is not None:
+                displayMax = info["difference_display_max"]
                 result.differenceVolume = self._outputNode(
-                    changes, comparison.difference, "difference", metadata, inputVolume,
+                    changes, Volume(run.difference, affine), "difference", info, inputVolume,
                     name=OutputNodes.differenceVolumeName(outputVolume.GetName()),
-                    show=lambda node: OutputNodes.showAsDifference(node, comparison.displayMax))
-                result.metrics = comparison.metrics
+                    show=lambda node: OutputNodes.showAsDifference(node, displayMax))
+                result.metrics = info["metrics"]
         except Exception:
             changes.undo()
             raise
@@ -245,13 +295,15 @@ class SynthesisLogic:
             except Exception as error:  # the volumes are made; a view problem must not undo them
                 logging.exception("MRISynthesis: could not set up the comparison views")
                 result.notes.append(f"The comparison views could not be set up: {error}")
-        result.seconds = time.time() - started
-        logging.info(f"MRISynthesis: {inputVolume.GetName()} -> {outputVolume.GetName()} with {metadata.model_id} "
+        for warning in result.warnings:
+            logging.warning(f"MRISynthesis: {warning}")
+        result.seconds = time.time() - job.started
+        logging.info(f"MRISynthesis: {inputVolume.GetName()} -> {outputVolume.GetName()} with {info['model_id']} "
                      f"on {result.device} in {result.seconds:.1f} s")
         return result
 
     @staticmethod
-    def _outputNode(changes, volume, role, metadata, inputVolume, node=None, name="", show=OutputNodes.showAsSynthetic):
+    def _outputNode(changes, volume, role, info, inputVolume, node=None, name="", show=OutputNodes.showAsSynthetic):
         """``volume`` (on ``inputVolume``'s grid) written into ``node``, or into a new node ``name``:
         voxels and geometry, provenance attributes, display, and a place next to the input in the
         subject hierarchy. ``changes`` records it, so a failure later in the run undoes it."""
@@ -260,7 +312,7 @@ class SynthesisLogic:
         else:
             changes.willModify(node)
         updateNodeFromVolume(node, volume, inputVolume)
-        OutputNodes.setProvenance(node, role, metadata.model_id, metadata.direction, inputVolume)
+        OutputNodes.setProvenance(node, role, info["model_id"], info["direction"], inputVolume)
         show(node)
         OutputNodes.placeNextTo(node, inputVolume)
         return node

@@ -259,16 +259,17 @@ def test_reference_gives_difference_map_and_metrics(app, makeVolume, volumesLogi
     display = difference.GetDisplayNode()
     assert display.GetColorNodeID() == OutputNodes.DIFFERENCE_COLOR_NODE_ID
     assert display.GetWindowLevelMin() == pytest.approx(-display.GetWindowLevelMax())
-    # The map is synthetic - reference in exactly the metrics' normalisation, 0 outside the mask.
+    # The map is synthetic - reference in the metrics' model units (the synthetic as it is, the
+    # reference percentile-normalised in the mask), 0 outside the mask.
     syntheticKJI = slicer.util.arrayFromVolume(result.outputVolume)
     mask = preprocessing.brain_mask(referenceKJI)
-    expected = (metrics.normalise_for_metrics(syntheticKJI, mask)[0]
-                - metrics.normalise_for_metrics(referenceKJI, mask)[0]) * mask
+    expected = (syntheticKJI - preprocessing.percentile_normalise(referenceKJI, mask)[0]) * mask
     np.testing.assert_allclose(slicer.util.arrayFromVolume(difference), expected, atol=1e-6)
     for name in ("mae", "psnr", "ssim", "mi_bits"):
         assert np.isfinite(result.metrics[name])
     assert result.metrics["mae"] == pytest.approx(np.abs(expected[mask]).mean(), rel=1e-5)
     assert result.metrics["conventions"]["mask"] == "given"
+    assert result.metrics["conventions"]["normalisation"] == "model-units"
     # Only the synthetic and the difference volume (and their display nodes) were added.
     added = set(nodeIDs(app.scene)) - nodesBefore
     assert {result.outputVolume.GetID(), difference.GetID()} <= added
@@ -276,15 +277,41 @@ def test_reference_gives_difference_map_and_metrics(app, makeVolume, volumesLogi
                or app.scene.GetNodeByID(i).IsA("vtkMRMLDisplayNode") for i in added)
 
 
-def test_synthetic_as_its_own_reference_has_zero_difference(makeVolume, t1ToT2Checkpoint):
+def test_metrics_use_the_command_line_s_model_units(makeVolume, t1ToT2Checkpoint):
+    """A synthetic with a 0.9 gain and +0.03 offset error scores in Slicer exactly as
+    `mrisynthesis evaluate` (model units) scores it, not with both volumes normalised (which hid the
+    error: MAE 0.0001 / 77.7 dB in Slicer against 0.023 / 31.0 dB on the command line)."""
+    from MRISynthesisLib import metrics, preprocessing
+
+    inputVolume = makeVolume("T1")
+    first = synthesize(inputVolume, t1ToT2Checkpoint, showResults=False).outputVolume
+    syntheticKJI = slicer.util.arrayFromVolume(first).copy()
+    reference = makeVolume("T2", arrayKJI=np.where(syntheticKJI > 0, syntheticKJI / 0.9 - 0.03 / 0.9, 0)
+                           .astype(np.float32))
+
+    result = synthesize(inputVolume, t1ToT2Checkpoint, referenceVolume=reference)
+
+    referenceKJI = slicer.util.arrayFromVolume(reference)
+    commandLine = metrics.evaluate(syntheticKJI, referenceKJI, preprocessing.brain_mask(referenceKJI),
+                                   normalisation="model-units")
+    for name in ("mae", "psnr", "ssim", "mi_bits"):
+        assert result.metrics[name] == pytest.approx(commandLine[name], rel=1e-5), name
+    assert result.metrics["mae"] > 0.005 and result.metrics["psnr"] < 50
+
+
+def test_synthetic_scored_against_itself_is_exact_in_normalised_units(makeVolume, t1ToT2Checkpoint):
+    """The synthetic as its own reference differs only by the reference's percentile scaling."""
+    from MRISynthesisLib import preprocessing
+
     inputVolume = makeVolume("T1")
     first = synthesize(inputVolume, t1ToT2Checkpoint, showResults=False).outputVolume
 
     result = synthesize(inputVolume, t1ToT2Checkpoint, referenceVolume=first)
 
-    assert np.all(slicer.util.arrayFromVolume(result.differenceVolume) == 0)
-    assert result.metrics["mae"] == 0 and result.metrics["psnr"] == float("inf")
-    assert result.metrics["ssim"] == pytest.approx(1.0)
+    syntheticKJI = slicer.util.arrayFromVolume(first)
+    mask = syntheticKJI > 0
+    expected = (syntheticKJI - preprocessing.percentile_normalise(syntheticKJI, mask)[0]) * mask
+    np.testing.assert_allclose(slicer.util.arrayFromVolume(result.differenceVolume), expected, atol=1e-6)
 
 
 def test_reference_on_another_grid_is_resampled_without_leaving_nodes(app, makeVolume, volumesLogic, helpers,
