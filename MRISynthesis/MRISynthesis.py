@@ -105,11 +105,12 @@ class Direction(enum.Enum):
 
 class Device(enum.Enum):
     AUTO = "auto"
-    GPU = "cuda"
+    GPU = "cuda"  # with the parameter node's gpuIndex: "cuda:N"
+    MPS = "mps"
     CPU = "cpu"
 
     def label(self):  # shown by Slicer's combo-box connector (see above)
-        return {"auto": _("Auto"), "cuda": _("GPU (CUDA)"), "cpu": _("CPU")}[self.value]
+        return {"auto": _("Auto"), "cuda": _("GPU (CUDA)"), "mps": _("Apple GPU (MPS)"), "cpu": _("CPU")}[self.value]
 
 
 class Precision(enum.Enum):
@@ -131,7 +132,8 @@ class MRISynthesisParameterNode:
     inputVolume - the acquired volume (T1 for T1 -> T2).
     direction - which contrast to synthesize.
     model - catalog id (MRISynthesisLib.catalog) or path of a .safetensors checkpoint.
-    device - where the model runs; Auto picks CUDA when available.
+    device - where the model runs; Auto picks CUDA, then Apple MPS, then the CPU.
+    gpuIndex - which CUDA GPU (0 = the first) when device is GPU.
     outputVolume - overwritten with the result; None creates a new volume.
     referenceVolume - optional real target-contrast volume for the difference map and metrics.
     batchSize - slices per forward pass (GPU memory grows with it).
@@ -145,6 +147,7 @@ class MRISynthesisParameterNode:
     direction: Direction = Direction.T1_TO_T2
     model: str = ""
     device: Device = Device.AUTO
+    gpuIndex: Annotated[int, WithinRange(0, 15)] = 0
     outputVolume: vtkMRMLScalarVolumeNode
     referenceVolume: vtkMRMLScalarVolumeNode
     batchSize: Annotated[int, WithinRange(1, 64)] = 8
@@ -170,9 +173,10 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._state = None
-        self._cancelRequested = False
-        self._stage = ""
+        self._job = None  # the run in progress (SynthesisLogic.SynthesisJob with a worker)
+        self._pollTimer = None
         self._listedDirection = None
+        self._catalogEntries = []  # catalog models of the listed direction
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -192,6 +196,9 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(self.POLL_INTERVAL_MS)
+        self._pollTimer.connect("timeout()", self._onPollTimer)
         # The model list depends on the catalog and the direction, so it is filled here rather than
         # bound with SlicerParameterName (the parameter node's Choice would be fixed at import).
         self.ui.modelComboBox.connect("activated(int)", self.onModelActivated)
@@ -221,7 +228,8 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
-        self._cancelRequested = True  # a run in progress stops at its next batch (the logic checks too)
+        if self._job is not None:
+            self.cancelRun(_("Cancelled: the scene was closed."))
         self.setParameterNode(None)
 
     def onSceneEndClose(self, caller, event) -> None:
@@ -255,7 +263,22 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode.direction != self._listedDirection:
             self._fillModelComboBox()
         self._selectModelItem()
+        self.ui.gpuIndexSpinBox.enabled = self._parameterNode.device == Device.GPU
+        self._updateUncertaintyBox()
         self._updateApplyButton()
+
+    def _updateUncertaintyBox(self) -> None:
+        """Enabled only for models that can sample: a catalog model's ``supports_uncertainty`` flag; a
+        checkpoint file is trusted here and checked by the core before any work."""
+        model = self._parameterNode.model
+        entry = next((e for e in self._catalogEntries if e.id == model), None)
+        canSample = entry.supports_uncertainty if entry is not None else bool(model)
+        self.ui.uncertaintyCheckBox.enabled = canSample
+        self.ui.uncertaintyCheckBox.toolTip = (
+            _("Also make a standard-deviation volume from several samples.") if canSample else
+            _("The chosen model cannot sample, so it cannot make an uncertainty map (only models such as the VAE can)."))
+        if not canSample and self._parameterNode.uncertainty:
+            self._parameterNode.uncertainty = False
 
     def _fillModelComboBox(self) -> None:
         from MRISynthesisLib import catalog
@@ -269,6 +292,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Exception as error:  # a broken catalog must not break the module
             logging.error(f"MRISynthesis: cannot read the model catalog: {error}")
             entries = []
+        self._catalogEntries = entries
         for entry in entries:
             combo.addItem(entry.title or entry.id, entry.id)
             combo.setItemData(combo.count - 1, entry.description, qt.Qt.ToolTipRole)
@@ -349,13 +373,16 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._updateApplyButton()
 
     # -- running ---------------------------------------------------------------------------------
+    # The core runs in a worker process (MRISynthesisSlicer.WorkerProcess); a timer reads its output
+    # on the main thread, so the panel stays responsive and Cancel kills the worker at once.
+
+    #: How often the panel reads the worker's output (milliseconds).
+    POLL_INTERVAL_MS = 50
 
     def onApplyButton(self) -> None:
-        if self._state == ProcessingState.RUNNING:
-            self._cancelRequested = True
-            self.setProcessingState(ProcessingState.CANCELLING, _("Cancelling\u2026"))
+        if self._job is not None:  # the button reads Cancel
+            self.cancelRun(_("Cancelled; the scene was not changed."))
             return
-        self._cancelRequested = False
         self.setProcessingState(ProcessingState.PREPARING, _("Checking PyTorch and the Python packages\u2026"))
         slicer.app.processEvents()
         try:
@@ -364,49 +391,115 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.setProcessingState(ProcessingState.FAILED, _("Failed: {error}").format(error=error))
             slicer.util.errorDisplay(str(error))
             return
+        p = self._parameterNode  # read after the installation, which processes GUI events
+        self.ui.logTextEdit.clear()
+        self.setProcessingState(ProcessingState.RUNNING, _("Starting\u2026"))
+        try:
+            self._job = self.logic.startSynthesis(
+                p.inputVolume, p.outputVolume, p.model, p.direction.value, device=self.deviceName(),
+                referenceVolume=p.referenceVolume, batchSize=p.batchSize, maskVolume=p.maskVolume,
+                uncertainty=p.uncertainty, precision=p.precision.value)
+        except Exception as error:
+            self._showFailure(error)
+            return
+        self._appendLog(_("Worker started: {command}").format(command=" ".join(self._job.worker.command)))
+        self._pollTimer.start(self.POLL_INTERVAL_MS)
+
+    def deviceName(self) -> str:
+        """The device for the core: 'auto', 'cpu', 'mps', or 'cuda:N' with the chosen GPU index."""
+        device = self._parameterNode.device
+        return f"cuda:{self._parameterNode.gpuIndex}" if device == Device.GPU else device.value
+
+    def cancelRun(self, message) -> None:
+        """Kill the worker now; nothing was added to the scene (results are only imported at the end)."""
+        job, self._job = self._job, None
+        self._pollTimer.stop()
+        if job is not None:
+            job.worker.kill()
+            self._appendLog(_("Worker stopped."))
+        self.setProcessingState(ProcessingState.CANCELLED, message)
+
+    def _onPollTimer(self) -> None:
+        job = self._job
+        if job is None:
+            self._pollTimer.stop()
+            return
         from MRISynthesisLib.errors import Cancelled
 
-        p = self._parameterNode  # read after the installation, which processes GUI events
-        self._stage = ""
-        self.setProcessingState(ProcessingState.RUNNING, _("Loading the model\u2026"))
-        slicer.app.processEvents()
         try:
-            result = self.logic.process(p.inputVolume, p.outputVolume, p.model, p.direction.value,
-                                        device=p.device.value, referenceVolume=p.referenceVolume,
-                                        progress=self._onProgress, batchSize=p.batchSize,
-                                        maskVolume=p.maskVolume, uncertainty=p.uncertainty,
-                                        precision=p.precision.value,
-                                        onStage=self._onStage)
+            job.checkStillInScene()  # a node removed, or the scene closed, during the run
         except Cancelled as cancelled:
-            # The logic names a node that was removed or a scene that was closed during the run.
-            reason = str(cancelled) if str(cancelled).startswith("cancelled:") else ""
-            self.setProcessingState(ProcessingState.CANCELLED, reason or _("Cancelled; the scene was not changed."))
+            self.cancelRun(str(cancelled))
             return
+        finished = job.worker.finished()
+        for event in job.worker.poll():
+            self._onWorkerEvent(event)
+        if not finished:
+            return
+        self._pollTimer.stop()
+        self._job = None
+        self.ui.statusLabel.text = _("Adding the results to the scene\u2026")
+        try:
+            result = self.logic.finishSynthesis(job)
         except Exception as error:
-            self.setProcessingState(ProcessingState.FAILED, _("Failed: {error}").format(error=error))
-            import traceback
-
-            slicer.util.errorDisplay(_("Synthesis failed: {error}").format(error=error),
-                                     detailedText=traceback.format_exc())
+            self._showFailure(error)
             return
+        finally:
+            job.worker.cleanup()
         slicer.util.resetSliceViews()
         self._showResults(result)
         self.setProcessingState(ProcessingState.DONE, _("Done in {seconds:.1f} s on {device}.").format(
             seconds=result.seconds, device=result.device.upper()))
 
-    def _onStage(self, stage) -> None:
-        self._stage = stage
-        self._onProgress(0, 0 if stage == "synthesis" else 3)
+    def _onWorkerEvent(self, event) -> None:
+        kind = event.get("event")
+        if kind == "progress":
+            self._onProgress(event["stage"], event["done"], event["total"])
+            return
+        if kind == "stage":
+            self.ui.progressBar.maximum = 0  # busy until the stage reports its first step
+            self.ui.progressBar.value = 0
+            self.ui.statusLabel.text = self._stageMessage(event["stage"])
+            self._appendLog(_("Stage: {stage}").format(stage=event["stage"]))
+        elif kind == "warning":
+            logging.warning(f"MRISynthesis: {event['message']}")
+            self._appendLog(_("Warning: {message}").format(message=event["message"]))
+        elif kind == "error":
+            self._appendLog(_("Error: {message}").format(message=event["message"]))
+        elif kind in ("note", "log"):
+            self._appendLog(event["message"])
 
-    def _onProgress(self, done, total) -> bool:
-        self.ui.progressBar.maximum = max(total, 1)
+    @staticmethod
+    def _stageMessage(stage) -> str:
+        return {"loading the model": _("Loading the model\u2026"), "brain extraction": _("Extracting the brain\u2026"),
+                "synthesis": _("Synthesizing\u2026"), "comparison": _("Comparing with the reference\u2026")
+                }.get(stage, stage)
+
+    def _onProgress(self, stage, done, total) -> None:
+        if total <= 0:
+            return
+        self.ui.progressBar.maximum = total
         self.ui.progressBar.value = done
-        if self._state == ProcessingState.RUNNING and self._stage == "brain extraction":
+        if stage == "brain extraction":
             self.ui.statusLabel.text = _("Extracting the brain: step {done} of {total}").format(done=done, total=total)
-        elif self._state == ProcessingState.RUNNING:
+        else:
             self.ui.statusLabel.text = _("Synthesizing: {done} of {total} slices").format(done=done, total=total)
-        slicer.app.processEvents()  # repaint and let the Cancel button be clicked
-        return not self._cancelRequested
+
+    def _appendLog(self, line) -> None:
+        self.ui.logTextEdit.appendPlainText(line)
+
+    def _showFailure(self, error) -> None:
+        self.setProcessingState(ProcessingState.FAILED, _("Failed: {error}").format(error=error))
+        self._appendLog(_("Failed: {error}").format(error=error))
+        from MRISynthesisLib.errors import MRISynthesisError
+
+        if isinstance(error, (ValueError, MRISynthesisError)):
+            slicer.util.errorDisplay(_("Synthesis failed: {error}").format(error=error))
+        else:
+            import traceback
+
+            slicer.util.errorDisplay(_("Synthesis failed: {error}").format(error=error),
+                                     detailedText=traceback.format_exc())
 
     def _showResults(self, result) -> None:
         picked = _("Auto picked {device}").format(device=result.device.upper()) \
@@ -416,6 +509,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                  _("Model: {model}; device: {device}; batch size: {batch}; precision: {precision}").format(
                      model=result.modelId, device=result.device, batch=result.batchSize,
                      precision=result.precision)]
+        lines += [_("Warning: {warning}").format(warning=warning) for warning in result.warnings]
         lines += result.notes
         if result.differenceVolume is not None:
             lines.append(_("Difference map (synthetic \u2212 reference): {name}; fade it in with the reference "
@@ -436,12 +530,15 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         table.setRowCount(len(rows))
         for row, (key, title) in enumerate(rows):
             table.setItem(row, 0, qt.QTableWidgetItem(title))
-            table.setItem(row, 1, qt.QTableWidgetItem(f"{metrics[key]:.4f}"))
+            value = metrics[key]
+            text = "\u221e" if value is None or value == float("inf") else f"{value:.4f}"  # PSNR of an exact match
+            table.setItem(row, 1, qt.QTableWidgetItem(text))
         c = metrics["conventions"]
         self.ui.conventionsLabel.text = _(
             "Inside the brain mask ({voxels} voxels; the reference's automatic brain mask unless a mask is set). "
-            "Each volume scaled to its own {low}\u2013{high}th percentile in the mask; data range {range}. "
-            "SSIM: {ssim}, on axial slices. MI: {mi}. Values are in normalised units, not scanner units."
+            "Model units, as 'mrisynthesis evaluate' and the model cards: the synthetic volume as it is, the "
+            "reference scaled to its {low}\u2013{high}th percentile in the mask; data range {range}. "
+            "SSIM: {ssim}, on axial slices. MI: {mi}."
         ).format(voxels=c["mask_voxels"], low=PERCENTILE_LOW, high=PERCENTILE_HIGH, range=c["data_range"],
                  ssim=c["ssim"], mi=c["mi"])
 
@@ -465,7 +562,7 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
     def __init__(self, createSynthesizer=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.createSynthesizer = createSynthesizer
-        self._synthesisLogic = None  # made at the first run: importing it imports PyTorch
+        self._synthesisLogic = None  # made at the first run
 
     def getParameterNode(self):
         return MRISynthesisParameterNode(super().getParameterNode())
@@ -496,16 +593,38 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         ``MRISynthesisSlicer.SynthesisLogic.SynthesisLogic.process``.
         """
         self.ensureDependencies(askConfirmation=not slicer.app.testingEnabled())
+        return self.synthesisLogic().process(
+            inputVolume, outputVolume, model, direction, device=device, referenceVolume=referenceVolume,
+            progress=progress, batchSize=batchSize, maskVolume=maskVolume, uncertainty=uncertainty,
+            showResults=showResults, onStage=onStage, precision=precision)
+
+    def synthesisLogic(self):
         if self._synthesisLogic is None:
             from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic
 
             # The core runs in a worker process, unless a test injects its synthesizers (in process).
             self._synthesisLogic = (SynthesisLogic(self.createSynthesizer) if self.createSynthesizer
                                     else SynthesisLogic(useWorkerProcess=True))
-        return self._synthesisLogic.process(
-            inputVolume, outputVolume, model, direction, device=device, referenceVolume=referenceVolume,
-            progress=progress, batchSize=batchSize, maskVolume=maskVolume, uncertainty=uncertainty,
-            showResults=showResults, onStage=onStage, precision=precision)
+        return self._synthesisLogic
+
+    def startSynthesis(self, inputVolume, outputVolume, model, direction, **options):
+        """Check the nodes, start the core in a worker process and return at once (the panel's way):
+        a ``SynthesisJob`` whose ``worker`` (``MRISynthesisSlicer.WorkerProcess``) the caller polls and,
+        once ``worker.finished()``, gives to :meth:`finishSynthesis`, or kills to cancel (the scene is
+        not touched before ``finishSynthesis``). Options as for :meth:`process`; call
+        :meth:`ensureDependencies` first."""
+        from MRISynthesisSlicer.WorkerProcess import WorkerProcess
+
+        job = self.synthesisLogic().start(inputVolume, outputVolume, model, direction, **options)
+        job.worker = WorkerProcess(job.request)
+        job.worker.start()
+        return job
+
+    def finishSynthesis(self, job, showResults=True):
+        """The finished worker's results into the scene; returns a ``SynthesisResult`` (raises the
+        worker's error when it failed)."""
+        job.workerResult = job.worker.workerResult()
+        return self.synthesisLogic().finish(job, showResults=showResults)
 
     def ensureDependencies(self, askConfirmation=True) -> None:
         """Slicer version, then PyTorch through the PyTorch extension (it picks the CUDA build for this
@@ -514,7 +633,7 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         versionProblem = Dependencies.slicerVersionProblem(slicer.app.majorVersion, slicer.app.minorVersion)
         if versionProblem:
             raise RuntimeError(versionProblem)
-        self.importTorch(askConfirmation)
+        self.ensureTorch(askConfirmation)
         missing = Dependencies.missingRequirements()
         if not missing:
             return
@@ -525,15 +644,15 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         with slicer.util.WaitCursor():
             slicer.util.pip_install(missing)
 
-    def importTorch(self, askConfirmation=True):
-        """The ``torch`` module; installed, or upgraded when older than the minimum, through the
-        PyTorch extension (an upgrade takes effect after restarting Slicer)."""
+    def ensureTorch(self, askConfirmation=True):
+        """Make sure a recent enough PyTorch is installed (not imported: Slicer's process does not
+        need it): installed, or upgraded when older than the minimum, through the PyTorch extension
+        (an upgrade takes effect after restarting Slicer). Returns the torch module it installed,
+        else None."""
         version = Dependencies.torchVersion()
         problem = Dependencies.torchVersionProblem(version)
-        if problem is None:
-            import torch
-
-            return torch
+        if problem is None:  # not imported here: the model runs in a worker process
+            return None
         requirement = f">={Dependencies.minimumTorchVersion()}"
         try:
             import PyTorchUtils

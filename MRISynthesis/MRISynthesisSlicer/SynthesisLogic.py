@@ -15,7 +15,6 @@ from pathlib import Path
 from MRISynthesisLib import catalog
 from MRISynthesisLib.conventions import check_direction, target_contrast
 from MRISynthesisLib.errors import Cancelled
-from MRISynthesisLib.synthesis import Synthesizer
 from MRISynthesisLib.volume import Volume
 
 from . import ComparisonViews, OutputNodes
@@ -27,6 +26,8 @@ from .VolumeNodes import (checkScalarVolume, ijkToRASArray, isInScene, isPlainSc
 
 
 def defaultSynthesizerFactory(checkpoint, device, batchSize, precision="auto"):
+    from MRISynthesisLib.synthesis import Synthesizer  # imports PyTorch: only for in-process runs
+
     return Synthesizer(checkpoint, device=device, batch_size=batchSize, precision=precision)
 
 

@@ -58,6 +58,7 @@ class WorkerProcess:
         self._lines = queue.Queue()
         self._readers = []
         self._requestPath = self._writeRequest(request)
+        self.command = [self.python, "-m", "MRISynthesisLib.worker", str(self._requestPath)]
 
     def _writeRequest(self, request) -> Path:
         folder = self.folder
@@ -80,7 +81,7 @@ class WorkerProcess:
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [corePath(), environment.get("PYTHONPATH")]))
         environment["PYTHONUNBUFFERED"] = "1"
         self.process = subprocess.Popen(
-            [self.python, "-m", "MRISynthesisLib.worker", str(self._requestPath)], cwd=str(self.folder),
+            self.command, cwd=str(self.folder),
             stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
             errors="replace", env=environment, start_new_session=(os.name != "nt"))
         for stream, kind in ((self.process.stdout, "out"), (self.process.stderr, "err")):

@@ -18,6 +18,9 @@ What they do, and nothing more:
   properties it sets (``text``, ``toolTip``, ``enabled``, ``nodeTypes``, ``noneEnabled``, dynamic
   ``SlicerParameterName``...) and the ``<connections>`` (``mrmlSceneChanged`` -> ``setMRMLScene``).
   Layouts are flattened (a child belongs to the widget whose layout holds it); nothing is drawn.
+- ``QTimer`` runs on ``eventLoop``, the harness's main loop: ``eventLoop.run(until, timeout)`` fires
+  due timers and posted calls on the calling thread, one at a time, and records how long each kept
+  that thread busy (``eventLoop.busy``) - what a user waiting for the panel would wait.
 - Every other name of ``qt`` / ``ctk`` (message boxes, dialogs, cursors, settings, icons) is a
   permissive object that accepts any call and returns another such object; ``QSettings`` is empty.
 """
@@ -508,6 +511,96 @@ class QGroupBox(QWidget):
     pass
 
 
+class EventLoop:
+    """The harness's main loop (a stand-in for Qt's): runs the callbacks of due ``QTimer``s and posted
+    calls on the calling (main) thread, one at a time, and records how long each one kept the thread
+    busy, so a test can state the panel's longest unresponsive interval while a run is in progress."""
+
+    def __init__(self):
+        self.timers = []
+        self.posted = []
+        self.busy = []  # (seconds, what) of every callback run by run()
+
+    def post(self, callback):
+        self.posted.append(callback)
+
+    def _call(self, callback, what):
+        import time
+
+        started = time.perf_counter()
+        try:
+            callback()
+        finally:
+            self.busy.append((time.perf_counter() - started, what))
+
+    def run(self, until, timeout, tick=0.005):
+        """Run posted calls and due timers until ``until()`` is true; ``TimeoutError`` after ``timeout`` s."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not until():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the event loop ran {timeout} s without reaching its condition")
+            while self.posted:
+                callback = self.posted.pop(0)
+                self._call(callback, getattr(callback, "__name__", "posted call"))
+            now = time.monotonic()
+            for timer in [t for t in self.timers if t.isActive() and t._due <= now]:
+                timer._due = now + timer.interval / 1000.0
+                if timer.singleShot_:
+                    timer.stop()
+                self._call(lambda timer=timer: timer._emit("timeout"), "QTimer.timeout")
+            time.sleep(tick)
+
+    def longestBusy(self):
+        return max(self.busy, default=(0.0, ""))
+
+
+eventLoop = EventLoop()
+
+
+class QTimer(QObject):
+    timeout = SignalDescriptor()
+
+    def __init__(self, parent=None):
+        super().__init__(parent)
+        self.interval = 0
+        self.singleShot_ = False
+        self._active = False
+        self._due = 0.0
+
+    def setInterval(self, milliseconds):
+        self.interval = int(milliseconds)
+
+    def setSingleShot(self, singleShot):
+        self.singleShot_ = bool(singleShot)
+
+    def start(self, milliseconds=None):
+        import time
+
+        if milliseconds is not None:
+            self.interval = int(milliseconds)
+        self._active = True
+        self._due = time.monotonic() + self.interval / 1000.0
+        if self not in eventLoop.timers:
+            eventLoop.timers.append(self)
+
+    def stop(self):
+        self._active = False
+        if self in eventLoop.timers:
+            eventLoop.timers.remove(self)
+
+    def isActive(self):
+        return self._active
+
+    @staticmethod
+    def singleShot(milliseconds, callback):
+        timer = QTimer()
+        timer.setSingleShot(True)
+        timer.timeout.connect(callback)
+        timer.start(milliseconds)
+
+
 class QColor:
     def __init__(self, *args):
         self.args = args
@@ -748,7 +841,7 @@ def makeModules():
     for cls in (QObject, QWidget, QLayout, QVBoxLayout, QHBoxLayout, QFormLayout, QGridLayout, QLabel,
                 QAbstractButton, QPushButton, QToolButton, QCheckBox, QComboBox, QSpinBox, QDoubleSpinBox, QSlider,
                 QProgressBar, QTableWidget, QTableWidgetItem, QPlainTextEdit, QTextEdit, QLineEdit, QFrame,
-                QGroupBox, QColor, QFileDialog, QSettings, Qt, QFile):
+                QGroupBox, QColor, QFileDialog, QSettings, Qt, QFile, QTimer):
         setattr(qt, cls.__name__, cls)
     qt.__getattr__ = _anythingFor
 

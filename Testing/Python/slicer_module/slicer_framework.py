@@ -20,6 +20,8 @@ Stood in for (C++ classes of the Slicer application, which cannot be installed h
 - Qt, CTK and qMRML *widget* classes and ``QUiLoader`` (``qt_standins.py``: what each one models is
   written there): they are compiled Qt classes. Nothing is drawn, there is no real event loop, and a
   ``qMRMLNodeComboBox`` holds the node it is given but does not list or auto-select scene nodes.
+  Qt's event loop is stood in for by ``qt_standins.eventLoop``, which runs ``QTimer`` callbacks on the
+  test's thread and records how long each one took.
 - ``slicer.app`` (qSlicerApplication): version 5.10, testing mode on (as in Slicer's ctest, so message
   boxes are logged, not shown), ``processEvents()`` calls the harness's hook (tests use it to act while
   a run is in progress, like a user's click), ``layoutManager()`` wraps the test scene's real
@@ -207,6 +209,9 @@ def attachScene(appLikeScene):
         return
     import slicer
 
+    import qt_standins
+
+    qt_standins.eventLoop.__init__()  # no timer or recorded interval of an earlier test
     _installed.setLayoutLogic(appLikeScene.layoutLogic if appLikeScene is not None else None)
     _installed.processEventsHook = None
     _installed.testing = True

@@ -121,14 +121,47 @@ def test_the_user_s_choices_in_the_panel_reach_the_parameter_node(slicerModule, 
     assert p.model.startswith("t2-to-t1")  # the model list follows the direction
     ui.batchSizeSpinBox.value = 16
     assert p.batchSize == 16
-    ui.uncertaintyCheckBox.click()
-    assert p.uncertainty is True
     ui.maskSelector.setCurrentNode(volumes["segmentation"])
     assert p.maskVolume is volumes["segmentation"]
     ui.referenceSelector.setCurrentNode(volumes["reference"])
     assert p.referenceVolume is volumes["reference"]
     ui.referenceSelector.setCurrentNode(None)
     assert p.referenceVolume is None
+
+
+def test_uncertainty_box_is_enabled_only_for_models_that_can_sample(slicerModule, vaeCheckpoint):
+    from MRISynthesisLib import catalog
+
+    widget = openPanel(slicerModule)
+    p, ui = widget._parameterNode, widget.ui
+    assert not any(entry.supports_uncertainty for entry in catalog.list_models())  # no shipped model can sample
+    assert ui.uncertaintyCheckBox.enabled is False
+    ui.uncertaintyCheckBox.click()
+    assert p.uncertainty is False
+
+    qt_standins.QFileDialog.nextOpenFileName = str(vaeCheckpoint)  # "Load a checkpoint file..."
+    ui.modelComboBox.activate(ui.modelComboBox.findData(widget.LOAD_CHECKPOINT))
+    assert p.model == str(vaeCheckpoint)
+    assert ui.uncertaintyCheckBox.enabled is True
+    ui.uncertaintyCheckBox.click()
+    assert p.uncertainty is True
+
+    ui.modelComboBox.activate(0)  # back to a catalog model: the box is cleared and disabled
+    assert p.uncertainty is False and ui.uncertaintyCheckBox.enabled is False
+
+
+def test_device_offers_apple_mps_and_a_gpu_index(slicerModule):
+    widget = openPanel(slicerModule)
+    p, ui = widget._parameterNode, widget.ui
+    labels = [ui.deviceComboBox.itemText(i) for i in range(ui.deviceComboBox.count)]
+    assert labels == ["Auto", "GPU (CUDA)", "Apple GPU (MPS)", "CPU"]
+    assert ui.gpuIndexSpinBox.enabled is False
+    ui.deviceComboBox.activate(labels.index("GPU (CUDA)"))
+    ui.gpuIndexSpinBox.value = 2
+    assert ui.gpuIndexSpinBox.enabled is True
+    assert widget.deviceName() == "cuda:2"
+    ui.deviceComboBox.activate(labels.index("Apple GPU (MPS)"))
+    assert widget.deviceName() == "mps" and ui.gpuIndexSpinBox.enabled is False
 
 
 def test_batch_size_outside_its_range_is_refused(slicerModule):
@@ -201,43 +234,98 @@ def test_logic_synthesizes_with_mask_reference_and_comparison(slicerModule, volu
     np.testing.assert_array_equal(slicer.util.arrayFromVolume(volumes["input"]), inputBefore)
 
 
-def test_apply_button_synthesizes_and_shows_the_results(slicerModule, volumes, t1ToT2Checkpoint):
+def runPanel(widget, whileRunning=None, timeout=120):
+    """Click Synthesize and run the (stand-in) event loop until the run ends, calling
+    ``whileRunning()`` on each turn of the loop while it runs."""
+    states = slicer_module_states()
+
+    def ended():
+        if widget._state == states.RUNNING and whileRunning is not None:
+            whileRunning()
+        return widget._state in (states.DONE, states.FAILED, states.CANCELLED)
+
+    qt_standins.eventLoop.post(widget.ui.applyButton.click)
+    qt_standins.eventLoop.run(ended, timeout)
+
+
+def slicer_module_states():
+    from MRISynthesisSlicer.ProcessingStates import ProcessingState
+
+    return ProcessingState
+
+
+def test_apply_button_runs_the_core_in_a_worker_process_and_shows_the_results(slicerModule, volumes,
+                                                                            t1ToT2Checkpoint):
     widget = openPanel(slicerModule)
     p, ui = widget._parameterNode, widget.ui
     p.model = checkpointOf(t1ToT2Checkpoint)
     p.device = slicerModule.Device.CPU
     p.referenceVolume = volumes["reference"]
     nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+    seen = {"busy": False, "states": set()}
 
-    ui.applyButton.click()
+    def watch():
+        seen["states"].add(ui.statusLabel.text)
+        if ui.progressBar.maximum == 0:
+            seen["busy"] = True
+        assert "0 of 0" not in ui.statusLabel.text
+
+    runPanel(widget, watch)
 
     assert ui.statusLabel.text.startswith("Done in"), ui.statusLabel.text
+    assert seen["busy"]  # a busy bar while the worker starts and loads the model, never "0 of 0 slices"
     assert ui.resultsCollapsibleButton.visible and ui.metricsTable.visible
     assert ui.metricsTable.item(0, 0).text() == "MAE"
     float(ui.metricsTable.item(0, 1).text())
+    assert "Model units" in ui.conventionsLabel.text
     assert slicer.mrmlScene.GetNumberOfNodes() > nodesBefore
     assert ui.applyButton.text == "Synthesize T2" and ui.applyButton.enabled
+    log = ui.logTextEdit.toPlainText()
+    assert "MRISynthesisLib.worker" in log and "Stage: synthesis" in log and "Stage: comparison" in log
 
 
-def test_cancel_during_a_run_leaves_the_scene_unchanged(slicerModule, volumes, t1ToT2Checkpoint):
+def test_cancel_kills_the_worker_at_once_and_leaves_the_scene_unchanged(slicerModule, volumes, t1ToT2Checkpoint):
     widget = openPanel(slicerModule)
     p, ui = widget._parameterNode, widget.ui
     p.model = checkpointOf(t1ToT2Checkpoint)
     p.device = slicerModule.Device.CPU
     nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
-    clicks = []
+    workers = []
 
-    def userClicksCancelOnce():
-        if widget._state == slicerModule.ProcessingState.RUNNING and not clicks:
-            clicks.append(True)
-            ui.applyButton.click()
+    def userClicksCancelOnceTheWorkerRuns():
+        if widget._job is not None and not workers:
+            workers.append(widget._job.worker)
+            ui.applyButton.click()  # the button reads Cancel
 
-    slicer.app.processEventsHook = userClicksCancelOnce
-    ui.applyButton.click()
+    runPanel(widget, userClicksCancelOnceTheWorkerRuns)
 
-    assert clicks
+    worker = workers[0]
+    assert worker.process.poll() is not None  # killed, not waited for
+    assert not worker.folder.exists()  # its temporary files are gone
     assert ui.statusLabel.text.startswith("Cancelled"), ui.statusLabel.text
     assert slicer.mrmlScene.GetNumberOfNodes() == nodesBefore
+    assert ui.applyButton.text == "Synthesize T2" and ui.applyButton.enabled
+    assert not qt_standins.eventLoop.timers  # the poll timer stopped
+
+
+def test_removing_the_input_during_a_run_cancels_it(slicerModule, volumes, t1ToT2Checkpoint):
+    widget = openPanel(slicerModule)
+    p = widget._parameterNode
+    p.model = checkpointOf(t1ToT2Checkpoint)
+    p.device = slicerModule.Device.CPU
+    removed = []
+
+    def userDeletesTheInput():
+        if widget._job is not None and not removed:
+            removed.append(widget._job.worker)
+            slicer.mrmlScene.RemoveNode(volumes["input"])
+
+    runPanel(widget, userDeletesTheInput)
+
+    assert removed[0].process.poll() is not None
+    assert widget.ui.statusLabel.text.startswith("cancelled: 'T1' was removed"), widget.ui.statusLabel.text
+    names = {node.GetName() for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")}
+    assert names == {"T2", "old output", "brain labelmap"}  # nothing added
 
 
 # --- the module's own self-test -------------------------------------------------------------------------
