@@ -45,7 +45,8 @@ def maskArrayFromNode(maskNode, inputVolume) -> np.ndarray:
 
 def showMaskAsSegmentation(mask, inputVolume, name):
     """A new segmentation node ``name`` with one segment "brain" = ``mask`` (``[i, j, k]`` on
-    ``inputVolume``'s grid), its geometry taken from the input volume."""
+    ``inputVolume``'s grid), its geometry taken from the input volume and placed under the input's
+    parent transform, so it is drawn where the input is."""
     scene = inputVolume.GetScene()
     labelmap = slicer.util.addVolumeFromArray(np.ascontiguousarray(np.asarray(mask, dtype=np.uint8).transpose(2, 1, 0)),
                                               ijkToRAS=ijkToRASArray(inputVolume), name=BRAIN_SEGMENT,
@@ -62,6 +63,7 @@ def showMaskAsSegmentation(mask, inputVolume, name):
         display = segmentation.GetDisplayNode()
         if display is not None:
             display.SetOpacity2DFill(0.2)
+        segmentation.SetAndObserveTransformNodeID(inputVolume.GetTransformNodeID())
     except Exception:
         scene.RemoveNode(segmentation)
         raise

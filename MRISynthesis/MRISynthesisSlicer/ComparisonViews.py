@@ -4,10 +4,12 @@ Works on MRML nodes only (layout node, slice nodes, slice composite nodes, cross
 the same code in Slicer, where the layout manager builds the widgets from the layout node, and
 in tests on a plain scene.
 
-The comparison makes the standard Red/Yellow/Green views axial. Layout "default" orientations
+The comparison makes the standard Red/Yellow/Green views axial, links them (slice offset, zoom),
+hot-links them and shows a crosshair. Layout "default" orientations
 apply only to newly created views, so Conventional or Four-Up would otherwise keep three axial
 views afterwards: the orientations before the comparison are remembered on the layout node and
-restored as soon as the layout changes to one that is not a comparison layout.
+restored as soon as the layout changes to one that is not a comparison layout, and so are the
+views' linking, hot-linking and the crosshair mode (each one unless the user changed it since).
 """
 
 import slicer
@@ -21,7 +23,11 @@ THREE_VIEW_NAMES = ("Red", "Yellow", "Green")
 _VIEW_COLORS = {"Red": ("R", "#F34A33"), "Yellow": ("Y", "#EDD54C"), "Green": ("G", "#6EB04B")}
 #: Layout-node attribute: "Yellow=Sagittal;Green=Coronal", the orientations to restore.
 SAVED_ORIENTATIONS_ATTRIBUTE = "MRISynthesis.OrientationsBeforeComparison"
+#: Layout-node attribute: "Red.linked=0;Red.hotLinked=0;...;crosshair=0", the view links and crosshair
+#: mode to restore (what the comparison sets: linked, hot-linked, small crosshair).
+SAVED_VIEW_SETTINGS_ATTRIBUTE = "MRISynthesis.ViewSettingsBeforeComparison"
 COMPARISON_ORIENTATION = "Axial"
+COMPARISON_CROSSHAIR = slicer.vtkMRMLCrosshairNode.ShowSmallBasic
 _layoutWatches = []  # (layoutNode, observer tag): at most one per layout node
 
 
@@ -61,6 +67,48 @@ def rememberOrientations(layoutNode, viewNames) -> None:
     layoutNode.SetAttribute(SAVED_ORIENTATIONS_ATTRIBUTE, ";".join(f"{k}={v}" for k, v in saved.items()))
 
 
+def _settingsOf(text) -> dict:
+    return {key: int(value) for key, value in (item.split("=", 1) for item in (text or "").split(";") if "=" in item)}
+
+
+def rememberViewSettings(layoutNode, viewNames) -> None:
+    """Store the linking and hot-linking of each view in ``viewNames`` and the crosshair mode, unless
+    stored already (a second comparison keeps what was there before the first one)."""
+    saved = _settingsOf(layoutNode.GetAttribute(SAVED_VIEW_SETTINGS_ATTRIBUTE))
+    scene = layoutNode.GetScene()
+    for viewName in viewNames:
+        compositeNode = sliceCompositeNode(sliceNodeByName(scene, viewName))
+        saved.setdefault(f"{viewName}.linked", int(compositeNode.GetLinkedControl()))
+        saved.setdefault(f"{viewName}.hotLinked", int(compositeNode.GetHotLinkedControl()))
+    crosshairNode = scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+    if crosshairNode is not None:
+        saved.setdefault("crosshair", int(crosshairNode.GetCrosshairMode()))
+    layoutNode.SetAttribute(SAVED_VIEW_SETTINGS_ATTRIBUTE, ";".join(f"{k}={v}" for k, v in saved.items()))
+
+
+def restoreViewSettings(layoutNode) -> None:
+    """Give back the remembered linking, hot-linking and crosshair mode, each unless the user changed
+    it since the comparison set it; forgets what was remembered."""
+    saved = _settingsOf(layoutNode.GetAttribute(SAVED_VIEW_SETTINGS_ATTRIBUTE))
+    layoutNode.RemoveAttribute(SAVED_VIEW_SETTINGS_ATTRIBUTE)
+    scene = layoutNode.GetScene()
+    for key, value in saved.items():
+        if key == "crosshair":
+            crosshairNode = scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+            if crosshairNode is not None and crosshairNode.GetCrosshairMode() == COMPARISON_CROSSHAIR:
+                crosshairNode.SetCrosshairMode(value)
+            continue
+        viewName, setting = key.split(".", 1)
+        try:
+            compositeNode = sliceCompositeNode(sliceNodeByName(scene, viewName))
+        except ValueError:
+            continue
+        if setting == "linked" and compositeNode.GetLinkedControl():
+            compositeNode.SetLinkedControl(value)
+        elif setting == "hotLinked" and compositeNode.GetHotLinkedControl():
+            compositeNode.SetHotLinkedControl(value)
+
+
 def restoreOrientations(layoutNode) -> list:
     """Give each remembered view its orientation back, unless the user has reoriented it since
     (it is no longer axial). Forgets what was remembered; returns the names of the restored views."""
@@ -93,6 +141,7 @@ def watchLayout(layoutNode) -> None:
         unwatchLayout(layoutNode)
         if layoutNode.GetScene() is not None:
             restoreOrientations(layoutNode)
+            restoreViewSettings(layoutNode)
 
     _layoutWatches.append((layoutNode, layoutNode.AddObserver(vtk.vtkCommand.ModifiedEvent, onLayoutModified)))
 
@@ -126,7 +175,8 @@ def showComparison(layoutNode, volumeNodes, overlayNode=None, overlayOpacity: fl
     views are linked (slice offset, zoom) with hot-linked cursors and a crosshair. ``overlayNode``
     (the difference map) becomes the foreground of the last view at ``overlayOpacity``, so the
     reference stays unobscured until the user fades the overlay in. The views' previous
-    orientations come back when the user switches to a non-comparison layout. Returns the view
+    orientations, linking, hot-linking and crosshair mode come back when the user switches to a
+    non-comparison layout. Returns the view
     names used.
     """
     volumeNodes = list(volumeNodes)
@@ -138,6 +188,7 @@ def showComparison(layoutNode, volumeNodes, overlayNode=None, overlayOpacity: fl
     else:
         raise ValueError(f"expected 2 or 3 volumes to compare, got {len(volumeNodes)}")
     rememberOrientations(layoutNode, viewNames)
+    rememberViewSettings(layoutNode, viewNames)
     layoutNode.SetViewArrangement(layoutId)
 
     scene = layoutNode.GetScene()
@@ -156,6 +207,6 @@ def showComparison(layoutNode, volumeNodes, overlayNode=None, overlayOpacity: fl
 
     crosshairNode = scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
     if crosshairNode is not None:
-        crosshairNode.SetCrosshairMode(slicer.vtkMRMLCrosshairNode.ShowSmallBasic)
+        crosshairNode.SetCrosshairMode(COMPARISON_CROSSHAIR)
     watchLayout(layoutNode)
     return list(viewNames)

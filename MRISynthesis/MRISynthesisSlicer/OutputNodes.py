@@ -70,6 +70,24 @@ def showAsDifference(volumeNode, maxAbs: float) -> None:
     displayNode.SetWindowLevelMinMax(-maxAbs, maxAbs)
 
 
+def detachStorage(volumeNode) -> str:
+    """Unlink an existing node that now receives a synthetic volume from the file it was loaded from
+    (Slicer's *File > Save* would otherwise write the synthetic voxels over that file, e.g. a real
+    acquisition): its storage node is detached, and removed from the scene when no other node uses
+    it. Returns the file name that was linked ("" when there was none)."""
+    storageNode = volumeNode.GetStorageNode()
+    if storageNode is None:
+        return ""
+    fileName = storageNode.GetFileName() or ""
+    volumeNode.SetAndObserveStorageNodeID(None)
+    scene = volumeNode.GetScene()
+    usedElsewhere = any(node.GetStorageNode() is storageNode
+                        for node in slicer.util.getNodesByClass("vtkMRMLStorableNode", scene) if node is not volumeNode)
+    if scene is not None and not usedElsewhere:
+        scene.RemoveNode(storageNode)
+    return fileName
+
+
 def setProvenance(volumeNode, role: str, modelId: str, direction: str, sourceNode) -> None:
     volumeNode.SetAttribute(ROLE_ATTRIBUTE, role)
     volumeNode.SetAttribute(MODEL_ID_ATTRIBUTE, modelId)

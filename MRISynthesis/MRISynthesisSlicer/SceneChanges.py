@@ -3,7 +3,7 @@
 The logic registers each node it creates (:meth:`SceneChanges.created`) and each existing volume
 node before it modifies it (:meth:`SceneChanges.willModify`); :meth:`SceneChanges.undo` removes
 the created nodes and restores the modified ones (voxels, geometry, attributes, parent transform,
-display properties, subject-hierarchy folder) with MRML's own ``CopyContent``.
+display properties, subject-hierarchy folder, link to its file) with MRML's own ``CopyContent``.
 """
 
 import slicer
@@ -17,6 +17,7 @@ class _VolumeBackup:
         self.content = volumeNode.CreateNodeInstance()
         self.content.CopyContent(volumeNode, True)  # voxels (deep copy), IJKToRAS, attributes
         self.transformID = volumeNode.GetTransformNodeID()
+        self.storage = volumeNode.GetStorageNode()  # re-added and re-linked if a failed run detached it
         self.displays = []
         for index in range(volumeNode.GetNumberOfDisplayNodes()):
             display = volumeNode.GetNthDisplayNode(index)
@@ -38,6 +39,10 @@ class _VolumeBackup:
             return
         node.CopyContent(self.content, True)
         node.SetAndObserveTransformNodeID(self.transformID)
+        if self.storage is not None:
+            if self.storage.GetScene() is None:
+                scene.AddNode(self.storage)
+            node.SetAndObserveStorageNodeID(self.storage.GetID())
         for display, copy in self.displays:
             display.CopyContent(copy, True)  # this also copies the saved input connection: point it
             display.SetInputImageDataConnection(node.GetImageDataConnection())  # at the restored voxels

@@ -261,12 +261,14 @@ class SynthesisLogic:
         try:
             modelTitle = info["title"] or (info["model_id"] if info["model_id"] != "unnamed"
                                            else Path(info["checkpoint"]).stem)
+            outputNotes = []
             outputVolume = self._outputNode(changes, synthetic, "synthetic", info, inputVolume, node=outputVolume,
                                             name=OutputNodes.syntheticVolumeName(inputVolume.GetName(),
                                                                                  job.request["direction"], modelTitle),
-                                            show=lambda node: OutputNodes.showAsSynthetic(node, info["display_range"]))
+                                            show=lambda node: OutputNodes.showAsSynthetic(node, info["display_range"]),
+                                            notes=outputNotes)
             result = SynthesisResult(outputVolume, info["model_id"], job.request["direction"], info["device"],
-                                     int(info["batch_size"]), 0.0, notes=job.notes + run.notes,
+                                     int(info["batch_size"]), 0.0, notes=job.notes + run.notes + outputNotes,
                                      precision=info["precision"], warnings=list(run.warnings))
             if run.mask is not None:
                 result.brainMaskSegmentation = changes.created(showMaskAsSegmentation(
@@ -304,14 +306,23 @@ class SynthesisLogic:
         return result
 
     @staticmethod
-    def _outputNode(changes, volume, role, info, inputVolume, node=None, name="", show=OutputNodes.showAsSynthetic):
+    def _outputNode(changes, volume, role, info, inputVolume, node=None, name="", show=OutputNodes.showAsSynthetic,
+                    notes=None):
         """``volume`` (on ``inputVolume``'s grid) written into ``node``, or into a new node ``name``:
         voxels and geometry, provenance attributes, display, and a place next to the input in the
-        subject hierarchy. ``changes`` records it, so a failure later in the run undoes it."""
+        subject hierarchy. An existing node loses its link to its file (``notes`` says so), so that
+        *File > Save* cannot write synthetic voxels over a real acquisition. ``changes`` records it,
+        so a failure later in the run undoes it (the link included)."""
+        notes = [] if notes is None else notes
         if node is None:
             node = changes.created(inputVolume.GetScene().AddNewNodeByClass("vtkMRMLScalarVolumeNode", name))
         else:
             changes.willModify(node)
+            detachedFile = OutputNodes.detachStorage(node)
+            if detachedFile:
+                notes.append(f"'{node.GetName()}' now holds the synthetic volume; it is no longer linked to the file "
+                             f"'{detachedFile}', so saving the scene does not write over that file (it is saved as a "
+                             "new file).")
         updateNodeFromVolume(node, volume, inputVolume)
         OutputNodes.setProvenance(node, role, info["model_id"], info["direction"], inputVolume)
         show(node)

@@ -57,6 +57,24 @@ def test_mask_shown_as_segmentation_reads_back_exactly(makeVolume, helpers, axco
     assert len(nodeIDs(slicer.mrmlScene)) == len(before) + 2  # reading it back leaves no temporary node
 
 
+def test_extracted_mask_is_placed_under_the_input_s_parent_transform(makeVolume, helpers, t1ToT2Checkpoint,
+                                                                     fakeExtraction):
+    """A transformed input's mask is shown where the input is and reads back unshifted (before, a 5 mm
+    shift moved the mask by 5 voxels: it was drawn at the untransformed place)."""
+    inputVolume = makeVolume("T1", arrayKJI=wholeHeadKJI(helpers))
+    transform = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLLinearTransformNode", "shift")
+    matrix = np.eye(4)
+    matrix[0, 3] = 5.0
+    transform.SetMatrixTransformToParent(slicer.util.vtkMatrixFromArray(matrix))
+    inputVolume.SetAndObserveTransformNodeID(transform.GetID())
+
+    result = SynthesisLogic().process(inputVolume, None, str(t1ToT2Checkpoint), "t1-to-t2", device="cpu")
+
+    segmentation = result.brainMaskSegmentation
+    assert segmentation.GetTransformNodeID() == transform.GetID()
+    np.testing.assert_array_equal(maskArrayFromNode(segmentation, inputVolume), boxMaskIJK((36, 40, 20)))
+
+
 def test_whole_head_input_is_extracted_and_the_mask_is_shown(makeVolume, helpers, t1ToT2Checkpoint, fakeExtraction):
     inputVolume = makeVolume("T1", arrayKJI=wholeHeadKJI(helpers), axcodes="LPS", spacing=(0.9, 0.9, 5.5))
     stages = []

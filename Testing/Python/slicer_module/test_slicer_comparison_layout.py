@@ -44,6 +44,38 @@ def test_leaving_the_comparison_restores_the_orientations(count, leaveTo, app):
     assert app.layoutNode.GetAttribute(ComparisonViews.SAVED_ORIENTATIONS_ATTRIBUTE) is None
 
 
+def viewSettings(scene):
+    settings = {}
+    for name in ("Red", "Yellow", "Green"):
+        composite = ComparisonViews.sliceCompositeNode(ComparisonViews.sliceNodeByName(scene, name))
+        settings[name] = (composite.GetLinkedControl(), composite.GetHotLinkedControl())
+    settings["crosshair"] = scene.GetFirstNodeByClass("vtkMRMLCrosshairNode").GetCrosshairMode()
+    return settings
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_leaving_the_comparison_restores_linking_and_the_crosshair(count, app):
+    before = viewSettings(app.scene)
+    assert before["Red"] == (0, 0) and before["crosshair"] == slicer.vtkMRMLCrosshairNode.NoCrosshair
+    ComparisonViews.showComparison(app.layoutNode, volumes(count))
+    assert viewSettings(app.scene)["Red"] == (1, 1)
+    assert viewSettings(app.scene)["crosshair"] == slicer.vtkMRMLCrosshairNode.ShowSmallBasic
+
+    app.layoutNode.SetViewArrangement(FOUR_UP)
+
+    assert viewSettings(app.scene) == before
+    assert app.layoutNode.GetAttribute(ComparisonViews.SAVED_VIEW_SETTINGS_ATTRIBUTE) is None
+
+
+def test_a_crosshair_the_user_changed_during_the_comparison_is_left_alone(app):
+    ComparisonViews.showComparison(app.layoutNode, volumes(2))
+    crosshair = app.scene.GetFirstNodeByClass("vtkMRMLCrosshairNode")
+    crosshair.SetCrosshairMode(slicer.vtkMRMLCrosshairNode.ShowBasic)
+    app.layoutNode.SetViewArrangement(FOUR_UP)
+    assert crosshair.GetCrosshairMode() == slicer.vtkMRMLCrosshairNode.ShowBasic
+    assert viewSettings(app.scene)["Red"] == (0, 0)
+
+
 def test_two_comparisons_in_a_row_restore_what_was_there_before_the_first(app):
     ComparisonViews.showComparison(app.layoutNode, volumes(2))
     ComparisonViews.showComparison(app.layoutNode, volumes(3))

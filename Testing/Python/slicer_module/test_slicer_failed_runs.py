@@ -28,6 +28,7 @@ def volumeState(node, helpers):
         array=slicer.util.arrayFromVolume(node).copy(), dtype=str(slicer.util.arrayFromVolume(node).dtype),
         matrix=helpers.ijkToRASOf(node).copy(), name=node.GetName(), attributes=attributes,
         transform=node.GetTransformNodeID(), displays=node.GetNumberOfDisplayNodes(),
+        storageFile=node.GetStorageNode().GetFileName() if node.GetStorageNode() else None,
         color=display.GetColorNodeID() if display else None,
         windowLevel=(display.GetWindow(), display.GetLevel(), display.GetAutoWindowLevel())
         if hasattr(display, "GetWindow") else None,
@@ -46,6 +47,8 @@ def existingOutput(app, makeVolume, helpers):
     display and subject-hierarchy folder."""
     node = makeVolume("previous result", arrayKJI=np.full((4, 5, 6), 7.0, np.float32), axcodes="LPS")
     node.SetAttribute("MyLab.Note", "keep me")
+    node.AddDefaultStorageNode()  # loaded from a file: File > Save would write there
+    node.GetStorageNode().SetFileName("/data/sub-01/anat/sub-01_T2w.nii.gz")
     node.SetAttribute(OutputNodes.MODEL_ID_ATTRIBUTE, "older-model")
     node.GetDisplayNode().AutoWindowLevelOff()
     node.GetDisplayNode().SetWindowLevelMinMax(-3, 11)
@@ -159,6 +162,11 @@ def test_successful_run_into_existing_output_changes_only_what_it_should(app, ma
     assert existingOutput.GetAttribute("MyLab.Note") == "keep me"
     assert existingOutput.GetAttribute(OutputNodes.MODEL_ID_ATTRIBUTE) == "tiny-t1-to-t2"
     assert existingOutput.GetTransformNodeID() is None  # follows the input
+    # Issue 23 item 3: no longer linked to the acquisition's file, so File > Save cannot write over it.
+    assert existingOutput.GetStorageNode() is None
+    assert not [node for node in slicer.util.getNodesByClass("vtkMRMLStorageNode", app.scene)
+                if node.GetFileName() == "/data/sub-01/anat/sub-01_T2w.nii.gz"]
+    assert any("no longer linked to the file '/data/sub-01/anat/sub-01_T2w.nii.gz'" in note for note in result.notes)
     np.testing.assert_array_equal(helpers.ijkToRASOf(existingOutput), helpers.ijkToRASOf(inputVolume))
 
 

@@ -284,6 +284,30 @@ def test_apply_button_runs_the_core_in_a_worker_process_and_shows_the_results(sl
     assert "MRISynthesisLib.worker" in log and "Stage: synthesis" in log and "Stage: comparison" in log
 
 
+def test_input_check_warnings_are_shown_in_the_panel_and_the_log(slicerModule, makeVolume, helpers, t1ToT2Checkpoint,
+                                                                 caplog):
+    """Uniform noise is not brain MRI: the command line warns, and so does the panel (results and
+    log) and Slicer's log."""
+    noise = np.random.default_rng(0).uniform(1, 100, (20, 40, 36)).astype(np.float32)
+    makeVolume("noise", arrayKJI=noise)
+    everything = slicer.util.addVolumeFromArray(np.ones(noise.shape, np.uint8), ijkToRAS=helpers.ijkToRAS("RAS"),
+                                                name="all", nodeClassName="vtkMRMLLabelMapVolumeNode")
+    widget = openPanel(slicerModule)
+    p, ui = widget._parameterNode, widget.ui
+    p.maskVolume = everything  # no brain extraction (deepbet is tested elsewhere; it takes seconds here)
+    p.model = checkpointOf(t1ToT2Checkpoint)
+    p.device = slicerModule.Device.CPU
+
+    with caplog.at_level("WARNING"):
+        runPanel(widget)
+
+    assert ui.statusLabel.text.startswith("Done in"), ui.statusLabel.text
+    expected = "the input does not look like the brain MRI the model was trained on"
+    assert f"Warning: {expected}" in ui.resultsLabel.text
+    assert f"Warning: {expected}" in ui.logTextEdit.toPlainText()
+    assert expected in caplog.text
+
+
 def test_cancel_kills_the_worker_at_once_and_leaves_the_scene_unchanged(slicerModule, volumes, t1ToT2Checkpoint):
     widget = openPanel(slicerModule)
     p, ui = widget._parameterNode, widget.ui
