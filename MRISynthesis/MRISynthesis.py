@@ -389,7 +389,12 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.logic.ensureDependencies(askConfirmation=not slicer.app.testingEnabled())
         except Exception as error:
             self.setProcessingState(ProcessingState.FAILED, _("Failed: {error}").format(error=error))
-            slicer.util.errorDisplay(str(error))
+            log = getattr(error, "log", None)  # pip's output when an installation failed
+            if log:
+                self._appendLog(log)
+                slicer.util.errorDisplay(str(error), detailedText=log)
+            else:
+                slicer.util.errorDisplay(str(error))
             return
         p = self._parameterNode  # read after the installation, which processes GUI events
         self.ui.logTextEdit.clear()
@@ -634,15 +639,20 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         if versionProblem:
             raise RuntimeError(versionProblem)
         self.ensureTorch(askConfirmation)
-        missing = Dependencies.missingRequirements()
-        if not missing:
+        unsatisfied = Dependencies.unsatisfiedRequirements()
+        if not unsatisfied:
             return
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
                 _("MRI Synthesis needs these Python packages, which will now be downloaded and installed: {packages}")
-                .format(packages=", ".join(missing)), windowTitle=_("Install Python packages")):
-            raise RuntimeError(_("MRI Synthesis cannot run without: {packages}").format(packages=", ".join(missing)))
+                .format(packages=", ".join(unsatisfied)), windowTitle=_("Install Python packages")):
+            raise RuntimeError(_("MRI Synthesis cannot run without: {packages}").format(packages=", ".join(unsatisfied)))
+        from MRISynthesisSlicer.WorkerProcess import workerPython
+
+        # Slicer 5.12's slicer.pydeps.pip_ensure is not used: this one path (pinned by constraints, pip's
+        # output kept for the error details) is the one the tests run, on every Slicer version.
         with slicer.util.WaitCursor():
-            slicer.util.pip_install(missing)
+            log = Dependencies.pipInstall(unsatisfied, workerPython())
+        logging.info(log)
 
     def ensureTorch(self, askConfirmation=True):
         """Make sure a recent enough PyTorch is installed (not imported: Slicer's process does not

@@ -111,9 +111,85 @@ def torchVersionProblem(version):
     return None
 
 
-def missingRequirements(findSpec=importlib.util.find_spec) -> list:
-    """pip requirements of the core's packages that are not importable."""
-    return [requirement for name, requirement in pipRequirements().items() if findSpec(name) is None]
+def satisfies(version: str, specifier: str) -> bool:
+    """True when ``version`` satisfies ``specifier`` (comma-separated ``>=``, ``<=``, ``>``, ``<``,
+    ``==``, ``!=`` clauses on release numbers, e.g. ">=0.22" or "==1.0.2"); pre-release tags are ignored."""
+    for clause in filter(None, (part.strip() for part in specifier.split(","))):
+        match = re.match(r"(>=|<=|==|!=|>|<)\s*(\S+)$", clause)
+        if match is None:
+            raise ValueError(f"unsupported version specifier '{clause}'")
+        operator, bound = match.groups()
+        have, need = versionTuple(version), versionTuple(bound)
+        width = max(len(have), len(need))
+        have, need = have + (0,) * (width - len(have)), need + (0,) * (width - len(need))
+        if not {">=": have >= need, "<=": have <= need, ">": have > need, "<": have < need, "==": have == need,
+                "!=": have != need}[operator]:
+            return False
+    return True
+
+
+def _installedVersion(name, distributionVersion):
+    try:
+        return distributionVersion(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def unsatisfiedRequirements(distributionVersion=importlib.metadata.version) -> list:
+    """pip requirements of the core's packages that are not installed, or installed in a version that
+    pyproject.toml's specifier excludes (e.g. deepbet 1.0.1 for "deepbet==1.0.2")."""
+    unsatisfied = []
+    for requirement in pipRequirements().values():
+        name, specifier = re.match(r"\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*(.*)", requirement).groups()
+        version = _installedVersion(name, distributionVersion)
+        if version is None or not satisfies(version, specifier):
+            unsatisfied.append(requirement)
+    return unsatisfied
+
+
+def pipConstraints(distributionVersion=importlib.metadata.version) -> list:
+    """Constraint lines that keep what Slicer and the PyTorch extension installed as it is while pip
+    installs the core's packages (a dependency must not upgrade Slicer's numpy or replace the CUDA
+    build of torch): ``name==installed version`` for each installed package of ``NOT_INSTALLED_BY_PIP``
+    that Slicer or the PyTorch extension provides."""
+    lines = []
+    for name in ("numpy", "torch"):
+        version = _installedVersion(name, distributionVersion)
+        if version is not None:
+            lines.append(f"{name}=={version}")
+    return lines
+
+
+class PipInstallError(RuntimeError):
+    """pip failed; ``log`` holds its whole output, for the details of the error message."""
+
+    def __init__(self, message, log):
+        super().__init__(message)
+        self.log = log
+
+
+def pipInstall(requirements, python, run=None, distributionVersion=importlib.metadata.version) -> str:
+    """Install ``requirements`` with ``python -m pip install``, constrained by :func:`pipConstraints`;
+    returns pip's output. ``PipInstallError`` (with pip's output) when pip fails or when the
+    requirements are still not satisfied afterwards. ``run`` is ``subprocess.run`` (tests replace it)."""
+    import subprocess
+    import tempfile
+
+    run = run or subprocess.run
+    with tempfile.TemporaryDirectory(prefix="MRISynthesis-pip-") as folder:
+        constraints = os.path.join(folder, "constraints.txt")
+        with open(constraints, "w", encoding="utf-8") as file:
+            file.write("\n".join(pipConstraints(distributionVersion)) + "\n")
+        command = [python, "-m", "pip", "install", "--constraint", constraints, *requirements]
+        completed = run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    log = f"$ {' '.join(command)}\n{completed.stdout or ''}"
+    if completed.returncode != 0:
+        raise PipInstallError(f"pip could not install {', '.join(requirements)} (exit status "
+                              f"{completed.returncode}); see the details", log)
+    still = [r for r in requirements if r in unsatisfiedRequirements(distributionVersion)]
+    if still:
+        raise PipInstallError(f"after pip install, these requirements are still not satisfied: {', '.join(still)}", log)
+    return log
 
 
 def inferenceUnavailableReason(findSpec=importlib.util.find_spec, distributionVersion=importlib.metadata.version):
@@ -124,7 +200,7 @@ def inferenceUnavailableReason(findSpec=importlib.util.find_spec, distributionVe
     torchProblem = torchVersionProblem(torchVersion(findSpec, distributionVersion))
     if torchProblem:
         problems.append(torchProblem)
-    missing = missingRequirements(findSpec)
-    if missing:
-        problems.append("missing Python packages: " + ", ".join(missing))
+    unsatisfied = unsatisfiedRequirements(distributionVersion)
+    if unsatisfied:
+        problems.append("missing Python packages (or other versions installed): " + ", ".join(unsatisfied))
     return "; ".join(problems) or None

@@ -631,10 +631,20 @@ class QSettings:
         self._values[key] = value
 
 
-class Qt:
+class _QtNamespace:
+    """``qt.Qt``: the item roles the module uses; any other enum value (cursors, alignments) is 0."""
+
     DisplayRole, ToolTipRole, UserRole = 0, 3, 256
     ShiftModifier = 0x02000000
     NoModifier = 0
+
+    def __getattr__(self, name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        return 0
+
+
+Qt = _QtNamespace()
 
 
 # --- CTK --------------------------------------------------------------------------------------------
@@ -841,8 +851,9 @@ def makeModules():
     for cls in (QObject, QWidget, QLayout, QVBoxLayout, QHBoxLayout, QFormLayout, QGridLayout, QLabel,
                 QAbstractButton, QPushButton, QToolButton, QCheckBox, QComboBox, QSpinBox, QDoubleSpinBox, QSlider,
                 QProgressBar, QTableWidget, QTableWidgetItem, QPlainTextEdit, QTextEdit, QLineEdit, QFrame,
-                QGroupBox, QColor, QFileDialog, QSettings, Qt, QFile, QTimer):
+                QGroupBox, QColor, QFileDialog, QSettings, QFile, QTimer):
         setattr(qt, cls.__name__, cls)
+    qt.Qt = Qt
     qt.__getattr__ = _anythingFor
 
     ctk = types.ModuleType("ctk")

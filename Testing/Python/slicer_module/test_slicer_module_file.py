@@ -308,6 +308,28 @@ def test_input_check_warnings_are_shown_in_the_panel_and_the_log(slicerModule, m
     assert expected in caplog.text
 
 
+def test_a_failed_installation_shows_pip_s_log(slicerModule, volumes, monkeypatch):
+    from MRISynthesisSlicer import Dependencies
+
+    widget = openPanel(slicerModule)
+    shown = []
+    monkeypatch.setattr(Dependencies, "unsatisfiedRequirements", lambda *args: ["deepbet==1.0.2"])
+
+    def failingPip(requirements, python, **kwargs):
+        raise Dependencies.PipInstallError("pip could not install deepbet==1.0.2 (exit status 1); see the details",
+                                           "$ PythonSlicer -m pip install ...\nERROR: No matching distribution")
+
+    monkeypatch.setattr(Dependencies, "pipInstall", failingPip)
+    monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: shown.append((text, kwargs)))
+
+    widget.ui.applyButton.click()
+
+    assert widget.ui.statusLabel.text.startswith("Failed: pip could not install deepbet==1.0.2")
+    assert shown[0][1]["detailedText"].endswith("ERROR: No matching distribution")
+    assert "ERROR: No matching distribution" in widget.ui.logTextEdit.toPlainText()
+    assert widget._job is None
+
+
 def test_cancel_kills_the_worker_at_once_and_leaves_the_scene_unchanged(slicerModule, volumes, t1ToT2Checkpoint):
     widget = openPanel(slicerModule)
     p, ui = widget._parameterNode, widget.ui

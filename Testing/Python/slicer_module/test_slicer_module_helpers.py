@@ -86,16 +86,84 @@ def test_torch_version_of_an_installed_but_not_imported_torch(monkeypatch):
     assert Dependencies.torchVersion(findSpec=lambda name: None) is None
 
 
+def versions(table):
+    """A distributionVersion() that knows only ``table``."""
+    def version(name):
+        if name not in table:
+            raise importlib.metadata.PackageNotFoundError(name)
+        return table[name]
+    return version
+
+
+SATISFIED = {"torch": "2.4.0", "numpy": "2.0.2", "nibabel": "5.2.1", "scikit-image": "0.24.0", "scipy": "1.14.1",
+             "safetensors": "0.4.5", "deepbet": "1.0.2"}
+
+
 def test_self_test_skip_reason(monkeypatch):
     monkeypatch.delitem(sys.modules, "torch", raising=False)
     nothing = lambda name: None  # noqa: E731 - an empty Python, as on the extension build machines
-    reason = Dependencies.inferenceUnavailableReason(findSpec=nothing)
-    assert reason == ("PyTorch is not installed; missing Python packages: nibabel>=5.0, scikit-image>=0.22, "
-                      "scipy>=1.9, safetensors>=0.4, deepbet==1.0.2")
+    reason = Dependencies.inferenceUnavailableReason(findSpec=nothing, distributionVersion=versions({}))
+    assert reason == ("PyTorch is not installed; missing Python packages (or other versions installed): nibabel>=5.0, "
+                      "scikit-image>=0.22, scipy>=1.9, safetensors>=0.4, deepbet==1.0.2")
     everything = lambda name: object()  # noqa: E731
-    assert Dependencies.inferenceUnavailableReason(findSpec=everything, distributionVersion=lambda n: "2.4.0") is None
+    assert Dependencies.inferenceUnavailableReason(findSpec=everything, distributionVersion=versions(SATISFIED)) is None
     assert "PyTorch 1.12.0 is installed" in Dependencies.inferenceUnavailableReason(
-        findSpec=everything, distributionVersion=lambda n: "1.12.0")
+        findSpec=everything, distributionVersion=versions(dict(SATISFIED, torch="1.12.0")))
+
+
+@pytest.mark.parametrize("version, specifier, satisfied", [
+    ("0.24.0", ">=0.22", True), ("0.21.0", ">=0.22", False), ("1.0.2", "==1.0.2", True), ("1.0.1", "==1.0.2", False),
+    ("1.0.2.post1", "==1.0.2", True), ("2.0.2", ">=1.23,<3", True), ("3.0", ">=1.23,<3", False), ("1.0", "!=1.0", False),
+])
+def test_requirement_versions_are_checked(version, specifier, satisfied):
+    assert Dependencies.satisfies(version, specifier) is satisfied
+
+
+def test_requirements_are_checked_by_version_not_presence():
+    """An installed deepbet 1.0.1 (its weights differ) or an old scikit-image is not accepted."""
+    old = versions(dict(SATISFIED, deepbet="1.0.1", **{"scikit-image": "0.19.3"}))
+    assert Dependencies.unsatisfiedRequirements(old) == ["scikit-image>=0.22", "deepbet==1.0.2"]
+    assert Dependencies.unsatisfiedRequirements(versions(SATISFIED)) == []
+
+
+class FakePip:
+    def __init__(self, returncode, output, installs=None):
+        self.returncode, self.output, self.installs = returncode, output, installs
+        self.commands, self.constraints = [], None
+
+    def __call__(self, command, **kwargs):
+        self.commands.append(command)
+        self.constraints = Path(command[command.index("--constraint") + 1]).read_text()
+        if self.installs is not None:
+            self.installs()
+        return types.SimpleNamespace(returncode=self.returncode, stdout=self.output)
+
+
+def test_pip_install_pins_slicer_s_numpy_and_torch_with_constraints():
+    installed = dict(SATISFIED, deepbet="1.0.1")
+    pip = FakePip(0, "Successfully installed deepbet-1.0.2", installs=lambda: installed.update(deepbet="1.0.2"))
+
+    log = Dependencies.pipInstall(["deepbet==1.0.2"], "/slicer/bin/PythonSlicer", run=pip,
+                                  distributionVersion=versions(installed))
+
+    assert pip.commands[0][:5] == ["/slicer/bin/PythonSlicer", "-m", "pip", "install", "--constraint"]
+    assert pip.commands[0][-1] == "deepbet==1.0.2"
+    assert pip.constraints.split() == ["numpy==2.0.2", "torch==2.4.0"]
+    assert "Successfully installed" in log
+
+
+def test_pip_failure_keeps_pip_s_log_for_the_error_details():
+    pip = FakePip(1, "ERROR: Could not find a version that satisfies the requirement deepbet==1.0.2")
+    with pytest.raises(Dependencies.PipInstallError, match="pip could not install deepbet==1.0.2") as failure:
+        Dependencies.pipInstall(["deepbet==1.0.2"], "python", run=pip, distributionVersion=versions(SATISFIED))
+    assert "Could not find a version" in failure.value.log and "--constraint" in failure.value.log
+
+
+def test_pip_that_succeeds_without_satisfying_the_requirement_is_an_error():
+    pip = FakePip(0, "Requirement already satisfied")
+    with pytest.raises(Dependencies.PipInstallError, match="still not satisfied: deepbet==1.0.2"):
+        Dependencies.pipInstall(["deepbet==1.0.2"], "python", run=pip,
+                                distributionVersion=versions(dict(SATISFIED, deepbet="1.0.1")))
 
 
 def test_here_the_inference_can_run():
