@@ -476,8 +476,8 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     @staticmethod
     def _stageMessage(stage) -> str:
-        return {"loading the model": _("Loading the model\u2026"), "brain extraction": _("Extracting the brain\u2026"),
-                "synthesis": _("Synthesizing\u2026"), "comparison": _("Comparing with the reference\u2026")
+        return {"loading model": _("Loading the model\u2026"), "brain extraction": _("Extracting the brain\u2026"),
+                "synthesis": _("Synthesizing\u2026"), "scoring": _("Comparing with the reference\u2026")
                 }.get(stage, stage)
 
     def _onProgress(self, stage, done, total) -> None:
@@ -528,7 +528,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._fillMetricsTable(result.metrics)
 
     def _fillMetricsTable(self, metrics) -> None:
-        from MRISynthesisLib.conventions import PERCENTILE_HIGH, PERCENTILE_LOW
+        from MRISynthesisLib.metrics import describe_conventions
 
         rows = [("mae", _("MAE")), ("psnr", _("PSNR (dB)")), ("ssim", _("SSIM")), ("mi_bits", _("MI (bits)"))]
         table = self.ui.metricsTable
@@ -538,14 +538,8 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             value = metrics[key]
             text = "\u221e" if value is None or value == float("inf") else f"{value:.4f}"  # PSNR of an exact match
             table.setItem(row, 1, qt.QTableWidgetItem(text))
-        c = metrics["conventions"]
-        self.ui.conventionsLabel.text = _(
-            "Inside the brain mask ({voxels} voxels; the reference's automatic brain mask unless a mask is set). "
-            "Model units, as 'mrisynthesis evaluate' and the model cards: the synthetic volume as it is, the "
-            "reference scaled to its {low}\u2013{high}th percentile in the mask; data range {range}. "
-            "SSIM: {ssim}, on axial slices. MI: {mi}."
-        ).format(voxels=c["mask_voxels"], low=PERCENTILE_LOW, high=PERCENTILE_HIGH, range=c["data_range"],
-                 ssim=c["ssim"], mi=c["mi"])
+        # The core's one description of its scoring conventions (model units, as the command line).
+        self.ui.conventionsLabel.text = describe_conventions(metrics["conventions"])
 
 
 #

@@ -1,13 +1,14 @@
-"""The synthesis worker: one run of the core for a front end that must not block (the Slicer module).
+"""The synthesis worker: one run of the core's pipeline (:func:`MRISynthesisLib.pipeline.run`, the
+same as the command line's) for a front end that must not block (the Slicer module).
 
 ``python -m MRISynthesisLib.worker REQUEST.json`` reads a request, runs the core and writes one JSON
 object per line on stdout, flushed as it goes, so the caller can follow the run line by line and kill
 the process at any moment (nothing it needs is written before the ``result`` line)::
 
-    {"event": "stage", "stage": "loading the model" | "brain extraction" | "synthesis" | "comparison"}
-    {"event": "progress", "stage": "synthesis", "done": 12, "total": 40}
-    {"event": "warning", "message": "the input does not look like ..."}
-    {"event": "note", "message": "The GPU (cuda) ran out of memory ...; retrying with batch size 1."}
+    {"event": "stage", "stage": "loading model" | "synthesis" | "scoring"}   (pipeline.STAGES)
+    {"event": "progress", "stage": "brain extraction" | "synthesis", "done": 12, "total": 40}
+    {"event": "warning", "message": "the input does not look like ..."}   (every warning of the pipeline)
+    {"event": "note", "message": "brain mask: ..."}
     {"event": "result", "model_id": ..., "files": {"synthetic": "synthetic.npy", ...}, "metrics": {...}}
     {"event": "error", "message": "one line", "kind": "input" | "internal"}
 
@@ -31,15 +32,14 @@ from __future__ import annotations
 
 import json
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
+from .volume import Volume
 
-STAGES = ("loading the model", "brain extraction", "synthesis", "comparison")
 
 
 @dataclass
@@ -66,122 +66,61 @@ def display_range(array: np.ndarray, low: float = PERCENTILE_LOW, high: float = 
     return (lo, hi) if hi > lo else (lo, lo + 1.0)
 
 
-def compare_with_reference(synthetic: np.ndarray, reference: np.ndarray, mask: np.ndarray | None,
-                           affine: np.ndarray) -> tuple[dict, np.ndarray, float]:
-    """Metrics of ``synthetic`` against ``reference`` (same grid) in the command line's convention
-    (``evaluate --normalisation model-units``: the synthetic as it is, the reference
-    percentile-normalised in the mask), the difference map (synthetic - reference in those units, 0
-    outside the mask) and its symmetric display bound. ``mask`` None: the reference's brain mask.
-    SSIM runs on the slices that are axial for ``affine``."""
-    from .errors import InputError
-    from .metrics import evaluate
-    from .orientation import find_axial_axis
-    from .preprocessing import brain_mask, percentile_normalise
-
-    if mask is None:
-        mask = brain_mask(reference)
-    if not np.any(mask):
-        raise InputError("the reference volume has no brain voxels where the synthetic volume is; do the two "
-                         "volumes overlap in space (same patient, registered)?")
-    metrics = evaluate(synthetic, reference, mask, normalisation="model-units", slice_axis=find_axial_axis(affine))
-    reference_units, _ = percentile_normalise(reference, mask)
-    difference = np.where(mask, synthetic - reference_units, 0.0).astype(np.float32)
+def difference_display_max(difference: np.ndarray, mask: np.ndarray) -> float:
+    """Symmetric display bound of a difference map: the 99.5th percentile of |difference| in the mask."""
     inside = np.abs(difference[mask])
-    display_max = float(np.percentile(inside, PERCENTILE_HIGH)) if inside.size else 1.0
-    return metrics, difference, display_max
+    return float(np.percentile(inside, PERCENTILE_HIGH)) if inside.size else 1.0
 
 
-def default_synthesizer_factory(checkpoint, device, batch_size, precision="auto"):
-    from .synthesis import Synthesizer
+def run(request: dict, emit, synthesizers=None) -> WorkerResult:
+    """One run of the core's pipeline (:func:`MRISynthesisLib.pipeline.run`, the command line's):
+    ``request`` as in the module docstring but with arrays: ``volume`` (a core ``Volume``, world
+    affine), ``brain_mask`` ("auto", "none" or a boolean array), ``reference`` (an array on the
+    volume's grid, or None). ``emit(event_dict)`` gets every event as it happens; a progress event's
+    return value False cancels (:class:`~.errors.Cancelled`). ``synthesizers``: the pipeline's
+    synthesizer factory (a cache or test fakes; default: a new synthesizer per run)."""
+    from .pipeline import SynthesisRequest, create_synthesizer
+    from .pipeline import run as run_pipeline
 
-    return Synthesizer(checkpoint, device=device, batch_size=batch_size, precision=precision)
+    volume = request["volume"]
+    reference = request.get("reference")
+    stop = []
 
+    def progress(stage, done, total):
+        event = {"event": "stage", "stage": stage} if done == 0 and total == 0 else \
+            {"event": "progress", "stage": stage, "done": int(done), "total": int(total)}
+        if emit(event) is False:
+            stop.append(True)
 
-def run(request: dict, emit, create_synthesizer=default_synthesizer_factory, first=None) -> WorkerResult:
-    """One run: resolve the model, load it, choose the brain mask, synthesize (with the GPU
-    out-of-memory fallback), compare with the reference. ``request`` as in the module docstring but
-    with arrays: ``volume`` (a core ``Volume``, world affine), ``brain_mask`` ("auto", "none" or a
-    boolean array), ``reference`` (array or None). ``emit(event_dict)`` gets every event as it
-    happens; a progress event's return value False cancels (:class:`~.errors.Cancelled`).
-    ``create_synthesizer(checkpoint, device, batch_size, precision)`` makes the synthesizers
-    (injected by tests); ``first`` is an already loaded synthesizer of the same checkpoint."""
-    from . import catalog
-    from .brain_extraction import choose_brain_mask
-    from .errors import Cancelled
-    from .synthesis import (UNCERTAINTY_SAMPLES, check_model_request, device_name, require_positive_intensities,
-                            synthesize_with_fallback)
+    result = run_pipeline(SynthesisRequest(
+        input=volume, model=request.get("model") or None, direction=request.get("direction"),
+        device=request.get("device", "auto"), precision=request.get("precision", "auto"),
+        batch_size=int(request.get("batch_size", 8)), brain_mask=request.get("brain_mask", "auto"),
+        uncertainty=bool(request.get("uncertainty")),
+        reference=None if reference is None else Volume(np.asarray(reference, dtype=np.float32), volume.affine)),
+        progress=progress, cancelled=lambda: bool(stop), synthesizers=synthesizers or create_synthesizer)
 
-    started = time.time()
-    volume, direction = request["volume"], request["direction"]
-    device, batch_size, precision = request.get("device", "auto"), int(request.get("batch_size", 8)), \
-        request.get("precision", "auto")
-
-    def reporter(stage):
-        def report(done, total):
-            if emit({"event": "progress", "stage": stage, "done": int(done), "total": int(total)}) is False:
-                raise Cancelled("cancelled")
-            return True
-        return report
-
-    emit({"event": "stage", "stage": "loading the model"})
-    checkpoint = catalog.resolve_model(request.get("model") or None, direction=direction)
-    require_positive_intensities(volume.array)
-    synthesizer = first if first is not None else create_synthesizer(checkpoint, device, batch_size, precision)
-    synthesizer.batch_size = batch_size
-    check_model_request(synthesizer.metadata, direction, bool(request.get("uncertainty")),
-                        synthesizer.supports_uncertainty)
-
-    choice = request.get("brain_mask", "auto")
-    if isinstance(choice, str) and choice == "auto":
-        from .preprocessing import looks_skull_stripped
-
-        if not looks_skull_stripped(volume.array):
-            emit({"event": "stage", "stage": "brain extraction"})
-    chosen = choose_brain_mask(volume, choice, device=getattr(synthesizer, "device", "cpu"),
-                               progress=reporter("brain extraction"))
-
-    emit({"event": "stage", "stage": "synthesis"})
-    created = []
-
-    def create_after_out_of_memory(retry_device, retry_batch_size):
-        created.append(retry_device)
-        return create_synthesizer(checkpoint, retry_device, retry_batch_size, precision)
-
-    synthesis = synthesize_with_fallback(create_after_out_of_memory, volume, device, batch_size, first=synthesizer,
-                                         progress=reporter("synthesis"), mask=chosen.mask,
-                                         uncertainty_samples=UNCERTAINTY_SAMPLES if request.get("uncertainty") else 0)
-    warnings = [f"the input does not look like the brain MRI the model was trained on: {warning}"
-                for warning in (synthesis.synthetic.meta or {}).get("input_check", {}).get("warnings", [])]
-    warnings += list(getattr(chosen, "warnings", ()) or ())  # mask sanity warnings, where the core gives them
+    synthetic = np.asarray(result.synthetic.array, dtype=np.float32)
+    warnings = list(result.warnings)
+    info = {"model_id": result.metadata.model_id, "title": result.metadata.title,
+            "direction": result.metadata.direction, "checkpoint": str(result.model_path), "device": result.device,
+            "batch_size": int(result.batch_size), "precision": result.precision,
+            "mask_source": result.brain_mask.source, "mask_description": result.brain_mask.describe(),
+            "display_range": list(display_range(synthetic)), "metrics": None, "difference_display_max": None}
+    difference = None
+    if result.score is not None:
+        difference = result.score.difference()
+        info["metrics"] = dict(result.score)
+        info["difference_display_max"] = difference_display_max(difference, result.score.mask)
+        warnings += [w for w in result.score.warnings if w not in warnings]
     for warning in warnings:
         emit({"event": "warning", "message": warning})
-    for note in synthesis.notes:
+    for note in result.notes:
         emit({"event": "note", "message": note})
-
-    metadata = synthesis.synthesizer.metadata
-    resolved = getattr(synthesis.synthesizer, "precision", None)
-    info = {"model_id": metadata.model_id, "title": metadata.title, "direction": metadata.direction,
-            "checkpoint": str(checkpoint), "device": device_name(synthesis.synthesizer),
-            "batch_size": int(synthesis.synthesizer.batch_size),
-            "precision": resolved.describe() if hasattr(resolved, "describe") else str(resolved or ""),
-            "mask_source": chosen.source, "mask_description": chosen.describe(),
-            "display_range": list(display_range(synthesis.synthetic.array)), "metrics": None,
-            "difference_display_max": None}
-    result = WorkerResult(np.asarray(synthesis.synthetic.array, dtype=np.float32), info,
-                          mask=chosen.mask if chosen.source == "extracted" else None,
-                          uncertainty=None if synthesis.uncertainty is None else
-                          np.asarray(synthesis.uncertainty.array, dtype=np.float32),
-                          warnings=warnings, notes=list(synthesis.notes))
-    if request.get("reference") is not None:
-        emit({"event": "stage", "stage": "comparison"})
-        metrics, result.difference, info["difference_display_max"] = compare_with_reference(
-            result.synthetic, np.asarray(request["reference"], dtype=np.float32), chosen.mask, volume.affine)
-        info["metrics"] = metrics
-        for warning in metrics.get("warnings", []):
-            result.warnings.append(warning)
-            emit({"event": "warning", "message": warning})
-    info["seconds"] = time.time() - started
-    return result
+    return WorkerResult(synthetic, info, mask=result.brain_mask.mask if result.brain_mask.source == "extracted" else None,
+                        uncertainty=None if result.uncertainty is None else
+                        np.asarray(result.uncertainty.array, dtype=np.float32),
+                        difference=difference, warnings=warnings, notes=list(result.notes))
 
 
 # --- the process ------------------------------------------------------------------------------------
@@ -195,8 +134,6 @@ def _print_event(event: dict):
 
 
 def _request_from_file(path: Path) -> dict:
-    from .volume import Volume
-
     request = json.loads(Path(path).read_text(encoding="utf-8"))
     folder = Path(path).parent
 

@@ -7,12 +7,10 @@ turns nodes into volumes and the results back into nodes, and keeps the loaded m
 """
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from MRISynthesisLib import catalog
 from MRISynthesisLib.conventions import check_direction, target_contrast
 from MRISynthesisLib.errors import Cancelled
 from MRISynthesisLib.volume import Volume
@@ -29,38 +27,6 @@ def defaultSynthesizerFactory(checkpoint, device, batchSize, precision="auto"):
     from MRISynthesisLib.synthesis import Synthesizer  # imports PyTorch: only for in-process runs
 
     return Synthesizer(checkpoint, device=device, batch_size=batchSize, precision=precision)
-
-
-class SynthesizerCache:
-    """The last loaded synthesizer, reused while its checkpoint file, device and precision are the
-    same: loading (and hashing) a checkpoint takes seconds, and users click Synthesize repeatedly.
-
-    The key holds the checkpoint's resolved path, modification time and size, so a file replaced
-    on disk is loaded again. One entry only: a second model on the GPU would double its memory.
-    """
-
-    def __init__(self, create):
-        self.create = create  # create(checkpoint, device, batchSize, precision)
-        self.key, self.synthesizer = None, None
-
-    @staticmethod
-    def keyOf(checkpoint, device, precision) -> tuple:
-        path = Path(checkpoint).resolve()
-        stat = os.stat(path)
-        return (str(path), stat.st_mtime_ns, stat.st_size, str(device), str(precision))
-
-    def get(self, checkpoint, device, batchSize, precision):
-        """A synthesizer of ``checkpoint`` on ``device`` with ``precision``, set to ``batchSize``."""
-        key = self.keyOf(checkpoint, device, precision)
-        if key != self.key:
-            self.clear()  # the old model's memory is released before the new one loads
-            self.synthesizer = self.create(checkpoint, device, batchSize, precision)
-            self.key = key
-        self.synthesizer.batch_size = int(batchSize)
-        return self.synthesizer
-
-    def clear(self) -> None:
-        self.key, self.synthesizer = None, None
 
 
 @dataclass
@@ -149,7 +115,7 @@ class SynthesisJob:
         checkStillInScene(self.watchedNodes, self.scene)
 
 
-#: Stages of the core's run that ``process(onStage=...)`` reports (the worker reports more).
+#: Stages of the core's run that ``process(onStage=...)`` reports (the pipeline has more).
 REPORTED_STAGES = ("brain extraction", "synthesis")
 
 
@@ -161,14 +127,17 @@ class SynthesisLogic:
 
     ``createSynthesizer(checkpoint, device, batchSize, precision)`` makes the core ``Synthesizer``
     for in-process runs (tests inject fakes, e.g. a GPU that runs out of memory); the synthesizer of
-    the last in-process run is kept (:class:`SynthesizerCache`). ``useWorkerProcess``: ``process``
+    the last in-process run is kept (``MRISynthesisLib.pipeline.SynthesizerCache``). ``useWorkerProcess``: ``process``
     runs the core in a worker process (the module's default; the model is then loaded per run and
     its memory freed when the process ends).
     """
 
     def __init__(self, createSynthesizer=defaultSynthesizerFactory, useWorkerProcess=False):
+        from MRISynthesisLib.pipeline import SynthesizerCache
+
         self.createSynthesizer = createSynthesizer
-        self.synthesizers = SynthesizerCache(createSynthesizer)
+        self.synthesizers = SynthesizerCache(
+            lambda path, device, batchSize, precision, flipTTA: createSynthesizer(path, device, batchSize, precision))
         self.useWorkerProcess = useWorkerProcess
 
     def process(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None,
@@ -198,10 +167,14 @@ class SynthesisLogic:
         job = self.start(inputVolume, outputVolume, model, direction, device=device, referenceVolume=referenceVolume,
                          batchSize=batchSize, maskVolume=maskVolume, uncertainty=uncertainty, precision=precision)
 
+        reported = []
+
         def onEvent(event):
-            if event["event"] == "stage" and onStage is not None and event["stage"] in REPORTED_STAGES:
-                onStage(event["stage"])
-            elif event["event"] == "progress":
+            stage = event.get("stage")
+            if onStage is not None and stage in REPORTED_STAGES and stage not in reported:
+                reported.append(stage)
+                onStage(stage)
+            if event["event"] == "progress":
                 # The widget's progress callback processes GUI events, so the user may close the scene or
                 # delete a node between two batches: stop at once instead of failing on a missing node.
                 job.checkStillInScene()
@@ -236,18 +209,20 @@ class SynthesisLogic:
         return SynthesisJob((inputVolume, outputVolume, referenceVolume, maskVolume), request, notes, started)
 
     def runInProcess(self, job, onEvent) -> None:
-        """The core's run in this process (blocking), with the kept synthesizer."""
+        """The core's run in this process (blocking), with the kept synthesizer; a GPU out-of-memory
+        retry drops it (its memory is freed) and loads the model anew."""
         from MRISynthesisLib import worker
 
-        checkpoint = catalog.resolve_model(job.request["model"], direction=job.request["direction"])
-        request = job.request
-        synthesizer = self.synthesizers.get(checkpoint, request["device"], request["batch_size"], request["precision"])
+        attempts = []
 
-        def createAfterOutOfMemory(checkpoint, retryDevice, retryBatchSize, precision):
-            self.synthesizers.clear()  # frees the model that ran out of GPU memory
-            return self.createSynthesizer(checkpoint, retryDevice, retryBatchSize, precision)
+        def synthesizers(path, device, batchSize, precision, flipTTA):
+            attempts.append(device)
+            if len(attempts) == 1:
+                return self.synthesizers(path, device, batchSize, precision, flipTTA)
+            self.synthesizers.clear()
+            return self.createSynthesizer(path, device, batchSize, precision)
 
-        job.workerResult = worker.run(request, onEvent, create_synthesizer=createAfterOutOfMemory, first=synthesizer)
+        job.workerResult = worker.run(job.request, onEvent, synthesizers=synthesizers)
 
     def finish(self, job, showResults=True):
         """The worker's result into the scene (main thread): the synthetic volume, the extracted brain
@@ -268,7 +243,7 @@ class SynthesisLogic:
                                             show=lambda node: OutputNodes.showAsSynthetic(node, info["display_range"]),
                                             notes=outputNotes)
             result = SynthesisResult(outputVolume, info["model_id"], job.request["direction"], info["device"],
-                                     int(info["batch_size"]), 0.0, notes=job.notes + run.notes + outputNotes,
+                                     int(info["batch_size"]), 0.0, notes=job.notes + outputNotes,
                                      precision=info["precision"], warnings=list(run.warnings))
             if run.mask is not None:
                 result.brainMaskSegmentation = changes.created(showMaskAsSegmentation(

@@ -15,7 +15,7 @@ class GPUWithoutMemory:
     """Behaves like a CUDA synthesizer whose every batch size >= ``failFrom`` runs out of memory."""
 
     def __init__(self, real, batchSize, failFrom):
-        self.metadata, self.supports_uncertainty = real.metadata, False
+        self.metadata, self.supports_uncertainty, self.precision = real.metadata, False, real.precision
         self.device, self.batch_size, self.failFrom = torch.device("cuda"), batchSize, failFrom
         self.real = real
 
@@ -44,6 +44,11 @@ class Factory:
         raise self.error
 
 
+def gpuWarnings(result):
+    """The out-of-memory fallbacks among the run's warnings (the phantom also gets input-check ones)."""
+    return [warning for warning in result.warnings if warning.startswith("The GPU")]
+
+
 def run(factory, makeVolume, checkpoint, **options):
     return SynthesisLogic(createSynthesizer=factory).process(
         makeVolume("T1"), None, str(checkpoint), "t1-to-t2", device="auto", batchSize=8, **options)
@@ -54,7 +59,7 @@ def test_gpu_out_of_memory_retries_with_batch_size_1(makeVolume, t1ToT2Checkpoin
     result = run(factory, makeVolume, t1ToT2Checkpoint)
     assert factory.calls == [("auto", 8), ("cuda", 1)]
     assert result.device == "cuda" and result.batchSize == 1
-    assert result.notes == ["The GPU (cuda) ran out of memory with batch size 8; retrying with batch size 1."]
+    assert gpuWarnings(result) == ["The GPU (cuda) ran out of memory with batch size 8; retrying with batch size 1."]
 
 
 def test_gpu_out_of_memory_at_batch_size_1_falls_back_to_cpu(makeVolume, t1ToT2Checkpoint):
@@ -62,7 +67,7 @@ def test_gpu_out_of_memory_at_batch_size_1_falls_back_to_cpu(makeVolume, t1ToT2C
     result = run(factory, makeVolume, t1ToT2Checkpoint)
     assert factory.calls == [("auto", 8), ("cuda", 1), ("cpu", 8)]
     assert result.device == "cpu" and result.batchSize == 8
-    assert len(result.notes) == 2 and "retrying on the CPU" in result.notes[1]
+    assert len(gpuWarnings(result)) == 2 and "retrying on the CPU" in gpuWarnings(result)[1]
     assert slicer.util.arrayFromVolume(result.outputVolume).max() > 0
 
 

@@ -277,11 +277,11 @@ def test_apply_button_runs_the_core_in_a_worker_process_and_shows_the_results(sl
     assert ui.resultsCollapsibleButton.visible and ui.metricsTable.visible
     assert ui.metricsTable.item(0, 0).text() == "MAE"
     float(ui.metricsTable.item(0, 1).text())
-    assert "Model units" in ui.conventionsLabel.text
+    assert "Reference percentile-normalised" in ui.conventionsLabel.text
     assert slicer.mrmlScene.GetNumberOfNodes() > nodesBefore
     assert ui.applyButton.text == "Synthesize T2" and ui.applyButton.enabled
     log = ui.logTextEdit.toPlainText()
-    assert "MRISynthesisLib.worker" in log and "Stage: synthesis" in log and "Stage: comparison" in log
+    assert "MRISynthesisLib.worker" in log and "Stage: synthesis" in log and "Stage: scoring" in log
 
 
 def test_input_check_warnings_are_shown_in_the_panel_and_the_log(slicerModule, makeVolume, helpers, t1ToT2Checkpoint,

@@ -8,7 +8,8 @@ import numpy as np
 import slicer
 
 from MRISynthesisLib.synthesis import Synthesizer
-from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic, SynthesizerCache
+from MRISynthesisLib.pipeline import SynthesizerCache
+from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic
 
 
 class CountingFactory:
@@ -53,11 +54,11 @@ def test_a_changed_checkpoint_file_is_loaded_again(tmp_path, makeVolume, t1ToT2C
 
 def test_another_device_or_precision_loads_the_model_again(makeVolume, t1ToT2Checkpoint):
     factory = CountingFactory()
-    cache = SynthesizerCache(factory)
-    fp32 = cache.get(t1ToT2Checkpoint, "cpu", 8, "fp32")
-    assert cache.get(t1ToT2Checkpoint, "cpu", 2, "fp32") is fp32 and fp32.batch_size == 2
-    bf16 = cache.get(t1ToT2Checkpoint, "cpu", 8, "bf16")
-    auto = cache.get(t1ToT2Checkpoint, "auto", 8, "bf16")
+    cache = SynthesizerCache(lambda path, device, size, precision, flipTTA: factory(path, device, size, precision))
+    fp32 = cache(t1ToT2Checkpoint, "cpu", 8, "fp32")
+    assert cache(t1ToT2Checkpoint, "cpu", 2, "fp32") is fp32 and fp32.batch_size == 2
+    bf16 = cache(t1ToT2Checkpoint, "cpu", 8, "bf16")
+    auto = cache(t1ToT2Checkpoint, "auto", 8, "bf16")
     assert len({id(fp32), id(bf16), id(auto)}) == 3
     assert [call[1:] for call in factory.calls] == [("cpu", 8, "fp32"), ("cpu", 8, "bf16"), ("auto", 8, "bf16")]
 
@@ -75,5 +76,5 @@ def test_a_model_that_ran_out_of_gpu_memory_is_not_kept(makeVolume, t1ToT2Checkp
 
     kept.device, kept.synthesize = torch.device("cuda"), outOfMemory  # as if it had been loaded on a full GPU
     result, _ = synthesize(logic, makeVolume, t1ToT2Checkpoint, name="T1 b")
-    assert result.notes[0].startswith("The GPU (cuda) ran out of memory with batch size 8")
+    assert result.warnings[0].startswith("The GPU (cuda) ran out of memory with batch size 8")
     assert logic.synthesizers.synthesizer is None  # the next click loads the model again
