@@ -40,6 +40,8 @@ import numpy as np
 from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 from .volume import Volume
 
+__all__ = ["WorkerResult", "difference_display_max", "display_range", "main", "run"]
+
 
 
 @dataclass
