@@ -12,7 +12,7 @@ PYTHON="${PYTHON:-python3}"
 setup() {
   if [ ! -x "$VENV/bin/python" ]; then
     echo "run.sh: first run: creating $VENV and installing PyTorch and the other dependencies" \
-         "(about 2 minutes; later runs only check them)" >&2
+         "(several minutes; later runs only check them)" >&2
     "$PYTHON" -m venv "$VENV"
   else
     echo "run.sh: checking the packages in $VENV" >&2
