@@ -28,7 +28,7 @@ from .conventions import DEFAULT_DIRECTION, DIRECTION_ALIASES, PERCENTILE_HIGH, 
 from .errors import Cancelled, MRISynthesisError
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
-__all__ = ["COMMAND_GROUP", "NOT_FOR_DIAGNOSIS", "main", "plugin_commands", "quiet_when_pipe_closes"]
+__all__ = ["COMMAND_GROUP", "NOT_FOR_DIAGNOSIS", "exit_status", "main", "plugin_commands", "quiet_when_pipe_closes"]
 
 NOT_FOR_DIAGNOSIS = "Synthetic images are not for diagnosis."
 #: Entry-point group of the subcommands other packages add (see the module docstring).
@@ -130,17 +130,60 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    from .atomic import terminate_cleanly
-
-    terminate_cleanly()  # SIGTERM unwinds like Ctrl-C: temporary files are removed
     plugin = plugin_commands().get(argv[0]) if argv else None
     if plugin is not None:  # e.g. 'train': the training package's own command line
         return plugin.load()(argv[1:])
     if argv and argv[0] in PLUGIN_HINTS:
         print(f"error: 'mrisynthesis {argv[0]}' needs {PLUGIN_HINTS[argv[0]]}", file=sys.stderr)
         return 2
+    return exit_status(_main, argv)
+
+
+def exit_status(command, *args, interrupted=None) -> int:
+    """Run ``command(*args)`` (it returns an exit status) and turn what a user can cause into one
+    line on stderr and the exit status: the one policy of every command of the project
+    (``mrisynthesis``, ``mrisynthesis train``, ``python -m Training.export``, the studies).
+
+    - :class:`~MRISynthesisLib.errors.MRISynthesisError`: ``error: <message>``, 2;
+    - :class:`~MRISynthesisLib.errors.Cancelled`: ``cancelled: ...``, 130;
+    - Ctrl-C: 130, SIGTERM (:class:`~MRISynthesisLib.atomic.Terminated`): 143 (temporary files are
+      removed as the stack unwinds); the line says ``interrupted (...)`` and then ``interrupted()``'s
+      text (default: nothing was written);
+    - out of memory (a ``MemoryError``, or PyTorch's out-of-memory ``RuntimeError``): 1;
+    - stdout closed by its reader (``| head``): 141, quietly.
+
+    Any other exception is a bug and keeps its traceback.
+    """
+    from .atomic import terminate_cleanly
+
+    terminate_cleanly()  # SIGTERM unwinds like Ctrl-C
     with quiet_when_pipe_closes():
-        return _main(argv)
+        try:
+            return command(*args)
+        except Cancelled as error:
+            print(f"cancelled: {error}", file=sys.stderr)
+            return 130
+        except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM (atomic.Terminated)
+            what = interrupted() if interrupted is not None else "nothing was written"
+            print(f"interrupted ({error or 'Ctrl-C'}); {what}", file=sys.stderr)
+            return 143 if isinstance(error, Terminated) else 130
+        except MRISynthesisError as error:
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        except MemoryError:
+            print("error: out of memory: the volume and the model do not fit in this machine's memory; "
+                  "try a smaller --batch-size or a smaller volume", file=sys.stderr)
+            return 1
+        except RuntimeError as error:  # PyTorch reports a GPU (or CPU allocator) out of memory as a RuntimeError
+            from .synthesis import is_out_of_memory
+
+            if not is_out_of_memory(error) and "can't allocate memory" not in str(error):
+                raise
+            from .errors import first_line
+
+            print(f"error: out of memory ({first_line(error)}); try a smaller --batch-size, --device cpu or a "
+                  "smaller volume", file=sys.stderr)
+            return 1
 
 
 @contextlib.contextmanager
@@ -164,31 +207,7 @@ def _main(argv) -> int:
     if args.command is None:
         parser.print_help()
         return 2
-    try:
-        return {"synthesize": _synthesize, "evaluate": _evaluate, "models": _models, "bids": _bids}[args.command](args)
-    except Cancelled as error:
-        print(f"cancelled: {error}", file=sys.stderr)
-        return 130
-    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM (atomic.Terminated)
-        print(f"interrupted ({error or 'Ctrl-C'}); nothing was written", file=sys.stderr)
-        return 143 if isinstance(error, Terminated) else 130
-    except MRISynthesisError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except MemoryError:
-        print("error: out of memory: the volume and the model do not fit in this machine's memory; "
-              "try a smaller --batch-size or a smaller volume", file=sys.stderr)
-        return 1
-    except RuntimeError as error:  # PyTorch reports a GPU (or CPU allocator) out of memory as a RuntimeError
-        from .synthesis import is_out_of_memory
-
-        if not is_out_of_memory(error) and "can't allocate memory" not in str(error):
-            raise
-        from .errors import first_line
-
-        print(f"error: out of memory ({first_line(error)}); try a smaller --batch-size, --device cpu or a smaller volume",
-              file=sys.stderr)
-        return 1
+    return {"synthesize": _synthesize, "evaluate": _evaluate, "models": _models, "bids": _bids}[args.command](args)
 
 
 def _synthesize(args) -> int:

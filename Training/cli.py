@@ -236,43 +236,38 @@ def _remove_new_entries(run_dir: Path, before: set) -> None:
 
 
 def main(argv=None) -> int:
-    from MRISynthesisLib.atomic import terminate_cleanly
-    from MRISynthesisLib.cli import quiet_when_pipe_closes
+    """``mrisynthesis train ...``; exit statuses as every command's (:func:`MRISynthesisLib.cli.exit_status`)."""
+    from MRISynthesisLib.cli import exit_status
 
-    terminate_cleanly()  # SIGTERM unwinds like Ctrl-C: temporary files removed, last state kept
-    with quiet_when_pipe_closes():
-        return _main(argv)
+    started = {}  # the run folder, once known, for the message after Ctrl-C
+
+    def interrupted() -> str:
+        run_dir = started.get("run_dir")
+        if run_dir is not None and run_dir.is_dir():
+            return f"continue with --resume {run_dir}"
+        return "the run saved nothing; nothing was kept"
+
+    return exit_status(_main, argv, started, interrupted=interrupted)
 
 
-def _main(argv) -> int:
+def _main(argv, started: dict) -> int:
     parser = build_parser()
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv:  # nothing to do: say how, create nothing
         parser.print_help()
         return 2
     args = parser.parse_args(argv)
-    run_dir = None
-    try:
-        if args.list_options:
-            for key, default, help_text in config_module.describe_fields():
-                print(f"{key} = {default!r}\n    {help_text}")
-            return 0
-        config, resume_dir = resolve_config(args)
-        if args.print_config:
-            print(config_module.to_yaml(config), end="")
-            return 0
-        run_dir = Path(resume_dir) if resume_dir else Path(config.output_dir) / config.name
-        train(config, resume_dir)
+    if args.list_options:
+        for key, default, help_text in config_module.describe_fields():
+            print(f"{key} = {default!r}\n    {help_text}")
         return 0
-    except MRISynthesisError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        if run_dir is not None and run_dir.is_dir():
-            print(f"interrupted; continue with --resume {run_dir}", file=sys.stderr)
-        else:
-            print("interrupted before the run saved anything; nothing was kept", file=sys.stderr)
-        return 130
+    config, resume_dir = resolve_config(args)
+    if args.print_config:
+        print(config_module.to_yaml(config), end="")
+        return 0
+    started["run_dir"] = Path(resume_dir) if resume_dir else Path(config.output_dir) / config.name
+    train(config, resume_dir)
+    return 0
 
 
 if __name__ == "__main__":

@@ -32,7 +32,8 @@ from pathlib import Path
 from MRISynthesisLib.atomic import atomic_path
 from MRISynthesisLib.catalog import CATALOG_NAME, list_models, read_catalog_file, resources_dir, user_models_dir
 from MRISynthesisLib.checkpoint import file_sha256, load_checkpoint, save_checkpoint, upgrade_checkpoint
-from MRISynthesisLib.errors import InputError, MRISynthesisError
+from MRISynthesisLib.cli import exit_status
+from MRISynthesisLib.errors import InputError
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -92,16 +93,16 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     if args.upgrade_to is None and not args.id:
         parser.error("--id is required (or --upgrade-to NEW)")
-    try:
-        if args.upgrade_to is not None:
-            target = upgrade_checkpoint(args.checkpoint, args.upgrade_to)
-            print(f"wrote {target} (checkpoint format of this version; weights unchanged)")
-            return 0
-        entry = export(args.checkpoint, args.id, args.title, args.description, args.half, args.default, args.card,
-                       args.resources)
-    except MRISynthesisError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    return exit_status(_export, args)
+
+
+def _export(args) -> int:
+    if args.upgrade_to is not None:
+        target = upgrade_checkpoint(args.checkpoint, args.upgrade_to)
+        print(f"wrote {target} (checkpoint format of this version; weights unchanged)")
+        return 0
+    entry = export(args.checkpoint, args.id, args.title, args.description, args.half, args.default, args.card,
+                   args.resources)
     print(json.dumps(entry, indent=2))
     folder = Path(args.resources) if args.resources else user_models_dir()
     print(f"added to the catalog {folder / CATALOG_NAME}; use it with: mrisynthesis synthesize IN -o OUT "
