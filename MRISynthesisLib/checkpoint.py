@@ -33,7 +33,8 @@ from pathlib import Path
 
 from . import __version__
 from .atomic import atomic_path
-from .conventions import DIRECTIONS, PERCENTILE_HIGH, PERCENTILE_LOW, SOURCE_CONTRAST, TARGET_CONTRAST
+from .conventions import (DEFAULT_SLICE_GRID, DIRECTIONS, PERCENTILE_HIGH, PERCENTILE_LOW, SOURCE_CONTRAST, TARGET_CONTRAST,
+                          SliceGrid)
 from .errors import CheckpointError, InputError, first_line
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
@@ -73,9 +74,9 @@ class ModelMetadata:
     direction: str
     model_id: str = "unnamed"
     title: str = ""
-    slice_size: int = 256
-    pixel_spacing_mm: float | None = 1.0
-    context_slices: int = 0
+    slice_size: int = DEFAULT_SLICE_GRID.slice_size
+    pixel_spacing_mm: float | None = DEFAULT_SLICE_GRID.pixel_spacing_mm
+    context_slices: int = DEFAULT_SLICE_GRID.context_slices
     normalisation: dict = field(default_factory=lambda: {
         "method": "percentile", "low": PERCENTILE_LOW, "high": PERCENTILE_HIGH, "mask": "foreground",
         "model_range": [-1.0, 1.0]})
@@ -91,6 +92,11 @@ class ModelMetadata:
     weights_dtype: str = "float32"
     format: str = FORMAT
     format_version: int = FORMAT_VERSION
+
+    @property
+    def grid(self) -> SliceGrid:
+        """The model grid (slice size, pixel spacing, context slices) as one value."""
+        return SliceGrid(self.slice_size, self.pixel_spacing_mm, self.context_slices)
 
     @property
     def source_contrast(self) -> str:

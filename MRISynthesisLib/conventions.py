@@ -9,13 +9,16 @@ needs 5.10).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from .errors import InputError
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
 __all__ = [
-    "DEFAULT_DIRECTION", "DIRECTIONS", "DIRECTION_ALIASES", "MIN_TRAINING_FOREGROUND", "PERCENTILE_HIGH",
-    "PERCENTILE_LOW", "REVERSE", "SOURCE_CONTRAST", "T1_TO_T2", "T2_TO_T1", "TARGET_CONTRAST",
-    "check_direction", "source_and_target", "source_contrast", "target_contrast"]
+    "DEFAULT_DIRECTION", "DEFAULT_SLICE_GRID", "DIRECTIONS", "DIRECTION_ALIASES", "MIN_TRAINING_FOREGROUND",
+    "PERCENTILE_HIGH", "PERCENTILE_LOW", "REVERSE", "SOURCE_CONTRAST", "T1_TO_T2", "T2_TO_T1",
+    "TARGET_CONTRAST", "SliceGrid", "check_direction", "source_and_target", "source_contrast",
+    "target_contrast"]
 
 #: Synthesis directions: which contrast is given and which one is synthesised.
 T1_TO_T2 = "t1-to-t2"
@@ -42,6 +45,31 @@ PERCENTILE_HIGH = 99.5
 #: shipped models were trained with it. Inference is more generous
 #: (:data:`MRISynthesisLib.preprocessing.MIN_SLICE_FOREGROUND`).
 MIN_TRAINING_FOREGROUND = 0.05
+
+
+@dataclass(frozen=True)
+class SliceGrid:
+    """The grid a model sees: square slices of ``slice_size`` pixels, resampled in plane to
+    ``pixel_spacing_mm`` (None: not resampled), with ``context_slices`` neighbouring slices on each
+    side as extra input channels (2.5D).
+
+    One definition for the three places that must agree: a checkpoint's metadata
+    (:class:`MRISynthesisLib.checkpoint.ModelMetadata`), a training configuration's ``data``
+    section (``Training.config.DataConfig``) and the key of the training slice cache.
+    """
+
+    slice_size: int = 256
+    pixel_spacing_mm: float | None = 1.0
+    context_slices: int = 0
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of a network on this grid: the slice and its neighbours."""
+        return 2 * int(self.context_slices) + 1
+
+
+#: The model grid of a new configuration or checkpoint when nothing else is said (1 mm, 256 x 256, 2D).
+DEFAULT_SLICE_GRID = SliceGrid()
 
 
 def check_direction(direction: str) -> str:

@@ -15,8 +15,8 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from MRISynthesisLib.conventions import (DEFAULT_DIRECTION, DIRECTIONS, MIN_TRAINING_FOREGROUND, PERCENTILE_HIGH,
-                                         PERCENTILE_LOW)
+from MRISynthesisLib.conventions import (DEFAULT_DIRECTION, DEFAULT_SLICE_GRID, DIRECTIONS, MIN_TRAINING_FOREGROUND,
+                                         PERCENTILE_HIGH, PERCENTILE_LOW, SliceGrid)
 from MRISynthesisLib.errors import InputError
 
 from .families import FAMILIES as FAMILY_REGISTRY
@@ -63,9 +63,12 @@ class DataConfig:
     split_seed: int = _f(42, "random seed of the subject split")
     split_file: str = _f("", "a split.json (lists 'train', 'val', 'test' of subject ids) used instead of drawing "
                          "the split from 'split' and 'split_seed'")
-    slice_size: int = _f(256, "model slice size in pixels (square); unet_256 needs 256, unet_128 128")
-    pixel_spacing_mm: float = _f(1.0, "in-plane pixel spacing of the model grid in mm (null: no resampling)")
-    context_slices: int = _f(0, "neighbouring slices on each side given as extra input channels (2.5D)")
+    slice_size: int = _f(DEFAULT_SLICE_GRID.slice_size,
+                         "model slice size in pixels (square); unet_256 needs 256, unet_128 128")
+    pixel_spacing_mm: float = _f(DEFAULT_SLICE_GRID.pixel_spacing_mm,
+                                 "in-plane pixel spacing of the model grid in mm (null: no resampling)")
+    context_slices: int = _f(DEFAULT_SLICE_GRID.context_slices,
+                             "neighbouring slices on each side given as extra input channels (2.5D)")
     low_percentile: float = _f(PERCENTILE_LOW, "intensity percentile (in the brain mask) mapped to 0")
     high_percentile: float = _f(PERCENTILE_HIGH, "intensity percentile (in the brain mask) mapped to 1")
     min_foreground: float = _f(MIN_TRAINING_FOREGROUND, "skip slices whose brain-mask fraction is below this")
@@ -83,6 +86,11 @@ class DataConfig:
     batch_size: int = _f(4, "slices per optimisation step (per process in distributed runs)")
     num_workers: int = _f(0, "DataLoader worker processes (0 = load in the main process)")
     pin_memory: bool = _f(True, "pinned host memory for faster GPU copies (ignored on CPU)")
+
+    @property
+    def grid(self) -> SliceGrid:
+        """The model grid of this run (stored in its checkpoints, the key of its slice cache)."""
+        return SliceGrid(self.slice_size, self.pixel_spacing_mm, self.context_slices)
 
 
 @dataclass
@@ -197,7 +205,7 @@ class Config:
 
     @property
     def in_channels(self) -> int:
-        return 2 * self.data.context_slices + 1
+        return self.data.grid.in_channels
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

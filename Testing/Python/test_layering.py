@@ -3,6 +3,7 @@ the training package; ``mrisynthesis train`` reaches Training through an entry-p
 Training registers in pyproject.toml."""
 
 import ast
+import dataclasses
 import os
 import shutil
 import subprocess
@@ -250,3 +251,21 @@ def test_the_core_has_no_import_cycle():
     for module in sorted(graph):
         if module not in state:
             visit(module, [module])
+
+
+# -- one home per concept (docs/architecture.md) -------------------------------------------------
+
+def test_the_slice_grid_has_one_default_for_checkpoints_configs_and_the_cache():
+    import inspect
+
+    from MRISynthesisLib.checkpoint import ModelMetadata
+    from MRISynthesisLib.conventions import DEFAULT_SLICE_GRID
+    from Training.config import DataConfig
+    from Training.data.cache import SliceCache
+
+    metadata = ModelMetadata(architecture="baseline", config={}, direction="t1-to-t2")
+    assert metadata.grid == DataConfig().grid == DEFAULT_SLICE_GRID
+    for build in (SliceCache.build, SliceCache.build_unpaired):
+        defaults = {name: p.default for name, p in inspect.signature(build).parameters.items()}
+        assert {name: defaults[name] for name in ("slice_size", "pixel_spacing_mm", "context_slices")} == \
+            dataclasses.asdict(DEFAULT_SLICE_GRID)

@@ -35,8 +35,8 @@ from pathlib import Path
 
 import numpy as np
 
-from MRISynthesisLib.conventions import (DIRECTIONS, MIN_TRAINING_FOREGROUND, PERCENTILE_HIGH, PERCENTILE_LOW, T1_TO_T2,
-                                         source_and_target)
+from MRISynthesisLib.conventions import (DEFAULT_SLICE_GRID, DIRECTIONS, MIN_TRAINING_FOREGROUND, PERCENTILE_HIGH,
+                                         PERCENTILE_LOW, T1_TO_T2, source_and_target)
 from MRISynthesisLib.errors import InputError, OutputError
 from MRISynthesisLib.io import load_volume
 from MRISynthesisLib.orientation import to_canonical_slices
@@ -83,8 +83,9 @@ class SliceCache:
         return cls(cache_dir, index)
 
     @classmethod
-    def build(cls, subjects, cache_dir, *, direction: str = T1_TO_T2, slice_size: int = 256,
-              pixel_spacing_mm: float | None = 1.0, context_slices: int = 0, low: float = PERCENTILE_LOW,
+    def build(cls, subjects, cache_dir, *, direction: str = T1_TO_T2,
+              slice_size: int = DEFAULT_SLICE_GRID.slice_size, pixel_spacing_mm: float | None = DEFAULT_SLICE_GRID.pixel_spacing_mm,
+              context_slices: int = DEFAULT_SLICE_GRID.context_slices, low: float = PERCENTILE_LOW,
               high: float = PERCENTILE_HIGH, min_foreground: float = MIN_TRAINING_FOREGROUND,
               max_slices_per_subject: int | None = None, progress: bool = True) -> "SliceCache":
         """Cache the slices of paired ``subjects`` (:class:`~Training.data.discovery.Subject`).
@@ -110,8 +111,9 @@ class SliceCache:
         return cls._build_or_open(items, Path(cache_dir), params, progress)
 
     @classmethod
-    def build_unpaired(cls, paths, cache_dir, *, contrast: str, slice_size: int = 256,
-                       pixel_spacing_mm: float | None = 1.0, context_slices: int = 0, low: float = PERCENTILE_LOW,
+    def build_unpaired(cls, paths, cache_dir, *, contrast: str,
+                       slice_size: int = DEFAULT_SLICE_GRID.slice_size, pixel_spacing_mm: float | None = DEFAULT_SLICE_GRID.pixel_spacing_mm,
+                       context_slices: int = DEFAULT_SLICE_GRID.context_slices, low: float = PERCENTILE_LOW,
                        high: float = PERCENTILE_HIGH, min_foreground: float = MIN_TRAINING_FOREGROUND,
                        max_slices_per_subject: int | None = None, progress: bool = True) -> "SliceCache":
         """Single-contrast cache of independent volumes (unpaired mode): ``source`` only, no ``target``.

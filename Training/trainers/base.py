@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import os
 import random
 import time
@@ -333,7 +334,7 @@ class Trainer:
             architecture=generator.registry_name, config=dict(generator.config), direction=direction,
             model_id=f"{self.config.name}-{self.family}-{direction}",
             title=f"{self.family} {direction} ({self.config.name})",
-            slice_size=data.slice_size, pixel_spacing_mm=data.pixel_spacing_mm, context_slices=data.context_slices,
+            **dataclasses.asdict(data.grid),
             normalisation={"method": "percentile", "low": data.low_percentile, "high": data.high_percentile,
                            "mask": "foreground", "model_range": [-1.0, 1.0]},
             training_data=dict(self.data.summary, epochs=self.epoch, steps=self.global_step),

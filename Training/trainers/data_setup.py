@@ -43,8 +43,7 @@ class RunData:
 
 def _cache_options(config) -> dict:
     d = config.data
-    return dict(slice_size=d.slice_size, pixel_spacing_mm=d.pixel_spacing_mm, context_slices=d.context_slices,
-                low=d.low_percentile, high=d.high_percentile, min_foreground=d.min_foreground,
+    return dict(dataclasses.asdict(d.grid), low=d.low_percentile, high=d.high_percentile, min_foreground=d.min_foreground,
                 max_slices_per_subject=d.max_slices_per_subject or None)
 
 
