@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .run_folder import RunFolder
+
 CSV_HEADER = ["kind", "epoch", "step", "name", "value"]
 
 
@@ -37,6 +39,7 @@ def _json_number(value):
 class RunLogger:
     def __init__(self, run_dir, enabled: bool = True, tensorboard: bool = True):
         self.run_dir = Path(run_dir)
+        self.run = RunFolder(run_dir)
         self.enabled = enabled
         self.writer = None
         self._last_step = 0
@@ -48,15 +51,15 @@ class RunLogger:
             from torch.utils.tensorboard import SummaryWriter
         except ImportError:  # tensorboard is optional
             return
-        self.writer = SummaryWriter(str(self.run_dir / "tensorboard"), purge_step=purge_step)
+        self.writer = SummaryWriter(str(self.run.tensorboard), purge_step=purge_step)
 
     @property
     def jsonl_path(self) -> Path:
-        return self.run_dir / "metrics.jsonl"
+        return self.run.metrics_jsonl
 
     @property
     def csv_path(self) -> Path:
-        return self.run_dir / "metrics.csv"
+        return self.run.metrics_csv
 
     def log(self, kind: str, epoch: int, step: int, values: dict) -> None:
         if not self.enabled:
@@ -104,7 +107,7 @@ class RunLogger:
         matplotlib.use("Agg")
         from matplotlib import image as mpimg
 
-        path = self.run_dir / "images" / f"epoch_{epoch:03d}.png"
+        path = self.run.image(epoch)
         path.parent.mkdir(parents=True, exist_ok=True)
         gap = np.ones((panels.shape[1], 2), dtype=np.float32)
         row = np.concatenate([np.concatenate([np.clip(p, 0, 1), gap], axis=1) for p in panels], axis=1)
@@ -121,7 +124,7 @@ class RunLogger:
 
 
 def read_records(run_dir) -> list[dict]:
-    path = Path(run_dir) / "metrics.jsonl"
+    path = RunFolder(run_dir).metrics_jsonl
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
@@ -156,7 +159,7 @@ def write_report(run_dir, config_yaml: str, summary: dict) -> Path:
         axis.set_title(f"validation {metric.upper()} (in brain mask)")
         axis.legend(fontsize=7)
     figure.tight_layout()
-    figure.savefig(run_dir / "curves.png", dpi=80)
+    figure.savefig(RunFolder(run_dir).curves, dpi=80)
     plt.close(figure)
 
     def row(label, values):
@@ -175,10 +178,10 @@ def write_report(run_dir, config_yaml: str, summary: dict) -> Path:
              row("baseline: inverted source", baseline), "",
              f"Best checkpoint chosen by **{summary.get('metric')}**. Conventions: "
              f"{summary.get('conventions_text', 'see metrics.jsonl')}.", "",
-             "![curves](curves.png)", "", "## Exported checkpoints", ""]
+             f"![curves]({RunFolder.CURVES})", "", "## Exported checkpoints", ""]
     lines += [f"- `{path}`" for path in summary.get("checkpoints", [])]
     lines += ["", "## Configuration", "", "```yaml", config_yaml.rstrip(), "```", ""]
-    path = run_dir / "report.md"
+    path = RunFolder(run_dir).report
     path.write_text("\n".join(lines), encoding="utf-8")
     return path
 

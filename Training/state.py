@@ -22,7 +22,6 @@ import torch
 from MRISynthesisLib.atomic import atomic_path
 from MRISynthesisLib.errors import InputError
 
-STATE_FILE = "train_state.pt"
 STATE_VERSION = 1
 
 

@@ -4,7 +4,7 @@ The training package counts steps, not minutes, so each method's run is sized by
 calibration on this machine with the real trainer, data and validator:
 
 1. build the run's data (slice cache shared by all runs of a direction) and its trainer exactly
-   as :func:`Training.cli.train` does, in a scratch folder;
+   as :func:`Training.train.train` does, in a scratch folder;
 2. time ``warmup + timed`` training steps (median of the timed ones) and one validation pass,
    in CPU seconds of the process (the machine is shared: wall-clock time would depend on the
    other work running at the moment; with one torch thread a CPU minute is a wall-clock minute

@@ -132,7 +132,7 @@ class Study:
 
     def train(self, method, direction: str) -> dict:
         """Train ``method`` for ``direction`` within the budget unless already done; the run summary."""
-        from Training.cli import train as train_run
+        from Training.train import train as train_run
         from Training.state import STATE_FILE
 
         run_dir = self.run_dir(method, direction)

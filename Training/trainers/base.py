@@ -38,7 +38,8 @@ from MRISynthesisLib.models import build_model
 from .. import distributed
 from ..logs import RunLogger
 from ..schedule import LRSchedule, make_adam
-from ..state import STATE_FILE, capture_rng_states, load_state, restore_rng_states, save_state
+from ..run_folder import RunFolder
+from ..state import capture_rng_states, load_state, restore_rng_states, save_state
 from ..validation import better
 
 
@@ -75,6 +76,7 @@ class Trainer:
         """``data``: a :class:`~Training.trainers.data_setup.RunData` (datasets, validator, summary)."""
         self.config = config
         self.run_dir = Path(run_dir)
+        self.run = RunFolder(run_dir)
         self.data = data
         self.context = context
         self.device = context.device
@@ -379,7 +381,7 @@ class Trainer:
         distributed.barrier(self.context)
 
     def checkpoint_path(self, kind: str, direction: str) -> Path:
-        return self.run_dir / "checkpoints" / f"{kind}-{direction}.safetensors"
+        return self.run.checkpoint(kind, direction)
 
     # -- resumable state --------------------------------------------------------------------
 
@@ -427,15 +429,15 @@ class Trainer:
 
     def save(self) -> None:
         if self.context.is_main:
-            save_state(self.run_dir / STATE_FILE, self.state_dict())
+            save_state(self.run.state, self.state_dict())
         distributed.barrier(self.context)
 
     def resume(self) -> None:
-        self.load_state_dict(load_state(self.run_dir / STATE_FILE, map_location=self.device))
+        self.load_state_dict(load_state(self.run.state, map_location=self.device))
         self.logger.forget_after(self.global_step)
 
     def summary(self) -> dict:
-        checkpoints = sorted(str(p.relative_to(self.run_dir)) for p in (self.run_dir / "checkpoints").glob("*.safetensors"))
+        checkpoints = [str(path.relative_to(self.run_dir)) for path in self.run.checkpoints()]
         return {"name": self.config.name, "family": self.family, "direction": self.config.data.direction,
                 "epochs_done": self.epoch, "steps_done": self.global_step, "best": self.best_metrics,
                 "best_epoch": self.best_epoch, "last": self.last_metrics, "metric": self.config.validation.metric,

@@ -28,6 +28,7 @@ from ..data import (AugmentConfig, PairedSliceDataset, SliceCache, UnpairedSlice
                     discover_subjects, discover_unpaired, format_report, read_manifest, read_split,
                     split_subjects, write_split)
 from ..families import FAMILIES
+from ..run_folder import RunFolder
 from ..validation import Validator
 
 
@@ -43,8 +44,8 @@ class RunData:
 
 def _cache_options(config) -> dict:
     d = config.data
-    return dict(dataclasses.asdict(d.grid), low=d.low_percentile, high=d.high_percentile, min_foreground=d.min_foreground,
-                max_slices_per_subject=d.max_slices_per_subject or None)
+    return dict(dataclasses.asdict(d.grid), low=d.low_percentile, high=d.high_percentile,
+                min_foreground=d.min_foreground, max_slices_per_subject=d.max_slices_per_subject or None)
 
 
 def discover(config):
@@ -59,14 +60,15 @@ def discover(config):
 def prepare_data(config, run_dir, context: distributed.DistributedContext, resume: bool = False,
                  log=print) -> RunData:
     run_dir = Path(run_dir)
-    cache_root = Path(config.data.cache_dir) if config.data.cache_dir else run_dir / "cache"
+    run = RunFolder(run_dir)
+    cache_root = Path(config.data.cache_dir) if config.data.cache_dir else run.cache
     if config.data.mode == "unpaired":
         return _prepare_unpaired(config, run_dir, cache_root, context, log)
 
     report = discover(config)
     for subject in report.subjects:
         check_pair(subject)
-    split_path = run_dir / "split.json"
+    split_path = run.split
     if resume and split_path.exists():
         split = read_split(split_path)
     elif config.data.split_file:
@@ -80,7 +82,7 @@ def prepare_data(config, run_dir, context: distributed.DistributedContext, resum
     by_id = {s.id: s for s in report.subjects}
     missing = [i for name in ("train", "val") for i in split[name] if i not in by_id]
     if missing:
-        raise InputError(f"split.json names subject(s) that are no longer found: {', '.join(missing)}")
+        raise InputError(f"{RunFolder.SPLIT} names subject(s) that are no longer found: {', '.join(missing)}")
     train_subjects = [by_id[i] for i in split["train"]]
     val_subjects = [by_id[i] for i in split["val"]]
     if context.is_main:
@@ -125,7 +127,7 @@ def _prepare_unpaired(config, run_dir, cache_root, context, log) -> RunData:
     if context.is_main:
         log(f"unpaired: {len(source_paths)} {source_contrast.upper()} and {len(target_paths)} "
             f"{target_contrast.upper()} volumes; {len(val_subjects)} paired validation subjects")
-        write_split(split, run_dir / "split.json")
+        write_split(split, RunFolder(run_dir).split)
     summary = _summary(config, split, len(dataset), [])
     return RunData(dataset, _validator(config, val_subjects), split, summary)
 

@@ -66,7 +66,8 @@ def test_unreadable_training_state_does_not_suggest_unpickling(tmp_path):
 def test_diverging_run_stops_and_keeps_the_last_good_state(manifest, cache_root, tmp_path, tiny_overrides,
                                                             monkeypatch):
     from MRISynthesisLib.errors import MRISynthesisError
-    from Training.state import STATE_FILE, load_state
+    from Training.run_folder import RunFolder
+    from Training.state import load_state
     from Training.trainers.supervised import SupervisedTrainer
 
     original = SupervisedTrainer.train_step
@@ -84,7 +85,7 @@ def test_diverging_run_stops_and_keeps_the_last_good_state(manifest, cache_root,
                                               model__generator_options="{ngf: 4}"))
     with pytest.raises(MRISynthesisError, match="training stopped at step 3: the weights became NaN"):
         train(config, log=lambda *a: None)
-    state = load_state(tmp_path / "nan" / STATE_FILE)
+    state = load_state(RunFolder(tmp_path / "nan").state)
     assert state["global_step"] == 2
     assert all(torch.isfinite(t).all() for t in state["networks"]["g"].values() if t.is_floating_point())
 
