@@ -50,8 +50,9 @@ def _f(default, help, **kwargs):
 
 @dataclass
 class DataConfig:
-    root: str = _f("../shared/data/paired", "folder of subject folders (paired mode); relative paths are "
-                   "resolved from the current folder")
+    root: str = _f("", "folder of subject folders (paired mode), also given as --data DIR; no default: "
+                   "training needs your paired data (docs/training.md#data); relative paths are resolved from the "
+                   "current folder")
     manifest: str = _f("", "CSV manifest (subject,t1,t2[,mask]) used instead of scanning 'root' when set")
     mode: str = _f("paired", "'paired' (T1 and T2 of the same subject, same grid) or 'unpaired' (cyclegan/unit "
                    "only: t1_dir and t2_dir are independent folders)")

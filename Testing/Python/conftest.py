@@ -16,13 +16,13 @@ os.environ["MRISYNTHESIS_USER_MODELS"] = tempfile.mkdtemp(prefix="mrisynthesis-t
 atexit.register(shutil.rmtree, os.environ["MRISYNTHESIS_USER_MODELS"], True)
 
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO.parent / "shared" / "data"
+from shared_folder import REPO, SHARED_DATA  # noqa: E402 - the one definition of ../shared
 
 
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
-    """``../shared/data`` beside the repository; tests that need it skip when it is absent."""
+    """``../shared/data`` beside the repository (:mod:`shared_folder`); the one fixture of the tests
+    that need real data: they skip, with the reason, when it is absent (a fresh clone)."""
     if not (SHARED_DATA / "paired").is_dir():
         pytest.skip(f"real MRI data not found at {SHARED_DATA} (only present in CI and on developer machines)")
     return SHARED_DATA

@@ -21,3 +21,19 @@ def head_phantom(shape=(40, 48, 24), seed=0) -> np.ndarray:
     inside = (grid ** 2).sum(0) < 0.7
     image = (100 + 50 * grid[0] + 20 * rng.standard_normal(shape)) * inside
     return np.clip(image, 0, None).astype(np.float32)
+
+
+def paired_phantom(shape=(40, 48, 20), seed=0):
+    """``(t1, t2)``: one phantom 'subject' on one grid with the two contrasts a model learns to map:
+    skull-stripped (zero background), white matter, grey matter and ventricles, bright-to-dark in
+    T1 (WM > GM > CSF) and the reverse in T2, with a little texture. Made in the test, no real data."""
+    rng = np.random.default_rng(seed)
+    grid = np.stack(np.meshgrid(*[np.linspace(-1, 1, n) for n in shape], indexing="ij"))
+    radius = np.sqrt(((grid / np.array([0.85, 0.9, 0.8])[:, None, None, None]) ** 2).sum(0))
+    brain, white = radius < 1.0, radius < 0.65
+    ventricles = (np.abs(grid[0]) < 0.12 + 0.04 * seed) & (np.abs(grid[1]) < 0.35) & (np.abs(grid[2]) < 0.4)
+    t1 = np.where(white, 110.0, 70.0)
+    t2 = np.where(white, 60.0, 90.0)
+    t1[ventricles], t2[ventricles] = 25.0, 160.0
+    texture = 1 + 0.05 * rng.standard_normal(shape)
+    return ((t1 * texture * brain).astype(np.float32), (t2 * texture[::-1] * brain).astype(np.float32))

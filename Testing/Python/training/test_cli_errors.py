@@ -28,6 +28,13 @@ def _run(capsys, tmp_path, *overrides):
     return code, capsys.readouterr().err
 
 
+def test_no_data_folder_given_says_how_to_give_one(capsys, tmp_path):
+    """There is no default data folder (a product default must not point into a developer's folder)."""
+    code, err = _run(capsys, tmp_path, "name=first")
+    assert code == 2 and err.startswith("error: data folder not found: (empty)") and "--data DIR" in err
+    assert err.count("\n") == 1 and not (tmp_path / "runs").exists()
+
+
 def test_missing_data_folder(capsys, tmp_path):
     code, err = _run(capsys, tmp_path, f"data.root={tmp_path / 'nowhere'}", "name=first")
     assert code == 2 and "nowhere" in err and err.startswith("error:")
@@ -71,14 +78,14 @@ def test_too_few_subjects_for_the_split(capsys, tmp_path):
 
 def test_non_writable_output_folder(capsys, tmp_path):
     (tmp_path / "a-file").write_text("x")
-    code = main([f"output_dir={tmp_path / 'a-file' / 'runs'}", "family=baseline"])
+    code = main([f"output_dir={tmp_path / 'a-file' / 'runs'}", "family=baseline", f"data.root={tmp_path}"])
     err = capsys.readouterr().err
     assert code == 2 and "not writable" in err
 
 
 def test_existing_run_folder_needs_resume_or_a_new_name(capsys, tmp_path):
     (tmp_path / "runs" / "taken").mkdir(parents=True)
-    code, err = _run(capsys, tmp_path, "name=taken")
+    code, err = _run(capsys, tmp_path, "name=taken", f"data.root={tmp_path}")
     assert code == 2 and "already exists" in err and "--resume" in err
 
 

@@ -6,7 +6,8 @@ import json
 import pytest
 import torch
 
-from Training.cli import main, train
+from Training.cli import main
+from Training.train import train
 from Training.config import load_config
 from Training.state import load_state
 
@@ -17,9 +18,9 @@ def deterministic_mode():
     torch.use_deterministic_algorithms(False)
 
 
-@pytest.mark.realdata
-def test_interrupted_then_resumed_run_equals_uninterrupted_run(manifest, cache_root, tmp_path, tiny_overrides,
+def test_interrupted_then_resumed_run_equals_uninterrupted_run(training_data, cache_root, tmp_path, tiny_overrides,
                                                                deterministic_mode):
+    manifest = training_data
     def config(name, *extra):
         return load_config(None, tiny_overrides(
             manifest, cache_root, tmp_path, "cyclegan", name=name, deterministic="true",

@@ -11,7 +11,6 @@ from Training.data import Subject
 from Training.study import evaluate, protocol
 from Training.baselines import IntensityLookup, inverted_intensities
 
-PAIRED = Path(__file__).resolve().parents[3].parent / "shared" / "data" / "paired"
 SOURCES = {"BraTS": 2, "TCGA": 2, "MSLUB": 2, "CBICA": 8, "GLISTR": 1}
 
 
@@ -133,13 +132,12 @@ QUICK_SUBJECTS = ("CBICA-301D00252", "CBICA-301D00262", "CBICA-301D00293")
 
 
 @pytest.mark.realdata
-def test_quick_study_trains_evaluates_writes_results_and_resumes(tmp_path):
-    if not PAIRED.is_dir():
-        pytest.skip(f"real data not found at {PAIRED} (the shared data folder is absent)")
+@pytest.mark.slow
+def test_quick_study_trains_evaluates_writes_results_and_resumes(tmp_path, shared_data):
     from Training.study.__main__ import main
 
     out, results = tmp_path / "study", tmp_path / "results.md"
-    argv = ["--quick", "--data", str(PAIRED), "--out", str(out), "--minutes-per-model", "0.05",
+    argv = ["--quick", "--data", str(shared_data / "paired"), "--out", str(out), "--minutes-per-model", "0.05",
             "--families", "ceiling,inverted,lookup,baseline1x1", "--directions", "t1-to-t2",
             "--subjects", ",".join(QUICK_SUBJECTS), "--results", str(results), "--figures", str(tmp_path / "fig")]
     assert main(argv) == 0

@@ -7,7 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from Training.cli import main, train
+from Training.cli import main
+from Training.train import train
 from Training.config import load_config
 
 pytest.importorskip("tensorboard")
@@ -25,9 +26,10 @@ def _records(run_dir, kind):
     return [r for r in map(json.loads, (run_dir / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
 
 
-@pytest.mark.realdata
-def test_training_writes_scalars_and_images_tensorboard_reads_back(manifest, cache_root, tmp_path, tiny_overrides):
+def test_training_writes_scalars_and_images_tensorboard_reads_back(training_data, cache_root, tmp_path,
+                                                                    tiny_overrides):
     """Two epochs of two steps, interrupted during step 4 and resumed from the state of step 3."""
+    manifest = training_data
     config = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, "baseline", name="tb",
                                               train__steps_per_epoch=2, train__checkpoint_every=1,
                                               optim__lr=0.02))

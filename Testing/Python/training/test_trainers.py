@@ -1,5 +1,6 @@
-"""Every model family trains on a tiny real-data subset, its loss goes down, and its exported
-checkpoints load in the core Synthesizer and synthesise a whole volume of the input's shape."""
+"""Every model family trains on two phantom subjects (always) and on a tiny real-data subset (when
+../shared exists): its loss goes down over 8 optimisation steps, and its exported checkpoints load in
+the core Synthesizer and synthesise a whole volume of the input's shape."""
 
 import json
 
@@ -10,7 +11,7 @@ from MRISynthesisLib.checkpoint import read_metadata
 from MRISynthesisLib.io import load_volume
 from MRISynthesisLib.synthesis import Synthesizer
 from Training.config import load_config
-from Training.cli import train
+from Training.train import train
 
 # family -> (extra overrides, slice size, the loss that must go down)
 FAMILIES = {
@@ -30,9 +31,9 @@ def _records(run_dir, kind):
     return [r for r in map(json.loads, lines) if r["kind"] == kind]
 
 
-@pytest.mark.realdata
 @pytest.mark.parametrize("family", list(FAMILIES))
-def test_family_trains_and_exports_a_usable_checkpoint(family, manifest, cache_root, tmp_path, tiny_overrides):
+def test_family_trains_and_exports_a_usable_checkpoint(family, training_data, cache_root, tmp_path, tiny_overrides):
+    manifest = training_data
     extra, size, loss_name = FAMILIES[family]
     config = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, family, name=family,
                                               slice_size=size, **extra))
@@ -45,7 +46,7 @@ def test_family_trains_and_exports_a_usable_checkpoint(family, manifest, cache_r
 
     val = _records(run_dir, "val")
     assert [r["epoch"] for r in val] == [1, 2]
-    assert all(0 <= r["mae"] <= 1 and 0 <= r["ssim"] <= 1 for r in val)
+    assert all(0 <= r["mae"] <= 1 and -1 <= r["ssim"] <= 1 for r in val), val  # SSIM may be < 0 early
     for name in ("config.yaml", "split.json", "train_state.pt", "metrics.csv", "report.md", "curves.png",
                  "images/epoch_002.png"):
         assert (run_dir / name).is_file(), name
@@ -75,9 +76,9 @@ def config_subject_t1(manifest):
         return next(csv.DictReader(stream))["t1"]
 
 
-@pytest.mark.realdata
-def test_cyclegan_trains_unpaired_from_two_independent_folders(manifest, tmp_path, tiny_overrides):
+def test_cyclegan_trains_unpaired_from_two_independent_folders(training_data, tmp_path, tiny_overrides):
     """Unpaired mode: T1 volumes of one subject and T2 volumes of another, in two folders."""
+    manifest = training_data
     import csv
 
     with open(manifest) as stream:
