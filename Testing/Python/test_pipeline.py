@@ -59,10 +59,29 @@ def _through_bids(tmp_path, t1, t2, checkpoint, capsys):
     return load_volume(image), sidecar["Warnings"], round(sidecar["Metrics"]["BrainMAE"], 4), image
 
 
+def _through_slicer_worker(tmp_path, t1, t2, checkpoint, capsys):
+    """The Slicer module's worker process entry point, run in this process: a request file and .npy
+    arrays in, JSON lines and .npy arrays out (what the module reads)."""
+    from MRISynthesisLib import worker
+
+    source, reference = load_volume(t1), load_volume(t2)
+    np.save(tmp_path / "input.npy", source.array)
+    np.save(tmp_path / "reference.npy", reference.array)
+    (tmp_path / "out").mkdir()
+    request = {"input": "input.npy", "affine": source.affine.tolist(), "model": str(checkpoint), "device": "cpu",
+               "precision": "fp32", "brain_mask": "auto", "reference": "reference.npy",
+               "output_dir": str(tmp_path / "out")}
+    (tmp_path / "request.json").write_text(json.dumps(request))
+    assert worker.main([str(tmp_path / "request.json")]) == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    result = next(e for e in events if e["event"] == "result")
+    synthetic = source.with_array(np.load(tmp_path / "out" / result["files"]["synthetic"]))
+    return synthetic, result["warnings"], round(result["metrics"]["mae"], 4), None
+
+
 #: Each front end: a function that runs the request of the ``pair`` fixture through it and returns
-#: ``(synthetic Volume, warnings, brain MAE to 4 decimals, output file)``. The Slicer worker's entry
-#: point joins here when it exists.
-FRONT_ENDS = {"cli": _through_cli, "bids": _through_bids}
+#: ``(synthetic Volume, warnings, brain MAE to 4 decimals, output file or None)``.
+FRONT_ENDS = {"cli": _through_cli, "bids": _through_bids, "slicer worker": _through_slicer_worker}
 
 
 @pytest.mark.parametrize("front_end", sorted(FRONT_ENDS))
@@ -73,6 +92,8 @@ def test_every_front_end_gives_the_pipelines_result_and_warnings(tmp_path, pair,
     np.testing.assert_array_equal(synthetic.array, expected.synthetic.array)
     assert warnings_ == expected.warnings
     assert mae == pytest.approx(expected.score["mae"], abs=1e-4)
+    if output is None:  # the Slicer module keeps the volume in its scene, not in a file
+        return
     provenance = read_provenance(output)
     assert provenance["input_sha256"] == volume_sha256(load_volume(t1)) == expected.synthetic.meta[
         "provenance"]["input_sha256"]
@@ -194,3 +215,24 @@ def test_the_input_hash_depends_on_voxels_and_geometry_only(pair):
     moved = type(volume)(volume.array, volume.affine + np.eye(4) * 0)
     moved.affine[0, 3] += 1
     assert volume_sha256(moved) != volume_sha256(volume)
+
+
+def test_one_pair_scores_the_same_in_evaluate_synthesize_the_bids_app_and_training_validation(
+        tmp_path, pair, tiny_checkpoint, capsys):
+    """One scoring function (metrics.score, model units): the numbers agree to the last digit."""
+    from MRISynthesisLib.preprocessing import brain_mask
+    from Training.validation import Validator
+
+    t1, t2 = pair
+    expected = run(_request(t1, t2, tiny_checkpoint)).score
+    _, _, _, output = _through_cli(tmp_path, t1, t2, tiny_checkpoint, capsys)
+    assert main(["evaluate", "--pred", str(output), "--ref", str(t2), "--json", str(tmp_path / "m.json")]) == 0
+    capsys.readouterr()
+    evaluated = json.loads((tmp_path / "m.json").read_text())
+    target = load_volume(t2)
+    validated, conventions = Validator((), "t1-to-t2")._score(load_volume(output).array, target,
+                                                              brain_mask(target.array))
+    for name in ("mae", "psnr", "ssim"):
+        assert evaluated[name] == expected[name] == validated[name], name
+    assert conventions["normalisation"] == evaluated["conventions"]["normalisation"] == "model-units"
+    assert expected.conventions_text().startswith("Inside the mask") and "data range 1" in expected.conventions_text()
