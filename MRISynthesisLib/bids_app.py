@@ -1,11 +1,13 @@
 """The BIDS App: ``mrisynthesis bids BIDS_DIR OUTPUT_DIR participant|group [options]``.
 
 ``participant``: synthesize the missing contrast of every selected T1w (or T2w) image and write
-BIDS derivatives (image + JSON sidecar), QC pictures and ``report.html``. Items run in
-``--jobs`` processes; one item's failure is recorded (in the summary, in
-``sub-<label>/figures/<stem>_failure.json`` and in the report) and does not stop the others; the
-exit status is 1 if any item failed. With ``--skip-existing`` (default) an item whose image and
-sidecar exist for the same model is skipped, so an interrupted run resumes where it stopped.
+BIDS derivatives (image + JSON sidecar, and the brain mask used as ``desc-brain_mask``), QC
+pictures and ``report.html``. Items run in ``--jobs`` processes; one item's failure is recorded
+(in the summary, in ``sub-<label>/figures/<stem>_failure.json`` and in the report) and does not
+stop the others; the exit status is 1 if any item failed. With ``--skip-existing`` (default) an
+item whose image and sidecar exist for the same request (:func:`request_key`: the content of its
+input files, the model and every option that changes the output) is skipped, so an interrupted
+run resumes where it stopped. A ``report.html`` that MRISynthesis did not write is never replaced.
 ``group``: only rebuild ``report.html`` from what all participant jobs wrote (the last step of
 a job array).
 
@@ -70,8 +72,9 @@ def add_parser(commands) -> None:
                      help="items processed in parallel, one process each (default: 1); on a cluster, "
                           "prefer one participant per job (docs/cohorts.md)")
     app.add_argument("--skip-existing", action=argparse.BooleanOptionalAction, default=True,
-                     help="skip items whose image and sidecar exist for the same model, so an interrupted run "
-                          "resumes (default: on; --no-skip-existing redoes everything)")
+                     help="skip items already done for the same request (the same input and reference files, "
+                          "model, brain mask, device and precision), so an interrupted run resumes (default: on; "
+                          "--no-skip-existing redoes everything)")
     app.add_argument("--no-report", action="store_true", help="do not write report.html (participant level)")
     app.add_argument("--quiet", action="store_true", help="no progress bar")
 
