@@ -281,12 +281,12 @@ def test_split_file_fixes_which_subjects_train_and_validate(manifest, cache_root
 def test_other_sites_split_validates_on_one_training_subject_of_each_other_source(tmp_path):
     from types import SimpleNamespace
 
-    from Training.study.ingredients import _other_sites_split
+    from Training.study.ingredients import write_other_sites_split
 
     sources = {"A1": "A", "A2": "A", "A3": "A", "B1": "B", "B2": "B", "C1": "C", "D1": "D", "D2": "D", "D3": "D"}
     by_id = {i: SimpleNamespace(id=i, source=s) for i, s in sources.items()}
     split = {"train": ["A1", "A2", "B1", "C1", "D1", "D2"], "val": ["A3"], "test": ["B2", "D3"]}
-    path = _other_sites_split(split, by_id, tmp_path / "split.json")
+    path = write_other_sites_split(split, by_id, tmp_path / "split.json")
     written = json.loads(path.read_text())
     # B and D have another subject (a test one), C has one subject only, A is the validation source
     assert written["val"] == ["B1", "D1"]
