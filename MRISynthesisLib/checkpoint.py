@@ -18,15 +18,23 @@ person who trusts such a file re-saves it in the current format with
 Crafted metadata is refused before anything is allocated: every field is type- and range-checked
 (:meth:`ModelMetadata.validate`), the architecture must be a generator, and the network its config
 describes is first built on PyTorch's ``meta`` device (no memory) to compare its parameter names
-and shapes with the tensors the file declares and to bound its size (:data:`MAX_PARAMETERS`).
+and shapes with the tensors the file declares and to bound its size (:data:`MAX_PARAMETERS`). That
+construction is itself bounded: it stops at :data:`MAX_MODULES` layers or :data:`MAX_PARAMETERS`
+values, so options that are each in range but multiply (``levels: 4096, blocks: 4096``) cannot make
+it run for minutes. The meta network then runs one slice of ``slice_size`` pixels (no memory) to
+measure what its intermediate results need; a batch may need at most
+:data:`MAX_BATCH_ACTIVATION_BYTES` (:func:`check_batch_memory`). The metadata JSON may nest at most
+:data:`MAX_JSON_DEPTH` levels.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import hashlib
 import json
 import math
+import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -39,9 +47,9 @@ from .errors import CheckpointError, InputError, first_line
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
 __all__ = [
-    "FORMAT_VERSION", "MAX_CONTEXT_SLICES", "MAX_PARAMETERS", "MAX_SLICE_SIZE", "ModelMetadata",
-    "content_hash", "file_sha256", "load_checkpoint", "network_size", "read_metadata", "save_checkpoint",
-    "upgrade_checkpoint"]
+    "FORMAT_VERSION", "MAX_BATCH_ACTIVATION_BYTES", "MAX_CONTEXT_SLICES", "MAX_MODULES", "MAX_PARAMETERS",
+    "MAX_SLICE_SIZE", "ModelMetadata", "activation_bytes", "check_batch_memory", "content_hash", "file_sha256",
+    "load_checkpoint", "network_size", "read_metadata", "save_checkpoint", "upgrade_checkpoint"]
 
 FORMAT = "mrisynthesis-checkpoint"
 FORMAT_VERSION = 2
@@ -60,6 +68,13 @@ MAX_CONFIG_LIST = 64
 MAX_TEXT_CHARS = 100_000
 #: Largest network (parameters + buffers) a checkpoint may describe: 1.2 GB of float32.
 MAX_PARAMETERS = 300_000_000
+#: Most layers (modules, containers included) a network may have; the shipped ones have 64-151.
+MAX_MODULES = 1000
+#: Most memory the network's intermediate results may hold at once for one batch (float32), as
+#: measured on the meta device; the shipped models need 8-30 MB per 256 x 256 slice.
+MAX_BATCH_ACTIVATION_BYTES = 8 << 30
+#: Deepest nesting of JSON arrays/objects in the metadata (the metadata we write nests 3 deep).
+MAX_JSON_DEPTH = 32
 WEIGHTS_DTYPES = ("float32", "float16")
 _TEXT_FIELDS = ("architecture", "direction", "model_id", "title", "orientation", "output_units", "description",
                 "software_version", "created", "content_sha256", "metadata_sha256", "weights_dtype", "format")
@@ -167,10 +182,16 @@ class ModelMetadata:
         ``trust_legacy_metadata``: accept a format-1 file, whose metadata has no hash; only for a
         person re-saving a file they vouch for (:func:`upgrade_checkpoint`).
         """
+        depth = _json_depth(text)
+        if depth > MAX_JSON_DEPTH:
+            raise CheckpointError(f"checkpoint metadata nests {depth} levels deep (at most {MAX_JSON_DEPTH}); "
+                                  "it was not written by MRISynthesis")
         try:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise CheckpointError(f"checkpoint metadata is not valid JSON ({error.msg})") from None
+        except RecursionError:
+            raise CheckpointError("checkpoint metadata nests too deeply") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise CheckpointError("file is not an MRISynthesis checkpoint (metadata format missing)")
         version = data.get("format_version")
@@ -203,6 +224,18 @@ def metadata_hash(data: dict) -> str:
     canonical = json.dumps({k: v for k, v in data.items() if k != "metadata_sha256"}, sort_keys=True,
                            separators=(",", ":"), ensure_ascii=True, allow_nan=True)
     return hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+
+def _json_depth(text: str) -> int:
+    """Deepest nesting of ``[``/``{`` in JSON ``text`` (brackets inside strings ignored), in linear
+    time and without recursion, so it can be checked before parsing."""
+    import numpy as np
+
+    outside_strings = re.sub(r'"(?:[^"\\]|\\.)*"', '""', text)
+    steps = np.frombuffer(outside_strings.encode("utf-8", "replace"), dtype=np.uint8)
+    change = (np.isin(steps, (ord("["), ord("{"))).astype(np.int64)
+              - np.isin(steps, (ord("]"), ord("}"))).astype(np.int64))
+    return int(np.cumsum(change).max(initial=0))
 
 
 def _short(value) -> str:
@@ -380,8 +413,13 @@ def _check_declared_tensors(path: Path, metadata: ModelMetadata, declared: dict)
     """
     try:
         expected = network_shapes(metadata.architecture, metadata.config)
+        slice_bytes = activation_bytes(metadata)
     except CheckpointError as error:
         raise CheckpointError(f"{path.name}: {error}") from None
+    if slice_bytes > MAX_BATCH_ACTIVATION_BYTES:
+        raise CheckpointError(f"{path.name}: its network needs {_gib(slice_bytes)} for the intermediate results of "
+                              f"a single {metadata.slice_size} x {metadata.slice_size} slice (at most "
+                              f"{_gib(MAX_BATCH_ACTIVATION_BYTES)} per batch are accepted)")
     size = sum(math.prod(shape) for shape in expected.values())
     if size > MAX_PARAMETERS:
         raise CheckpointError(f"{path.name}: its config describes a network of {size:,} values "
@@ -400,40 +438,65 @@ def _check_declared_tensors(path: Path, metadata: ModelMetadata, declared: dict)
 def network_shapes(architecture: str, config: dict) -> dict:
     """``{tensor name: shape}`` of the network ``architecture`` with ``config``, built on PyTorch's
     ``meta`` device (no memory is allocated; any registered model). :class:`CheckpointError` for
-    unbounded option values or a config its constructor rejects."""
-    import torch
-
-    from .models import build_model
-
-    _check_config(config)
-    try:
-        with torch.device("meta"), _skip_meta_initialisers():
-            network = build_model(architecture, **config)
-    except Exception as error:  # a config the constructor rejects (InputError, negative sizes, ...)
-        raise CheckpointError(f"cannot build its network '{architecture}': {first_line(error)}") from None
+    unbounded option values, a network beyond :data:`MAX_MODULES` layers or :data:`MAX_PARAMETERS`
+    values (construction stops there), or a config its constructor rejects."""
+    network = _meta_network(architecture, config)
     return {name: tuple(tensor.shape) for name, tensor in network.state_dict().items()}
 
 
-def _skip_meta_initialisers():
-    """A torch function mode that turns in-place operations on meta tensors (the weight
-    initialisers: ``nn.init.normal_``, ``uniform_``, ``fill_``...) into no-ops.
+def _meta_network(architecture: str, config: dict):
+    from .models import build_model
+    from .network_sizing import build_on_meta
 
-    Meta tensors hold no values, so nothing is lost; without it, torch's meta ``normal_`` imports
-    the compiler stack on first use (seconds to a minute)."""
-    import torch
-    from torch.overrides import TorchFunctionMode
+    _check_config(config)
+    try:
+        return build_on_meta(lambda: build_model(architecture, **config), MAX_MODULES, MAX_PARAMETERS)
+    except CheckpointError:
+        raise
+    except Exception as error:  # a config the constructor rejects (InputError, negative sizes, ...)
+        raise CheckpointError(f"cannot build its network '{architecture}': {first_line(error)}") from None
 
-    class SkipInitialisers(TorchFunctionMode):
-        def __torch_function__(self, func, types, args=(), kwargs=None):
-            kwargs = kwargs or {}
-            name = getattr(func, "__name__", "")
-            target = args[0] if args else kwargs.get("tensor")
-            if (name.endswith("_") and not name.startswith("__") and name not in ("resize_", "set_", "requires_grad_")
-                    and isinstance(target, torch.Tensor) and target.is_meta):
-                return target
-            return func(*args, **kwargs)
 
-    return SkipInitialisers()
+def activation_bytes(metadata: ModelMetadata, batch_size: int = 1) -> int:
+    """Peak bytes the intermediate results of the metadata's network hold during the inference of
+    ``batch_size`` slices of ``slice_size`` x ``slice_size`` pixels (float32), measured by running
+    it on PyTorch's ``meta`` device (no memory) and following which results are still referenced.
+    :class:`CheckpointError` if the network cannot run on such slices."""
+    key = json.dumps([metadata.architecture, metadata.config, metadata.slice_size, metadata.context_slices],
+                     sort_keys=True)
+    return batch_size * _slice_activation_bytes(key)
+
+
+@functools.lru_cache(maxsize=16)
+def _slice_activation_bytes(key: str) -> int:
+    from .network_sizing import peak_activation_bytes
+
+    architecture, config, size, context = json.loads(key)
+    network = _meta_network(architecture, config).eval()
+    channels = int(config.get("in_channels", 2 * context + 1))
+    try:
+        return peak_activation_bytes(network, (1, channels, size, size))
+    except Exception as error:
+        raise CheckpointError(f"its network cannot run on {size} x {size} slices: {first_line(error)}") from None
+
+
+def check_batch_memory(metadata: ModelMetadata, batch_size: int) -> None:
+    """:class:`CheckpointError` if a batch of ``batch_size`` slices would need more than
+    :data:`MAX_BATCH_ACTIVATION_BYTES` for the network's intermediate results (before any is run)."""
+    needed, per_slice = activation_bytes(metadata, batch_size), activation_bytes(metadata)
+    if per_slice > MAX_BATCH_ACTIVATION_BYTES:
+        raise CheckpointError(f"its network needs {_gib(per_slice)} for the intermediate results of a single "
+                              f"{metadata.slice_size} x {metadata.slice_size} slice (at most "
+                              f"{_gib(MAX_BATCH_ACTIVATION_BYTES)} per batch are accepted)")
+    if needed > MAX_BATCH_ACTIVATION_BYTES:
+        fitting = MAX_BATCH_ACTIVATION_BYTES // per_slice
+        raise CheckpointError(f"a batch of {batch_size} slices of {metadata.slice_size} x {metadata.slice_size} needs "
+                              f"{_gib(needed)} for this network's intermediate results (at most "
+                              f"{_gib(MAX_BATCH_ACTIVATION_BYTES)}); use a batch size of at most {max(fitting, 1)}")
+
+
+def _gib(size: int) -> str:
+    return f"{size / 2 ** 30:.1f} GiB"
 
 
 def network_size(architecture: str, config: dict) -> int:

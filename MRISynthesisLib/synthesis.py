@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .checkpoint import ModelMetadata, load_checkpoint
+from .checkpoint import ModelMetadata, check_batch_memory, load_checkpoint, read_metadata
 from .device import resolve_precision, select_device
 from .errors import Cancelled, InputError
 from .input_check import check_stack
@@ -68,6 +68,8 @@ class Synthesizer:
         self.precision = resolve_precision(precision if mixed_precision else "fp32", self.device)
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
         if checkpoint is not None:
+            # The network's intermediate results for one batch, sized on the meta device first.
+            check_batch_memory(read_metadata(checkpoint), int(batch_size))
             model, self.metadata = load_checkpoint(checkpoint, device=self.device)
             self.model = self._prepare_model(model)
         self.batch_size = int(batch_size)

@@ -275,3 +275,104 @@ def test_size_guard_is_generic_over_the_registry(tmp_path):
                                     lambda m: m["config"].update({width: 128}))
         with pytest.raises(CheckpointError, match="do not fit"):
             load_checkpoint(crafted)
+
+
+# -- crafted but hash-valid checkpoints: bounded before anything is built (issue 23) ---------------
+
+_SYNTHESIZER = ("import sys, time\nfrom MRISynthesisLib.errors import MRISynthesisError\n"
+                "from MRISynthesisLib.synthesis import Synthesizer\nstarted = time.perf_counter()\n"
+                "try:\n    Synthesizer(sys.argv[1], device='cpu', batch_size=8)\n    print('accepted')\n"
+                "except MRISynthesisError as error:\n    print('refused:', error)\n"
+                "print('case seconds:', time.perf_counter() - started)\n")
+
+
+def _wide_baseline(tmp_path):
+    """A genuine checkpoint (weights fit, both hashes valid) whose 1x1 network is 4096 wide on
+    1024 x 1024 slices at 0.25 mm: 32 GiB of intermediate results per slice, 256 GiB per batch of 8."""
+    config = dict(default_config("baseline"), hidden_channels=[4096])
+    metadata = ModelMetadata(architecture="baseline", config=config, direction="t1-to-t2", slice_size=1024,
+                             pixel_spacing_mm=0.25)
+    return save_checkpoint(tmp_path / "wide.safetensors", build_model("baseline", **config), metadata)
+
+
+def _deep_resunet(tmp_path):
+    """A resunet described (hash recomputed) with 4096 levels of 4096 blocks."""
+    config = dict(default_config("resunet"), ngf=2, levels=1)
+    metadata = ModelMetadata(architecture="resunet", config=config, direction="t1-to-t2", slice_size=64)
+    path = save_checkpoint(tmp_path / "small.safetensors", build_model("resunet", **config), metadata)
+    return _rewrite_metadata(path, tmp_path / "deep.safetensors", lambda m: m["config"].update(levels=4096, blocks=4096))
+
+
+@pytest.mark.parametrize("make,pattern", [
+    (_wide_baseline, r"needs 16\.0 GiB for the intermediate results of a single 1024 x 1024 slice"),
+    (_deep_resunet, "a network of more than 1,000 layers"),
+])
+def test_crafted_checkpoint_is_refused_quickly_with_bounded_memory(tmp_path, make, pattern):
+    """Measured in a child process: peak RSS of the whole child, time of the case itself (creating
+    the Synthesizer; the child's start and its import of torch are not the checkpoint's doing)."""
+    import re
+
+    from bounded import MAX_RSS_BYTES, MAX_SECONDS, run_bounded
+
+    result = run_bounded(_SYNTHESIZER, make(tmp_path), timeout=60)
+    assert result.returncode == 0, f"killed or crashed after {result.seconds:.1f} s: {result.output[-500:]}"
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("refused: ") and re.search(pattern, lines[0]), result.output
+    assert result.case_seconds < MAX_SECONDS, f"{result.case_seconds:.1f} s (child: {result.seconds:.1f} s)"
+    assert result.peak_rss_bytes < MAX_RSS_BYTES, f"peak RSS {result.peak_rss_bytes / 2**20:.0f} MiB"
+
+
+def test_batch_size_is_bounded_by_the_memory_of_one_batch(tmp_path):
+    from MRISynthesisLib.checkpoint import MAX_BATCH_ACTIVATION_BYTES, activation_bytes, check_batch_memory
+
+    _, path = _unet(tmp_path)
+    metadata = read_metadata(path)
+    per_slice = activation_bytes(metadata)
+    assert 0 < per_slice < 64 << 20  # unet_128, ngf 4, 128 x 128
+    fitting = MAX_BATCH_ACTIVATION_BYTES // per_slice
+    check_batch_memory(metadata, fitting)
+    with pytest.raises(CheckpointError, match=f"use a batch size of at most {fitting}$"):
+        check_batch_memory(metadata, fitting + 1)
+
+
+def test_activation_sizing_matches_pytorchs_meta_kernels():
+    """The shape rules that spare PyTorch's slow meta kernels give the same sizes as those kernels."""
+    from MRISynthesisLib.models import GENERATOR_NAMES
+    from MRISynthesisLib.network_sizing import PeakMemory, build_on_meta, peak_activation_bytes
+
+    for name in GENERATOR_NAMES:
+        network = build_on_meta(lambda: build_model(name, **default_config(name)), 1000, 10 ** 9).eval()
+        channels = default_config(name).get("in_channels", 1)
+        ruled = peak_activation_bytes(network, (2, channels, 256, 256))
+        mode = PeakMemory()
+        with torch.no_grad(), torch.device("meta"):
+            reference = network(torch.zeros(2, channels, 256, 256))
+        with torch.no_grad(), mode:
+            ruled_output = network(torch.zeros(2, channels, 256, 256, device="meta"))
+        outputs = [(reference, ruled_output)] if not isinstance(reference, tuple) else zip(reference, ruled_output)
+        for a, b in outputs:
+            assert a.shape == b.shape, name
+        assert ruled >= reference.numel() * 4 if not isinstance(reference, tuple) else ruled > 0
+
+
+def test_metadata_nested_100000_deep_is_refused_in_one_line(tmp_path):
+    import hashlib
+
+    _, path = _unet(tmp_path)
+    nested = "[" * 100_000 + "]" * 100_000
+    marker = '"@@nested@@"'
+
+    def change(meta):  # what a forger computes: the canonical JSON with the nesting spliced in
+        meta["training_data"] = {"deep": "@@nested@@"}
+        canonical = json.dumps({k: v for k, v in meta.items() if k != "metadata_sha256"}, sort_keys=True,
+                               separators=(",", ":"), ensure_ascii=True, allow_nan=True).replace(marker, nested)
+        meta["metadata_sha256"] = hashlib.sha256(canonical.encode("ascii")).hexdigest()
+
+    crafted = _rewrite_metadata(path, tmp_path / "deep.safetensors", change, rehash=False)
+    data = crafted.read_bytes().replace(marker.replace('"', '\\"').encode(), nested.encode())
+    (length,) = struct.unpack("<Q", data[:8])
+    data = struct.pack("<Q", length + len(nested) - len(marker.replace('"', '\\"'))) + data[8:]
+    crafted.write_bytes(data)
+    with pytest.raises(CheckpointError, match="nests 100002 levels deep") as error:
+        read_metadata(crafted)
+    assert "\n" not in str(error.value)
