@@ -8,7 +8,8 @@ turns the user's choice into the mask given to :meth:`Synthesizer.synthesize`:
   is left to the synthesizer's own foreground mask, exactly as before brain extraction existed;
   anything else is brain-extracted with :func:`extract_brain`;
 * ``"none"``: no extraction; the synthesizer's foreground mask (on a whole-head scan: the head);
-* a boolean/label array ``[i, j, k]`` on the input's grid: that mask (non-zero = brain).
+* a mask array ``[i, j, k]`` on the input's grid, read by :func:`mask_from_values`: binary,
+  labels (every label > 0 is brain) or probabilities (brain above :data:`THRESHOLD`).
 
 Extraction uses the network of `deepbet <https://github.com/wwu-mmll/deepbet>`_ (MIT licence,
 Fisch et al., Computers in Biology and Medicine 2024) whose weights ship inside its wheel: nothing
@@ -34,7 +35,7 @@ from .preprocessing import brain_mask, looks_skull_stripped
 from .volume import Volume
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
-__all__ = ["CHOICES", "BrainMaskChoice", "choose_brain_mask", "extract_brain", "mask_used"]
+__all__ = ["CHOICES", "BrainMaskChoice", "choose_brain_mask", "extract_brain", "mask_from_values", "mask_used"]
 
 #: SHA-256 of the TorchScript files inside the deepbet 1.0.2 wheel (validated in docs/architecture.md).
 DEEPBET_WEIGHTS = {
@@ -87,10 +88,38 @@ def choose_brain_mask(volume: Volume, choice="auto", device="cpu", progress=None
     mask = np.asarray(choice)
     if mask.shape != volume.shape:
         raise InputError(f"brain mask shape {mask.shape} does not match the volume's shape {volume.shape}")
-    mask = mask != 0
+    return BrainMaskChoice(mask_from_values(mask), "given")
+
+
+def mask_from_values(values: np.ndarray, name: str = "the brain mask") -> np.ndarray:
+    """The boolean brain mask that ``values`` (a mask file's voxels, or a labelmap) stand for.
+
+    Accepted: binary (0/1, false/true, 0/255), a label map (non-negative whole numbers: every
+    label > 0 is brain) or a probability map (values in [0, 1], not all whole: brain above
+    :data:`THRESHOLD`, as for automatic extraction). Refused with :class:`InputError` naming
+    ``name``: negative values (a -1 background would otherwise count as brain), fractional values
+    above 1 (an image, not a mask), and a mask with no brain voxel. The emptiness check is made
+    on the mask that is returned, so the two always agree.
+    """
+    values = np.asarray(values)
+    if values.dtype == bool:
+        mask, rule = values, "no voxel > 0"
+    else:
+        low, high = values.min(initial=0), values.max(initial=0)
+        if low < 0:
+            raise InputError(f"{name} has negative values (down to {low:g}); a brain mask holds 0 (background) "
+                             "and 1 or other positive labels (brain), or probabilities from 0 to 1")
+        whole = np.issubdtype(values.dtype, np.integer) or bool(np.all(np.mod(values, 1) == 0))
+        if whole:
+            mask, rule = values > 0, "no voxel > 0"
+        elif high <= 1:
+            mask, rule = values > THRESHOLD, f"no voxel above {THRESHOLD:g}"
+        else:
+            raise InputError(f"{name} is not a brain mask: it has fractional values above 1 (up to {high:g}); "
+                             "expected 0/1, whole-number labels or probabilities from 0 to 1")
     if not mask.any():
-        raise InputError("the brain mask has no non-zero voxel")
-    return BrainMaskChoice(mask, "given")
+        raise InputError(f"{name} is empty ({rule})")
+    return mask
 
 
 def mask_used(volume: Volume, chosen: BrainMaskChoice) -> np.ndarray:

@@ -84,7 +84,8 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--brain-mask", "--mask", dest="brain_mask", default="auto", metavar="auto|none|FILE",
                      help="auto (default): keep a skull-stripped input as it is, brain-extract a whole-head scan "
                           "(deepbet); none: no extraction; FILE: a brain mask (NIfTI or NRRD) on the input's grid "
-                          "(non-zero = brain). The output is 0 outside the mask")
+                          "(0/1, labels > 0 = brain, or probabilities: above 0.5 = brain). The output is 0 "
+                          "outside the mask")
     syn.add_argument("--save-mask", default=None, metavar="PATH",
                      help="also write the brain mask used (NIfTI or NRRD by its suffix, 1 = brain, 0 = background, input's grid)")
     syn.add_argument("--tta", action="store_true", help="average with the left-right mirrored prediction")

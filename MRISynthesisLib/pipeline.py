@@ -296,13 +296,14 @@ def require_same_grid(volume: Volume, other: Volume, name: str, other_name: str)
 def load_brain_mask_file(path, volume: Volume, option: str = "--brain-mask", other_name: str = "the input"
                          ) -> np.ndarray:
     """The brain mask stored in ``path`` (NIfTI or NRRD on ``volume``'s grid) as a boolean
-    ``[i, j, k]`` array: non-zero = brain. An empty mask or another grid is refused (messages name
-    ``option`` and ``other_name``)."""
+    ``[i, j, k]`` array, read by :func:`~MRISynthesisLib.brain_extraction.mask_from_values` (binary,
+    labels or probabilities). Other values, an empty mask or another grid are refused (messages
+    name ``option`` and ``other_name``)."""
+    from .brain_extraction import mask_from_values
+
     mask_volume = _load(path, option)
     require_same_grid(mask_volume, volume, option, other_name)
-    if not (mask_volume.array > 0).any():
-        raise InputError(f"{option} {Path(path).name} is empty (no voxel > 0)")
-    return mask_volume.array != 0
+    return mask_from_values(mask_volume.array, f"{option} {Path(path).name}")
 
 
 def _mask_choice(choice, volume: Volume):
