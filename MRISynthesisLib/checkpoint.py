@@ -162,9 +162,11 @@ class ModelMetadata:
         if not isinstance(norm, dict):
             raise CheckpointError("checkpoint metadata 'normalisation' must be a JSON object")
         low, high = norm.get("low", PERCENTILE_LOW), norm.get("high", PERCENTILE_HIGH)
-        if not (_is_number(low) and _is_number(high) and 0 <= low < high <= 100):
-            raise CheckpointError(f"checkpoint normalisation percentiles must satisfy 0 <= low < high <= 100, "
-                                  f"got {_short(low)}, {_short(high)}")
+        # A percentile normalisation maps [low, high] to [0, 1]; one that does not span the middle
+        # half of the foreground clips most of it (low 0, high 1e-9 would call every input constant).
+        if not (_is_number(low) and _is_number(high) and 0 <= low <= 25 and 75 <= high <= 100):
+            raise CheckpointError(f"checkpoint normalisation percentiles must satisfy 0 <= low <= 25 and 75 <= high "
+                                  f"<= 100, got {_short(low)}, {_short(high)}")
         for name in ("training_data", "validation_metrics"):
             if not isinstance(getattr(self, name), dict):
                 raise CheckpointError(f"checkpoint metadata '{name}' must be a JSON object")

@@ -199,9 +199,13 @@ def normalisation_range(array: np.ndarray, mask: np.ndarray, low: float = PERCEN
     if not mask.any():
         raise InputError("the volume has no foreground voxels (it is empty or constant)")
     # One copy of the foreground values, partitioned in place.
-    lo, hi = (float(v) for v in np.percentile(masked_values(array, mask), [low, high], overwrite_input=True))
+    values = masked_values(array, mask)
+    lo, hi = (float(v) for v in np.percentile(values, [low, high], overwrite_input=True))
     if not hi > lo:
-        raise InputError(f"the volume's foreground is constant (intensity {lo:g}); nothing to synthesise from")
+        if values.min() == values.max():
+            raise InputError(f"the volume's foreground is constant (intensity {lo:g}); nothing to synthesise from")
+        raise InputError(f"the {low:g}th and {high:g}th percentiles of the foreground are equal ({lo:g}), so it "
+                         "cannot be normalised with them (most of the foreground has one intensity)")
     return lo, hi
 
 

@@ -31,10 +31,15 @@ def write_preview(source: Volume, synthetic: Volume, path, reference: Volume | N
 
 
 def write_png(canvas: np.ndarray, path) -> None:
-    """Write a 2D uint8 image as PNG (``path`` must end in .png; no checks, not atomic)."""
-    from skimage.io import imsave
+    """Write a 2D uint8 image as PNG (no checks, not atomic).
 
-    imsave(str(path), canvas, check_contrast=False)
+    Pillow writes into a file this function opens and closes, so a failed write (a full disk)
+    raises one error here; imageio's writer object deferred the writing to its close and, after a
+    failure, reported a second error from its ``__del__``."""
+    from PIL import Image
+
+    with open(path, "wb") as stream:
+        Image.fromarray(np.ascontiguousarray(canvas, dtype=np.uint8)).save(stream, format="PNG")
 
 
 def render_preview(source: Volume, synthetic: Volume, reference: Volume | None = None) -> np.ndarray:

@@ -376,3 +376,23 @@ def test_metadata_nested_100000_deep_is_refused_in_one_line(tmp_path):
     with pytest.raises(CheckpointError, match="nests 100002 levels deep") as error:
         read_metadata(crafted)
     assert "\n" not in str(error.value)
+
+
+def test_degenerate_normalisation_is_the_checkpoints_fault_not_the_inputs(tmp_path):
+    import numpy as np
+
+    from MRISynthesisLib.errors import InputError
+    from MRISynthesisLib.preprocessing import normalisation_range
+
+    _, path = _unet(tmp_path)
+    crafted = _rewrite_metadata(path, tmp_path / "narrow.safetensors",
+                                lambda m: m["normalisation"].update(low=0, high=1e-9))
+    with pytest.raises(CheckpointError, match="normalisation percentiles must satisfy 0 <= low <= 25 and 75 <= high"):
+        load_checkpoint(crafted)
+    # And where such percentiles meet a volume, the message names them, not a constant volume.
+    values = np.maximum(np.arange(1000, dtype=np.float32), 100).reshape(10, 10, 10)  # integer-like MRI: many at 100
+    with pytest.raises(InputError, match=r"the 0th and 1e-09th percentiles of the foreground are equal") as error:
+        normalisation_range(values, values > 0, 0, 1e-9)
+    assert "constant" not in str(error.value)
+    with pytest.raises(InputError, match="foreground is constant"):
+        normalisation_range(np.full((4, 4, 4), 7.0, np.float32), np.ones((4, 4, 4), bool))

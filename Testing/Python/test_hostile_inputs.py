@@ -387,3 +387,59 @@ def test_sform_and_qform_codes_are_kept(tmp_path, codes):
     header = nib.load(str(out)).header
     assert (int(header["sform_code"]), int(header["qform_code"])) == codes
     assert np.allclose(load_volume(out).affine, source.affine, atol=1e-5)
+
+
+# -- issue 23: a PNG that cannot be written leaves no second error behind --------------------------
+
+class _FullDiskFile:
+    """A file on a full disk: nothing can be written, and closing it (which would flush) fails too,
+    as often as it is tried (as a buffered file on a full network disk does)."""
+
+    closed = False
+
+    def _full(self, *args, **kwargs):
+        import errno
+
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    write = flush = close = fileno = _full
+
+    def writable(self):
+        return True
+
+    def seek(self, *args):
+        return 0
+
+    def tell(self):
+        return 0
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def test_preview_on_a_full_disk_gives_one_error_and_no_exception_ignored(tmp_path, t1, tiny_checkpoint, capsys,
+                                                                         monkeypatch):
+    import builtins
+    import gc
+    import sys
+
+    real_open = builtins.open
+
+    def open_on_full_disk(file, mode="r", *args, **kwargs):
+        if str(file).endswith(".png") and "w" in mode:
+            return _FullDiskFile()
+        return real_open(file, mode, *args, **kwargs)
+
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", lambda record: unraisable.append(record.exc_value))
+    monkeypatch.setattr(builtins, "open", open_on_full_disk)
+    out = tmp_path / "out"
+    out.mkdir()
+    line = _one_error_line(capsys, ["synthesize", str(t1), "-o", str(out / "t2.nii.gz"), "--model",
+                                    str(tiny_checkpoint), "--quiet", "--preview", str(out / "p.png")],
+                           "No space left on device; no output was written", out)
+    gc.collect()  # a writer object left half-closed would report its error now
+    assert "p.png" in line and unraisable == [] and os.listdir(out) == []
