@@ -279,7 +279,7 @@ def test_size_guard_is_generic_over_the_registry(tmp_path):
 
 # -- crafted but hash-valid checkpoints: bounded before anything is built (issue 23) ---------------
 
-_SYNTHESIZER = ("import sys, time\nfrom MRISynthesisLib.errors import MRISynthesisError\n"
+_SYNTHESIZER = ("import sys, time\nimport torch, safetensors.torch\nfrom MRISynthesisLib.errors import MRISynthesisError\n"
                 "from MRISynthesisLib.synthesis import Synthesizer\nstarted = time.perf_counter()\n"
                 "try:\n    Synthesizer(sys.argv[1], device='cpu', batch_size=8)\n    print('accepted')\n"
                 "except MRISynthesisError as error:\n    print('refused:', error)\n"
@@ -309,7 +309,7 @@ def _deep_resunet(tmp_path):
 ])
 def test_crafted_checkpoint_is_refused_quickly_with_bounded_memory(tmp_path, make, pattern):
     """Measured in a child process: peak RSS of the whole child, time of the case itself (creating
-    the Synthesizer; the child's start and its import of torch are not the checkpoint's doing)."""
+    the Synthesizer; the child's start and its imports of torch are not the checkpoint's doing)."""
     import re
 
     from bounded import MAX_RSS_BYTES, MAX_SECONDS, run_bounded
