@@ -173,10 +173,10 @@ def run_dir(out: Path, direction: str, recipe: str, fold: int) -> Path:
 def training_command(out: Path, direction: str, recipe: str, fold: int, minutes: float) -> list[str]:
     """``python -m Training`` for a run: resume when a state exists, else start with the recipe."""
     from Training.config import load_config
-    from Training.state import STATE_FILE
+    from Training.run_folder import RunFolder
 
     folder = run_dir(out, direction, recipe, fold)
-    if (folder / STATE_FILE).exists():  # the queue's budget wins over the one the run started with
+    if RunFolder(folder).state.exists():  # the queue's budget wins over the one the run started with
         return [sys.executable, "-m", "Training", "--resume", str(folder), f"train.max_cpu_minutes={minutes}"]
     config_file, extra, _ = RECIPES[recipe]
     context = load_config(str(REPO / config_file), []).data.context_slices
@@ -226,9 +226,10 @@ def _manifest_subjects(out: Path):
 
 
 def _state(folder: Path) -> dict:
-    from Training.state import STATE_FILE, load_state
+    from Training.run_folder import RunFolder
+    from Training.state import load_state
 
-    path = folder / STATE_FILE
+    path = RunFolder(folder).state
     return load_state(path, map_location="cpu") if path.exists() else {}
 
 

@@ -132,8 +132,8 @@ class Study:
 
     def train(self, method, direction: str) -> dict:
         """Train ``method`` for ``direction`` within the budget unless already done; the run summary."""
+        from Training.run_folder import RunFolder
         from Training.train import train as train_run
-        from Training.state import STATE_FILE
 
         run_dir = self.run_dir(method, direction)
         done = run_dir / "study_done.json"
@@ -142,7 +142,7 @@ class Study:
         calibration = self.calibrate(method, direction)
         steps = budget.steps_per_epoch(calibration, self.settings.minutes_per_model, self.settings.validations)
         config = self.training_config(method, direction, steps)
-        resume = run_dir if (run_dir / STATE_FILE).exists() else None
+        resume = run_dir if RunFolder(run_dir).state.exists() else None
         if resume is None and run_dir.exists():
             shutil.rmtree(run_dir)  # started but never saved a state: nothing to keep
         self.log(f"training {method.name} ({run_dir.parent.name}): {self.settings.validations} x {steps} steps "
