@@ -641,6 +641,7 @@ def score(synthetic, reference, mask=None, *, normalisation: str = "model-units"
     values = evaluate(stacks[0], stacks[1], stacks[2], normalisation=normalisation, slice_axis=0,
                       per_slice=per_slice, percentiles=tuple(percentiles))
     values["conventions"].update(mask=source, slice_axis=AXIAL_SLICES)
+    values["warnings"] += _zero_synthetic_warning(synthetic.array, mask, given=mask_description is not None)
     if normalisation == "model-units":
         values["conventions"]["reference"] = MODEL_UNITS.format(low=percentiles[0], high=percentiles[1])
         compared_synthetic = np.asarray(synthetic.array, dtype=np.float32)
@@ -649,6 +650,23 @@ def score(synthetic, reference, mask=None, *, normalisation: str = "model-units"
         compared_synthetic = normalise_for_metrics(synthetic.array, mask, normalisation)[0]
         compared_reference = normalise_for_metrics(reference.array, mask, normalisation)[0]
     return Score(values, compared_synthetic, compared_reference.astype(np.float32), mask)
+
+
+#: Share of the mask where the synthetic volume is exactly 0 above which :func:`score` warns: a
+#: synthetic volume is 0 outside the brain it was made in; against a skull-stripped reference
+#: that is well under 1 % of the reference's mask, against a whole-head one most of it.
+MAX_ZERO_SYNTHETIC_FRACTION = 0.10
+
+
+def _zero_synthetic_warning(synthetic: np.ndarray, mask: np.ndarray, given: bool) -> list:
+    voxels = int(np.count_nonzero(mask))
+    zero = int(np.count_nonzero((np.asarray(synthetic) == 0) & mask)) if voxels else 0
+    if not voxels or zero <= MAX_ZERO_SYNTHETIC_FRACTION * voxels:
+        return []
+    where = "the given mask" if given else "the reference's automatic (foreground) mask"
+    return [f"the synthetic volume is 0 in {100 * zero / voxels:.0f}% of {where}: it is 0 outside the brain it was "
+            "synthesised in, so against a whole-head reference these numbers score the head around the brain too; "
+            "pass the brain mask (evaluate --mask, e.g. the file synthesize --save-mask wrote)"]
 
 
 def describe_conventions(conventions: dict) -> str:

@@ -346,3 +346,36 @@ def test_format_table_lists_every_metric_and_the_conventions():
                 "ssim: gaussian sigma 1.5", "mi: bits, 64-bin"):
         assert key in table
     assert f"{result['mae']:.4f}" in table
+
+
+# -- a whole-head reference: the synthetic volume is 0 outside the brain (issue 23) ----------------
+
+def _whole_head_pair(tmp_path):
+    """A 'whole-head' reference (brain plus a bright scalp around it) and a synthetic volume that,
+    like every output, is 0 outside the brain it was made in; and that brain mask."""
+    from phantoms import affine_for
+
+    from MRISynthesisLib.io import save_volume
+    from MRISynthesisLib.volume import Volume
+
+    k, j, i = np.mgrid[-1:1:40j, -1:1:48j, -1:1:44j]
+    radius = np.sqrt(i ** 2 + j ** 2 + k ** 2).transpose(2, 1, 0)
+    brain, head = radius < 0.55, radius < 0.9
+    rng = np.random.default_rng(0)
+    reference = np.where(brain, 100 + 20 * rng.random(radius.shape), np.where(head, 300.0, 0)).astype(np.float32)
+    synthetic = np.where(brain, 0.4 + 0.1 * rng.random(radius.shape), 0).astype(np.float32)
+    affine = affine_for("LPS")
+    paths = [save_volume(Volume(array, affine), tmp_path / name) for array, name in
+             ((reference, "ref.nii.gz"), (synthetic, "syn.nii.gz"), (brain.astype(np.float32), "brain.nii.gz"))]
+    return paths
+
+
+def test_evaluate_against_a_whole_head_reference_says_to_pass_the_brain_mask(tmp_path, capsys):
+    from MRISynthesisLib.cli import main
+
+    reference, synthetic, brain = _whole_head_pair(tmp_path)
+    assert main(["evaluate", "--pred", str(synthetic), "--ref", str(reference)]) == 0
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning: ")]
+    assert len(warnings) == 1 and "the synthetic volume is 0 in 7" in warnings[0] and "--mask" in warnings[0], warnings
+    assert main(["evaluate", "--pred", str(synthetic), "--ref", str(reference), "--mask", str(brain)]) == 0
+    assert "warning" not in capsys.readouterr().err
