@@ -235,14 +235,14 @@ def _read_voxels(path: Path, header: dict, data_start: int, dtype: np.dtype, cou
                                  f"holds {max(size - start, 0):,} bytes after its header and skips; "
                                  "it is truncated or its header is wrong")
             handle.seek(start)
-            _fill(out, _raw_chunks(handle, declared), dtype, path)
+            _fill(out, _binary_values(_raw_chunks(handle, declared), dtype, path), path)
         elif encoding in _ASCII:
             if byte_skip:
                 handle.seek(start + max(byte_skip, 0))
             if size - handle.tell() > count * MAX_ASCII_BYTES_PER_VALUE + (1 << 20):
                 raise InputError(f"{path.name}: {what} holds {size - handle.tell():,} bytes of text, far more than "
                                  f"{count:,} values need; its header is wrong")
-            _fill_ascii(out, handle, path)
+            _fill(out, _ascii_values(handle, path), path)
         else:
             if byte_skip == -1:
                 raise InputError(f"cannot read {path.name}: byte skip -1 is only defined for raw data")
@@ -252,7 +252,7 @@ def _read_voxels(path: Path, header: dict, data_start: int, dtype: np.dtype, cou
                                  f"{_COMPRESSED[encoding]} bytes: it would decompress more than "
                                  f"{MAX_COMPRESSION_RATIO} times its size (a decompression bomb or a wrong header)")
             chunks = _decompressed_chunks(handle, _COMPRESSED[encoding], byte_skip + declared, path)
-            _fill(out, _skip_bytes(chunks, byte_skip), dtype, path)
+            _fill(out, _binary_values(_skip_bytes(chunks, byte_skip), dtype, path), path)
     return out
 
 
@@ -324,54 +324,53 @@ def _skip_bytes(chunks, skip: int):
         skip = 0
 
 
-def _fill(out: np.ndarray, chunks, dtype: np.dtype, path: Path) -> None:
-    """Convert byte blocks of ``dtype`` values into ``out`` (float32); exactly ``out.size`` values."""
-    position, carry, problem = 0, b"", None
+def _fill(out: np.ndarray, arrays, path: Path) -> None:
+    """Copy the value arrays ``arrays`` yields into ``out`` (float32): exactly ``out.size`` values."""
+    position, problem = 0, None
     with np.errstate(over="ignore", invalid="ignore"):
-        for block in chunks:
-            block = carry + block if carry else block
-            usable = len(block) - len(block) % dtype.itemsize
-            carry = block[usable:]
-            values = np.frombuffer(block, dtype=dtype, count=usable // dtype.itemsize)
+        for values in arrays:
             if position + values.size > out.size:
                 raise InputError(f"{path.name} holds more data than its header declares ({out.size:,} values)")
             part = out[position: position + values.size]
             part[...] = values
             position += values.size
             problem = _check_finite(part, values, problem)
-    if position != out.size or carry:
-        raise InputError(f"{path.name} declares {out.size:,} values but holds only {position:,}; "
-                         "it is truncated or its header is wrong")
-    _raise_for(problem, path)
-
-
-def _fill_ascii(out: np.ndarray, handle, path: Path) -> None:
-    position, carry, problem = 0, b"", None
-    with np.errstate(over="ignore", invalid="ignore"):
-        while True:
-            block = handle.read(_CHUNK)
-            text = carry + block
-            if block:  # the last token may continue in the next block
-                cut = max(text.rfind(b" "), text.rfind(b"\n"), text.rfind(b"\t"), text.rfind(b"\r"))
-                text, carry = (text[: cut + 1], text[cut + 1:]) if cut >= 0 else (b"", text)
-            try:
-                values = np.array(text.split(), dtype=np.float64)
-            except ValueError as error:
-                raise InputError(f"cannot read {path.name}: its ASCII data has a non-number ({first_line(error)})") from None
-            if position + values.size > out.size:
-                raise InputError(f"{path.name} holds more data than its header declares ({out.size:,} values)")
-            part = out[position: position + values.size]
-            part[...] = values
-            position += values.size
-            problem = _check_finite(part, values, problem)
-            if not block:
-                break
-            if len(carry) > _CHUNK:
-                raise InputError(f"cannot read {path.name}: its ASCII data has a token longer than {_CHUNK:,} bytes")
     if position != out.size:
         raise InputError(f"{path.name} declares {out.size:,} values but holds only {position:,}; "
                          "it is truncated or its header is wrong")
     _raise_for(problem, path)
+
+
+def _binary_values(chunks, dtype: np.dtype, path: Path):
+    """The ``dtype`` values in byte blocks (a value may straddle two blocks)."""
+    carry = b""
+    for block in chunks:
+        block = carry + block if carry else block
+        usable = len(block) - len(block) % dtype.itemsize
+        carry = block[usable:]
+        yield np.frombuffer(block, dtype=dtype, count=usable // dtype.itemsize)
+    if carry:
+        raise InputError(f"{path.name}: its data ends inside a value ({len(carry)} of {dtype.itemsize} bytes); "
+                         "it is truncated or its header is wrong")
+
+
+def _ascii_values(handle, path: Path):
+    """The numbers of ASCII data, block by block (a number may straddle two blocks)."""
+    carry = b""
+    while True:
+        block = handle.read(_CHUNK)
+        text = carry + block
+        if block:  # the last token may continue in the next block
+            cut = max(text.rfind(b" "), text.rfind(b"\n"), text.rfind(b"\t"), text.rfind(b"\r"))
+            text, carry = (text[: cut + 1], text[cut + 1:]) if cut >= 0 else (b"", text)
+        try:
+            yield np.array(text.split(), dtype=np.float64)
+        except ValueError as error:
+            raise InputError(f"cannot read {path.name}: its ASCII data has a non-number ({first_line(error)})") from None
+        if not block:
+            return
+        if len(carry) > _CHUNK:
+            raise InputError(f"cannot read {path.name}: its ASCII data has a token longer than {_CHUNK:,} bytes")
 
 
 def _check_finite(converted: np.ndarray, original: np.ndarray, problem):

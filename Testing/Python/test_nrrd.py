@@ -2,6 +2,7 @@
 hostile NRRD files are refused quickly, with bounded memory."""
 
 import base64
+import gzip
 import os
 import zlib
 
@@ -388,3 +389,27 @@ def test_help_says_masks_may_be_nrrd_and_an_nrrd_mask_works(tmp_path, tiny_check
                      "--brain-mask", str(tmp_path / f"mask{suffix}")]) == 0
         outputs.append(load_volume(out).array)
     assert np.array_equal(outputs[0], outputs[1])
+
+
+_NOISE = np.random.default_rng(0).integers(0, 256, 100_000, dtype=np.uint8).tobytes()
+
+
+@pytest.mark.parametrize("data,fields,pattern", [
+    (zlib.compress(_NOISE), ("encoding: gzip",), "its gzip data is corrupt"),  # zlib's format, not gzip's
+    (gzip.compress(_NOISE), ("encoding: gzip",), "declares 262,144 values but holds only 100,000"),
+    (bytes(64 ** 3 - 1), (), "holds 262,143 bytes after its header"),
+    (bytes(64 ** 3), ("encoding: hex",), "encoding 'hex' is not supported"),
+    (bytes(64 ** 3), ("data file: LIST",), "is not supported"),
+])
+def test_malformed_nrrd_data_is_one_line(tmp_path, data, fields, pattern):
+    encoding = next((f.split(": ")[1] for f in fields if f.startswith("encoding")), "raw")
+    other = [f for f in fields if not f.startswith("encoding")]
+    if other:
+        path = tmp_path / "in.nhdr"
+        path.write_bytes(_header(*other, encoding=encoding))
+    else:
+        path = tmp_path / "in.nrrd"
+        path.write_bytes(_header(encoding=encoding) + b"\n" + data)
+    with pytest.raises(InputError, match=pattern) as error:
+        load_volume(path)
+    assert "\n" not in str(error.value)
