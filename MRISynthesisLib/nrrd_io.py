@@ -105,6 +105,8 @@ def read_header(path: Path) -> tuple[dict, int]:
             if not line or not line.rstrip(b"\r\n").strip():
                 break  # a blank line ends the header (or the end of a detached header file)
             lines.append(line.decode("ascii", "replace"))
+    if not lines:
+        raise InputError(f"cannot read {path.name}: it is empty or has no NRRD header")
     try:
         return dict(nrrd.read_header(lines)), size
     except Exception as error:  # pynrrd raises NRRDError, ValueError, StopIteration...
@@ -120,7 +122,6 @@ def detached_data_file(path: Path) -> Path | None:
     except InputError:
         return None
     return (Path(path).parent / name).resolve() if name else None
-
 
 
 def _open_regular(path: Path, what: str):
@@ -422,7 +423,8 @@ def write_nrrd(volume: Volume, path, target=None, data_path=None) -> None:
              f"space origin: {vector(origin)}"]
     provenance = volume.meta.get("provenance")
     if provenance:  # what made a synthetic volume travels with it (read back by io.read_provenance)
-        lines.append(f"content: MRISynthesis {provenance.get('model_id', '')}; not for diagnosis")
+        model = "".join(c if " " <= c <= "~" else "?" for c in str(provenance.get("model_id", "")))[:200]
+        lines.append(f"content: MRISynthesis {model}; not for diagnosis")  # one printable ASCII line
         record = json.dumps(provenance, sort_keys=True, default=str, allow_nan=False, ensure_ascii=True)
         lines.append(f"{PROVENANCE_KEY}:={record}")
     detached = target.name.lower().endswith(".nhdr")

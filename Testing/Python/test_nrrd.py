@@ -413,3 +413,12 @@ def test_malformed_nrrd_data_is_one_line(tmp_path, data, fields, pattern):
     with pytest.raises(InputError, match=pattern) as error:
         load_volume(path)
     assert "\n" not in str(error.value)
+
+
+def test_a_model_id_cannot_add_lines_to_a_written_header(tmp_path):
+    volume = Volume(head_phantom((20, 24, 12)), affine_for("LPS"),
+                    {"provenance": {"model_id": "evil\ndata file: /dev/zero\n\u2192 \u00e9"}})
+    save_volume(volume, tmp_path / "out.nrrd")
+    header = nrrd.read_header(str(tmp_path / "out.nrrd"))
+    assert "data file" not in header and header["content"].startswith("MRISynthesis evil?data file: /dev/zero??")
+    assert np.array_equal(load_volume(tmp_path / "out.nrrd").array, volume.array)
