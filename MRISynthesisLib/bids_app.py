@@ -65,7 +65,8 @@ def add_parser(commands) -> None:
                           "alone); none: synthesise inside the foreground mask as is (default: auto)")
     app.add_argument("--brain-mask-dir", default=None, metavar="DIR",
                      help="take each item's brain mask from this derivatives folder: DIR/sub-<label>/[ses-<label>/]"
-                          "anat/<source entities>_desc-brain_mask.nii[.gz] on the source's grid (non-zero = brain), "
+                          "anat/<source entities>_desc-brain_mask.nii[.gz] on the source's grid (0/1, labels > 0 or "
+                          "probabilities > 0.5 = brain), "
                           "e.g. fMRIPrep's or this App's own after correction; overrides --brain-mask")
     app.add_argument("--batch-size", type=int, default=8, help="slices per forward pass (default: 8)")
     app.add_argument("--jobs", type=int, default=1,

@@ -33,9 +33,9 @@ def write_preview(source: Volume, synthetic: Volume, path, reference: Volume | N
 def write_png(canvas: np.ndarray, path) -> None:
     """Write a 2D uint8 image as PNG (no checks, not atomic).
 
-    Pillow writes into a file this function opens and closes, so a failed write (a full disk)
-    raises one error here; imageio's writer object deferred the writing to its close and, after a
-    failure, reported a second error from its ``__del__``."""
+    Pillow (a dependency of scikit-image) writes into a file this function opens and closes, so a
+    failed write (a full disk) raises one error here; imageio's writer object deferred the writing
+    to its close and, after a failure, reported a second error from its ``__del__``."""
     from PIL import Image
 
     with open(path, "wb") as stream:

@@ -19,7 +19,8 @@ The request (JSON) names ``.npy`` files, so voxels cross the process boundary ex
 - ``input``: float32 ``[i, j, k]``; ``affine``: its 4x4 index-to-RAS matrix (world, mm);
 - ``model`` (catalog id or checkpoint path, or null: the direction's default), ``direction``,
   ``device``, ``precision``, ``batch_size``, ``uncertainty`` (bool);
-- ``brain_mask``: ``"auto"``, ``"none"`` or an ``.npy`` (``[i, j, k]``, non-zero = brain);
+- ``brain_mask``: ``"auto"``, ``"none"`` or an ``.npy`` (``[i, j, k]``: 0/1, labels > 0 or
+  probabilities > 0.5 = brain, as a mask file);
 - ``reference``: an ``.npy`` on the input's grid (float32 ``[i, j, k]``) or null;
 - ``output_dir``: where the result arrays go (``synthetic.npy``, and ``mask.npy`` when the brain
   was extracted, ``uncertainty.npy``, ``difference.npy`` when asked for).
@@ -146,7 +147,7 @@ def _request_from_file(path: Path) -> dict:
                                np.asarray(request["affine"], dtype=np.float64))
     mask = request.get("brain_mask", "auto")
     if mask not in ("auto", "none"):
-        request["brain_mask"] = array(mask) != 0
+        request["brain_mask"] = array(mask)  # read like a mask file (brain_extraction.mask_from_values)
     if request.get("reference"):
         request["reference"] = array(request["reference"])
     return request

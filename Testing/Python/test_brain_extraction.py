@@ -70,7 +70,7 @@ def test_choices_none_and_given_mask():
     assert chosen.source == "given" and chosen.mask.dtype == bool and chosen.mask.sum() == 20 * 20 * 15
     with pytest.raises(InputError, match="does not match"):
         choose_brain_mask(volume, given[:-1])
-    with pytest.raises(InputError, match="no non-zero voxel"):
+    with pytest.raises(InputError, match=r"is empty \(no voxel > 0\)"):
         choose_brain_mask(volume, np.zeros(volume.shape))
     with pytest.raises(InputError, match="unknown brain mask choice 'skull'"):
         choose_brain_mask(volume, "skull")
