@@ -60,9 +60,10 @@ def add_parser(commands) -> None:
                      help="auto: CUDA, then Apple MPS, then CPU (default: auto)")
     app.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                      help="network arithmetic (default auto: bf16 where the hardware computes it natively, else fp32)")
-    app.add_argument("--brain-mask", default="auto", choices=["auto", "none"],
+    app.add_argument("--brain-mask", default="auto", choices=["auto", "extract", "none"],
                      help="auto: extract the brain of whole-head scans first (skull-stripped inputs are left "
-                          "alone); none: synthesise inside the foreground mask as is (default: auto)")
+                          "alone; docs/brain-mask-decision.md); extract: always extract; none: synthesise inside "
+                          "the foreground mask as is (default: auto)")
     app.add_argument("--brain-mask-dir", default=None, metavar="DIR",
                      help="take each item's brain mask from this derivatives folder: DIR/sub-<label>/[ses-<label>/]"
                           "anat/<source entities>_desc-brain_mask.nii[.gz] on the source's grid (0/1, labels > 0 or "

@@ -81,9 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="arithmetic of the network: auto = bf16 on CPUs with native bfloat16 (AVX-512 BF16 "
                           "or AMX) and on CUDA GPUs that support it (else fp16), fp32 elsewhere; fp32 gives "
                           "reproducible results on any machine (default: auto)")
-    syn.add_argument("--brain-mask", "--mask", dest="brain_mask", default="auto", metavar="auto|none|FILE",
+    syn.add_argument("--brain-mask", "--mask", dest="brain_mask", default="auto", metavar="auto|extract|none|FILE",
                      help="auto (default): keep a skull-stripped input as it is, brain-extract a whole-head scan "
-                          "(deepbet); none: no extraction; FILE: a brain mask (NIfTI or NRRD) on the input's grid "
+                          "(deepbet; docs/brain-mask-decision.md says how it decides); extract: always brain-extract; "
+                          "none: no extraction; FILE: a brain mask (NIfTI or NRRD) on the input's grid "
                           "(0/1, labels > 0 = brain, or probabilities: above 0.5 = brain). The output is 0 "
                           "outside the mask")
     syn.add_argument("--save-mask", default=None, metavar="PATH",
@@ -214,11 +215,12 @@ def _main(argv) -> int:
 def _synthesize(args) -> int:
     """``mrisynthesis synthesize``: the arguments as a :class:`~MRISynthesisLib.pipeline.SynthesisRequest`,
     :func:`~MRISynthesisLib.pipeline.run`, then every output written together (or none)."""
+    from .brain_extraction import CHOICES as MASK_CHOICES
     from .errors import InputError
     from .io import check_output_path, write_outputs
     from .pipeline import SynthesisRequest, run
 
-    mask_file = args.brain_mask if args.brain_mask.lower() not in ("auto", "none") else None
+    mask_file = args.brain_mask if args.brain_mask.lower() not in MASK_CHOICES else None
     outputs = [p for p in (args.output, args.uncertainty, args.preview, args.save_mask) if p]
     inputs = [args.input, mask_file, args.reference]
     for path in (args.output, args.uncertainty, args.save_mask):

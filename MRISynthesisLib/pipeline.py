@@ -73,8 +73,8 @@ class SynthesisRequest:
     - ``device``: 'auto', 'cpu', 'cuda' or 'mps'; ``precision``: 'auto', 'fp32', 'bf16' or 'fp16'
       (:func:`MRISynthesisLib.device.resolve_precision`); ``batch_size``: slices per forward pass.
     - ``brain_mask``: 'auto' (skull-stripped inputs as they are, whole-head scans brain-extracted),
-      'none', the path of a mask file on the input's grid, or a mask array ``[i, j, k]``
-      (non-zero = brain).
+      'extract' (always extract), 'none', the path of a mask file on the input's grid, or a mask
+      array ``[i, j, k]`` (non-zero = brain).
     - ``uncertainty``: also a standard-deviation map (models that can sample only);
       ``flip_tta``: average with the left-right mirrored prediction.
     - ``reference``: a real target-contrast :class:`Volume` or file on the input's grid; the result
@@ -307,10 +307,12 @@ def load_brain_mask_file(path, volume: Volume, option: str = "--brain-mask", oth
 
 
 def _mask_choice(choice, volume: Volume):
-    """'auto' / 'none' (any case) as they are; a path is read; an array is passed on."""
+    """'auto' / 'extract' / 'none' (any case) as they are; a path is read; an array is passed on."""
+    from .brain_extraction import CHOICES
+
     if isinstance(choice, np.ndarray):
         return choice
-    if isinstance(choice, str) and choice.lower() in ("auto", "none"):
+    if isinstance(choice, str) and choice.lower() in CHOICES:
         return choice.lower()
     return load_brain_mask_file(choice, volume)
 
@@ -343,6 +345,7 @@ def _record_provenance(result: SynthesisResult) -> None:
     provenance.update(
         device=result.device, precision=result.precision, batch_size=result.batch_size,
         brain_mask=result.brain_mask.source, brain_mask_description=result.brain_mask.describe(),
+        brain_mask_details=result.brain_mask.provenance(),
         input_sha256=volume_sha256(result.input), input_sha256_of=INPUT_HASH_CONVENTION,
         warnings=list(result.warnings))
     if result.uncertainty is not None:

@@ -139,10 +139,10 @@ def looks_skull_stripped(array: np.ndarray) -> bool:
 
 def _stripped(size: int, foreground: int, positive: np.ndarray) -> bool:
     zero_background = (size - foreground) / size > ZERO_BACKGROUND_FRACTION
-    return bool(foreground) and zero_background and _max_face_fraction(positive) < MAX_FACE_FOREGROUND_IN_STRIPPED
+    return bool(foreground) and zero_background and max_face_fraction(positive) < MAX_FACE_FOREGROUND_IN_STRIPPED
 
 
-def _max_face_fraction(mask: np.ndarray) -> float:
+def max_face_fraction(mask: np.ndarray) -> float:
     """Largest fraction of ``True`` voxels on any outer face of the array."""
     fractions = []
     for axis in range(mask.ndim):

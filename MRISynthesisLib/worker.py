@@ -19,7 +19,7 @@ The request (JSON) names ``.npy`` files, so voxels cross the process boundary ex
 - ``input``: float32 ``[i, j, k]``; ``affine``: its 4x4 index-to-RAS matrix (world, mm);
 - ``model`` (catalog id or checkpoint path, or null: the direction's default), ``direction``,
   ``device``, ``precision``, ``batch_size``, ``uncertainty`` (bool);
-- ``brain_mask``: ``"auto"``, ``"none"`` or an ``.npy`` (``[i, j, k]``: 0/1, labels > 0 or
+- ``brain_mask``: ``"auto"``, ``"extract"``, ``"none"`` or an ``.npy`` (``[i, j, k]``: 0/1, labels > 0 or
   probabilities > 0.5 = brain, as a mask file);
 - ``reference``: an ``.npy`` on the input's grid (float32 ``[i, j, k]``) or null;
 - ``output_dir``: where the result arrays go (``synthetic.npy``, and ``mask.npy`` when the brain
@@ -78,7 +78,7 @@ def difference_display_max(difference: np.ndarray, mask: np.ndarray) -> float:
 def run(request: dict, emit, synthesizers=None) -> WorkerResult:
     """One run of the core's pipeline (:func:`MRISynthesisLib.pipeline.run`, the command line's):
     ``request`` as in the module docstring but with arrays: ``volume`` (a core ``Volume``, world
-    affine), ``brain_mask`` ("auto", "none" or a boolean array), ``reference`` (an array on the
+    affine), ``brain_mask`` ("auto", "extract", "none" or a boolean array), ``reference`` (an array on the
     volume's grid, or None). ``emit(event_dict)`` gets every event as it happens; a progress event's
     return value False cancels (:class:`~.errors.Cancelled`). ``synthesizers``: the pipeline's
     synthesizer factory (a cache or test fakes; default: a new synthesizer per run)."""
@@ -146,7 +146,7 @@ def _request_from_file(path: Path) -> dict:
     request["volume"] = Volume(array(request["input"]).astype(np.float32, copy=False),
                                np.asarray(request["affine"], dtype=np.float64))
     mask = request.get("brain_mask", "auto")
-    if mask not in ("auto", "none"):
+    if mask not in ("auto", "extract", "none"):
         request["brain_mask"] = array(mask)  # read like a mask file (brain_extraction.mask_from_values)
     if request.get("reference"):
         request["reference"] = array(request["reference"])
