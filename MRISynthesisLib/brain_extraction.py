@@ -278,17 +278,18 @@ def scalp_gap_mm(foreground: np.ndarray, brain: np.ndarray, affine: np.ndarray) 
 def background_value(array: np.ndarray) -> float | None:
     """The value of ``array``'s constant background, or None when it has none.
 
-    The minimum when more than :data:`preprocessing.ZERO_BACKGROUND_FRACTION` of the voxels hold
-    it (0 for most skull-stripped and zero-filled scans, e.g. +3 for a shifted one); else 0 when
-    that many voxels are exactly 0 (skull-stripped data with small negative interpolation values).
+    The most frequent value on the volume's six outer faces, when more than
+    :data:`preprocessing.ZERO_BACKGROUND_FRACTION` of all voxels hold exactly it: 0 for most
+    skull-stripped and zero-filled scans, +3 for a shifted one (also when interpolation left values
+    below it next to the brain); None for a scan whose air is noise.
     """
     array = np.asarray(array)
-    lowest = float(array.min())
-    limit = ZERO_BACKGROUND_FRACTION * array.size
-    if np.count_nonzero(array == lowest) > limit:
-        return lowest
-    if lowest < 0 and np.count_nonzero(array == 0) > limit:
-        return 0.0
+    faces = np.concatenate([array[(slice(None),) * axis + (index,)].ravel()
+                            for axis in range(array.ndim) for index in (0, -1)])
+    values, counts = np.unique(faces, return_counts=True)
+    candidate = values[int(np.argmax(counts))]
+    if np.count_nonzero(array == candidate) > ZERO_BACKGROUND_FRACTION * array.size:
+        return float(candidate)
     return None
 
 

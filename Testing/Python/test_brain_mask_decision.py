@@ -72,6 +72,7 @@ def test_background_value_is_the_constant_background():
     with_negatives = head_phantom()
     with_negatives[0, 0, :5] = -0.5  # interpolation undershoot next to a zero background
     assert background_value(with_negatives) == 0
+    assert background_value(with_negatives + 3) == 3  # a shifted background with undershoot below it
     assert background_value(np.random.default_rng(0).random((20, 20, 20)) + 1) is None
 
 
@@ -203,8 +204,12 @@ def test_whole_head_hcp_templates_are_extracted_close_to_their_brain_mask(shared
 
 @pytest.mark.realdata
 @pytest.mark.slow
-def test_skull_stripped_slab_with_a_plus3_background_is_kept_on_real_data(shared_data):
-    volume = load_volume(shared_data / "paired" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t1n.nii.gz")
-    slab = Volume(np.ascontiguousarray(volume.array[:, :, 51:89]) + np.float32(3), volume.affine)
+@pytest.mark.parametrize("path", ["BraTS-GLI-00001-000/BraTS-GLI-00001-000-t1n.nii.gz",
+                                  # negative interpolation values: after +3 some voxels lie below the background
+                                  "MSLUB-patient07/T1_N4_noneck_reduced_winsor_regtoFLAIR_brain_N4_regtoMNI.nii.gz"])
+def test_skull_stripped_slab_with_a_plus3_background_is_kept_on_real_data(shared_data, path):
+    volume = load_volume(shared_data / "paired" / path)
+    first = volume.shape[2] // 3
+    slab = Volume(np.ascontiguousarray(volume.array[:, :, first:first + 40]) + np.float32(3), volume.affine)
     chosen = choose_brain_mask(slab, "auto")
     assert chosen.source == "skull-stripped input" and np.array_equal(chosen.mask, slab.array > 3)
