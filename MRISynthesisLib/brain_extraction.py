@@ -242,7 +242,7 @@ def skull_stripped_decision(volume: Volume, device="cpu", progress=None) -> Skul
     away_from_faces = max_face_fraction(foreground) < MAX_FACE_FOREGROUND_IN_STRIPPED
     share = None
     if away_from_faces and foreground_ml <= MAX_BRAIN_ML:
-        share = coarse_brain_share(volume, foreground, device=device, progress=progress)
+        share = coarse_brain_share(volume, foreground, device=device)
         if share >= MIN_COARSE_BRAIN_SHARE:
             return SkullStrippedDecision(True, f"the extractor's coarse network finds brain in {share:.0%} of the "
                                          "voxels above the background", background, foreground_ml, share)
@@ -293,13 +293,14 @@ def background_value(array: np.ndarray) -> float | None:
     return None
 
 
-def coarse_brain_share(volume: Volume, foreground: np.ndarray, device="cpu", progress=None) -> float:
+def coarse_brain_share(volume: Volume, foreground: np.ndarray, device="cpu") -> float:
     """Share of the ``foreground`` voxels (boolean ``[i, j, k]``) that deepbet's coarse network
-    (the localiser it runs before the fine one, on the volume resampled to 128^3) calls brain."""
+    (the localiser it runs before the fine one, on the volume resampled to 128^3) calls brain.
+    About a CPU-second: not reported as a step of brain extraction."""
     import torch
     import torch.nn.functional as F
 
-    extractor = _prepared_extractor(volume, device, progress)
+    extractor = _prepared_extractor(volume, device, None)
     ornt = orientations.io_orientation(volume.affine)
     ras = torch.from_numpy(np.ascontiguousarray(orientations.apply_orientation(_finite_float32(volume), ornt)))
     small = F.interpolate(ras[None, None], _COARSE_SHAPE, mode="nearest-exact")[0, 0]

@@ -48,7 +48,7 @@ def fake_networks(monkeypatch):
 
     fake = Fake()
 
-    def coarse(volume, foreground, device="cpu", progress=None):
+    def coarse(volume, foreground, device="cpu"):
         assert fake.share is not None, "the coarse network should not run"
         fake.coarse_calls += 1
         return fake.share
