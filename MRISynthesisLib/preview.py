@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 
 from .conventions import PERCENTILE_HIGH, PERCENTILE_LOW
@@ -17,17 +15,6 @@ MAX_PANEL_PIXELS = 1024
 def _display(slice_: np.ndarray) -> np.ndarray:
     lo, hi = np.percentile(slice_, [PERCENTILE_LOW, PERCENTILE_HIGH]) if slice_.any() else (0.0, 1.0)
     return np.clip((slice_ - lo) / max(hi - lo, 1e-6), 0, 1)
-
-
-def write_preview(source: Volume, synthetic: Volume, path, reference: Volume | None = None) -> Path:
-    """Write a PNG of one axial slice of each volume side by side (input | synthetic [| reference]).
-
-    See :func:`render_preview`. Written atomically (:func:`~MRISynthesisLib.io.write_outputs`).
-    """
-    from .io import write_outputs
-
-    canvas = render_preview(source, synthetic, reference)
-    return write_outputs([(Path(path), lambda tmp: write_png(canvas, tmp))])[0]
 
 
 def write_png(canvas: np.ndarray, path) -> None:

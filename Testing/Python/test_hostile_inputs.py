@@ -285,13 +285,11 @@ def test_evaluate_defaults_reproduce_the_validation_convention(tmp_path, capsys)
 # -- item 10: preview size ------------------------------------------------------------------------
 
 def test_preview_of_extremely_anisotropic_voxels_is_bounded(tmp_path):
-    from skimage.io import imread
-
-    from MRISynthesisLib.preview import MAX_PANEL_PIXELS, write_preview
+    from MRISynthesisLib.preview import MAX_PANEL_PIXELS, render_preview
     from MRISynthesisLib.volume import Volume
 
     volume = Volume(head_phantom((40, 36, 20)), affine_for("RAS", spacing=(0.01, 10.0, 1.0)))
-    picture = imread(write_preview(volume, volume, tmp_path / "p.png"))
+    picture = render_preview(volume, volume)  # the canvas --preview writes as PNG
     # 360 mm (rows) x 0.4 mm (columns) slices: rows capped at the limit, aspect kept (no 36000 px)
     assert picture.shape[0] == MAX_PANEL_PIXELS and picture.shape[1] <= 2 * 2 + 4
 

@@ -269,3 +269,21 @@ def test_the_slice_grid_has_one_default_for_checkpoints_configs_and_the_cache():
         defaults = {name: p.default for name, p in inspect.signature(build).parameters.items()}
         assert {name: defaults[name] for name in ("slice_size", "pixel_spacing_mm", "context_slices")} == \
             dataclasses.asdict(DEFAULT_SLICE_GRID)
+
+
+def test_run_folder_names_live_in_run_folder_only():
+    """Training code asks Training.run_folder.RunFolder for a run's paths instead of spelling them."""
+    from Training.run_folder import RunFolder
+
+    names = {RunFolder.CONFIG, RunFolder.SPLIT, RunFolder.STATE, RunFolder.CHECKPOINTS, RunFolder.METRICS_JSONL,
+             RunFolder.METRICS_CSV, RunFolder.TENSORBOARD, RunFolder.REPORT, RunFolder.CURVES}
+    offending = []
+    for path in product_files(("Training",)):
+        if path.name == "run_folder.py":
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):  # path / "name" joins
+            if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Div):
+                for side in (node.left, node.right):
+                    if isinstance(side, ast.Constant) and side.value in names:
+                        offending.append(f"{path.relative_to(REPO).as_posix()}:{node.lineno} {side.value!r}")
+    assert offending == []
