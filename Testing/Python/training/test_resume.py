@@ -18,6 +18,7 @@ def deterministic_mode():
     torch.use_deterministic_algorithms(False)
 
 
+@pytest.mark.slow
 def test_interrupted_then_resumed_run_equals_uninterrupted_run(training_data, cache_root, tmp_path, tiny_overrides,
                                                                deterministic_mode):
     manifest = training_data

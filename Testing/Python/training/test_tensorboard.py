@@ -3,6 +3,7 @@ event files that TensorBoard itself reads back; a resumed run leaves no repeated
 
 import io
 import json
+import time
 
 import numpy as np
 import pytest
@@ -35,6 +36,10 @@ def test_training_writes_scalars_and_images_tensorboard_reads_back(training_data
                                               optim__lr=0.02))
     with pytest.raises(KeyboardInterrupt):
         train(config, stop_at_step=4, log=lambda *a: None)  # step 4 is logged, then the run dies
+    # TensorBoard reads event files in name order, and a name holds the second it was opened and a
+    # per-process counter ('.9' sorts after '.10'): a resume in the same second of the same process
+    # (only a test is that fast) would be read first. A real resume is another process, later.
+    time.sleep(1.1)
     assert main(["--resume", str(tmp_path / "tb")]) == 0    # repeats step 4
     run_dir = tmp_path / "tb"
     events = _events(run_dir)
