@@ -3,11 +3,11 @@
     python benchmarks/precision_quality.py --model t1-to-t2-unet-l1-v1 [--precision bf16]
         [--data ../shared/data/paired] [--split-seed 42] [--n-val 2] [--device cpu] [--json out.json]
 
-The test subjects are the study's (``Training.study.protocol.study_split``: one per source with at
+The test subjects are the study's (``studies.comparison_protocol.study_split``: one per source with at
 least two subjects, seeded; the same 4 as the model cards with the default data and seeds). Each
 subject's whole source volume goes through ``Synthesizer.synthesize`` twice, in float32 and in the
 chosen precision (as a user would: no mask given), and is scored exactly as the study scores it
-(``Training.study.evaluate.score``: reference = real target normalised in its brain mask, inside
+(``studies.subject_scoring.score``: reference = real target normalised in its brain mask, inside
 the brain mask, data range 1). Printed per subject and as the mean: the largest and the mean
 absolute difference between the two outputs inside the brain (normalised units, 1 = the target's
 99.5th percentile), PSNR and SSIM of both, and their change. On a CPU without native bfloat16
@@ -34,7 +34,7 @@ from MRISynthesisLib.synthesis import Synthesizer  # noqa: E402
 
 def test_subjects(data: Path, split_seed: int, n_val: int):
     from Training.data import discover_subjects
-    from Training.study.protocol import study_split
+    from studies.comparison_protocol import study_split
 
     subjects = discover_subjects(data).subjects
     test = set(study_split(subjects, split_seed, n_val)["test"])
@@ -42,7 +42,7 @@ def test_subjects(data: Path, split_seed: int, n_val: int):
 
 
 def compare(case, synthesizers) -> dict:
-    from Training.study.evaluate import score
+    from studies.subject_scoring import score
 
     outputs, scores = {}, {}
     for name, synthesizer in synthesizers.items():
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers as JSON")
     args = parser.parse_args(argv)
 
-    from Training.study.evaluate import TestCase
+    from studies.subject_scoring import TestCase
 
     model = catalog.resolve_model(args.model, None)
     metadata = read_metadata(model)

@@ -5,7 +5,7 @@ into ``k`` folds by *patient* (both sessions of a patient in one fold), stratifi
 with a fixed seed; each fold is tested once by a model trained on the other folds. A run is one
 (direction, recipe, fold); its last checkpoint (no validation subjects, so nothing is chosen on
 the test fold) is scored on the fold's test subjects through the real inference path with the
-study's evaluation (:mod:`Training.study.evaluate`: brain-masked MAE / PSNR / SSIM in model units,
+study's evaluation (:mod:`studies.subject_scoring`: brain-masked MAE / PSNR / SSIM in model units,
 per subject), then reported per subject, per source and overall.
 
 Study folder layout (``--out``, outside the repository, e.g. ``/work/runs/cv``)::
@@ -143,7 +143,7 @@ def _discover(roots):
 def plan(out: Path, roots, k: int, seed: int) -> dict:
     """Write ``all.csv``, ``folds.json`` and ``fold<i>/split.json``; refuses to change an existing plan."""
     from Training.data import check_pair, write_split
-    from Training.study import protocol
+    from studies import comparison_protocol as protocol
 
     subjects = _discover(roots)
     for subject in subjects:
@@ -195,7 +195,7 @@ def score_run(out: Path, direction: str, recipe: str, fold: int) -> dict:
     import torch
 
     from Training.data import read_split
-    from Training.study import evaluate, protocol
+    from studies import subject_scoring as evaluate, comparison_protocol as protocol
 
     torch.set_num_threads(1)
     folder = run_dir(out, direction, recipe, fold)

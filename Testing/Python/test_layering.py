@@ -18,7 +18,7 @@ tomllib = pytest.importorskip("tomllib")  # Python 3.11+
 
 REPO = Path(__file__).resolve().parents[2]
 CORE = REPO / "MRISynthesisLib"
-FORBIDDEN_IN_CORE = {"slicer", "qt", "vtk", "ctk", "Training"}
+FORBIDDEN_IN_CORE = {"slicer", "qt", "vtk", "ctk", "Training", "studies"}
 
 
 def imported_modules(path: Path) -> set:
@@ -52,6 +52,14 @@ def test_the_core_imports_no_slicer_qt_vtk_ctk_or_training():
     offending = {path.relative_to(REPO).as_posix(): sorted(imported_modules(path) & FORBIDDEN_IN_CORE)
                  for path in files}
     assert {path: names for path, names in offending.items() if names} == {}
+
+
+def test_the_training_package_imports_no_study():
+    """Research lives in studies/ (not shipped); the shipped Training package never imports it."""
+    files = sorted((REPO / "Training").rglob("*.py"))
+    assert not list((REPO / "Training").glob("study/*.py"))
+    assert {path.relative_to(REPO).as_posix(): sorted(imported_modules(path) & {"studies"})
+            for path in files if imported_modules(path) & {"studies"}} == {}
 
 
 def test_pyproject_registers_train_as_a_plugin_and_a_script():
@@ -287,3 +295,15 @@ def test_run_folder_names_live_in_run_folder_only():
                     if isinstance(side, ast.Constant) and side.value in names:
                         offending.append(f"{path.relative_to(REPO).as_posix()}:{node.lineno} {side.value!r}")
     assert offending == []
+
+
+def test_the_architecture_document_lists_the_public_api():
+    """docs/architecture.md's list between its public-api markers is the declaration, name for name."""
+    import re
+
+    text = (REPO / "docs" / "architecture.md").read_text(encoding="utf-8")
+    block = text.split("<!-- public-api")[1].split("<!-- /public-api -->")[0]
+    listed = {line.split("`")[1]: set(re.findall(r"`([^`]+)`", line.split(":", 1)[1]))
+              for line in block.splitlines() if line.startswith("- `")}
+    assert listed == public_api(), ("update the list in docs/architecture.md (## Public API) to the modules' "
+                                    "__all__")

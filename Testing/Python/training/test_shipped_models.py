@@ -24,9 +24,9 @@ def test_every_shipped_model_has_a_card_and_verified_file():
 @pytest.mark.parametrize("entry", SHIPPED, ids=[e.id for e in SHIPPED])
 def test_shipped_model_keeps_its_card_metrics(entry, shared_data):
     from Training.data import discover_subjects
-    from Training.study import evaluate
-    from Training.study.card import read_card_metrics
-    from Training.study.protocol import Method
+    from studies import subject_scoring as evaluate
+    from studies.model_card_metrics import read_card_metrics
+    from studies.comparison_protocol import Method
 
     card = read_card_metrics(resources_dir() / entry.card)
     subject_id = next(s for s in PREFERRED_SUBJECTS + tuple(sorted(card)) if s in card)

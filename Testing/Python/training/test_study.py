@@ -8,7 +8,7 @@ import pytest
 
 from MRISynthesisLib.errors import InputError
 from Training.data import Subject
-from Training.study import evaluate, protocol
+from studies import subject_scoring as evaluate, comparison_protocol as protocol
 from Training.baselines import IntensityLookup, inverted_intensities
 
 SOURCES = {"BraTS": 2, "TCGA": 2, "MSLUB": 2, "CBICA": 8, "GLISTR": 1}
@@ -115,7 +115,7 @@ def test_mean_sd_ignores_infinite_psnr_of_a_perfect_prediction():
 
 
 def test_figures_refuse_subjects_whose_licence_forbids_redistribution(tmp_path):
-    from Training.study.figures import comparison_grid
+    from studies.comparison_figures import comparison_grid
 
     image = np.zeros((16, 16))
     subject = {"id": "CBICA-x", "source": "CBICA", "input": image, "real": image, "mask": image > -1,
@@ -134,7 +134,7 @@ QUICK_SUBJECTS = ("CBICA-301D00252", "CBICA-301D00262", "CBICA-301D00293")
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_quick_study_trains_evaluates_writes_results_and_resumes(tmp_path, shared_data):
-    from Training.study.__main__ import main
+    from studies.compare_models import main
 
     out, results = tmp_path / "study", tmp_path / "results.md"
     argv = ["--quick", "--data", str(shared_data / "paired"), "--out", str(out), "--minutes-per-model", "0.05",
@@ -165,7 +165,7 @@ def test_quick_study_trains_evaluates_writes_results_and_resumes(tmp_path, share
     assert (out / "runs" / "t1-to-t2" / "baseline1x1" / "study_done.json").stat().st_mtime_ns == stamp
 
     # The model card scores a checkpoint like the study did and keeps its numbers machine-readable.
-    from Training.study import card
+    from studies import model_card_metrics as card
 
     checkpoint = out / "runs" / "t1-to-t2" / "baseline1x1" / "checkpoints" / "best-t1-to-t2.safetensors"
     assert card.main([str(checkpoint), "--study", str(out), "--out", str(tmp_path / "card.md")]) == 0
@@ -185,7 +185,7 @@ def test_quick_study_trains_evaluates_writes_results_and_resumes(tmp_path, share
     assert main(argv[:minutes] + ["0.2"] + argv[minutes + 1:]) == 2
 
 
-# -- volume-level corrections (Training.study.calibration) -------------------------------------
+# -- volume-level corrections (studies.output_calibration) -------------------------------------
 
 def _volume_and_mask(seed=0):
     rng = np.random.default_rng(seed)
@@ -196,7 +196,7 @@ def _volume_and_mask(seed=0):
 
 
 def test_renormalise_puts_the_brain_percentiles_at_0_and_1_and_leaves_the_input_alone():
-    from Training.study import calibration
+    from studies import output_calibration as calibration
 
     volume, mask = _volume_and_mask()
     before = volume.copy()
@@ -212,7 +212,7 @@ def test_renormalise_puts_the_brain_percentiles_at_0_and_1_and_leaves_the_input_
 
 
 def test_histogram_map_takes_the_template_histogram_and_keeps_the_order():
-    from Training.study import calibration
+    from studies import output_calibration as calibration
 
     volume, mask = _volume_and_mask()
     template = calibration.quantile_function(np.sqrt(_volume_and_mask(1)[0]), mask)
@@ -229,7 +229,7 @@ def test_histogram_map_takes_the_template_histogram_and_keeps_the_order():
 
 
 def test_oracle_linear_recovers_a_known_scale_and_offset():
-    from Training.study import calibration
+    from studies import output_calibration as calibration
 
     reference, mask = _volume_and_mask()
     synthetic = (reference - 0.1) / 2.5
@@ -243,7 +243,7 @@ def test_oracle_linear_recovers_a_known_scale_and_offset():
 
 def test_sources_study_swaps_cbica_subjects_for_siblings_of_the_validation_subjects(tmp_path):
     from Training.data import read_split
-    from Training.study.sources import splits
+    from studies.same_source_benefit import splits
 
     subjects = _subjects()
     source_of = {s.id: s.source for s in subjects}

@@ -224,7 +224,7 @@ def _row(subject, mae, psnr, ssim):
 
 
 def test_final_scoring_names_every_subject_and_metric_that_does_not_beat_a_baseline():
-    from Training.study.final import _beats, markdown
+    from studies.final_scoring import _beats, markdown
 
     rows = {"v2": [_row("a", 0.05, 20.0, 0.80), _row("b", 0.10, 15.0, 0.60)]}
     baselines = {"inverted": {"a": _row("a", 0.10, 15.0, 0.70), "b": _row("b", 0.09, 16.0, 0.50)}}
@@ -281,7 +281,7 @@ def test_split_file_fixes_which_subjects_train_and_validate(manifest, cache_root
 def test_other_sites_split_validates_on_one_training_subject_of_each_other_source(tmp_path):
     from types import SimpleNamespace
 
-    from Training.study.ingredients import write_other_sites_split
+    from studies.recipe_ablation import write_other_sites_split
 
     sources = {"A1": "A", "A2": "A", "A3": "A", "B1": "B", "B2": "B", "C1": "C", "D1": "D", "D2": "D", "D3": "D"}
     by_id = {i: SimpleNamespace(id=i, source=s) for i, s in sources.items()}
@@ -295,7 +295,7 @@ def test_other_sites_split_validates_on_one_training_subject_of_each_other_sourc
 
 
 def test_augmentation_ablation_rows_switch_off_one_part_each_and_are_valid_configs():
-    from Training.study import ingredients
+    from studies import recipe_ablation as ingredients
 
     rows = {name: extra for name, _, extra in ingredients.INGREDIENTS}
     parts = [name.removeprefix("strong_no_") for name in rows if name.startswith("strong_no_")]

@@ -1,9 +1,9 @@
 """Model card of a checkpoint, with its numbers measured on the study's test subjects.
 
-    python -m Training.study.card CHECKPOINT --study runs/study --out Resources/Models/NAME.md \\
+    python -m studies.model_card_metrics CHECKPOINT --study runs/study --out Resources/Models/NAME.md \\
         [--cpu-hours H] [--title TITLE]
 
-The checkpoint is scored exactly like the study's methods (:mod:`Training.study.evaluate`:
+The checkpoint is scored exactly like the study's methods (:mod:`studies.subject_scoring`:
 whole test volumes through the Synthesizer, brain-mask metrics, same conventions) on the test
 subjects of the study folder's ``split.json``, next to the study's baselines for that direction.
 Its float16 copy is scored too (outputs compared with float32), so the lead can decide whether
@@ -24,10 +24,11 @@ import numpy as np
 
 from MRISynthesisLib.atomic import atomic_path
 from MRISynthesisLib.checkpoint import load_checkpoint, read_metadata, save_checkpoint
+from MRISynthesisLib.cli import exit_status
 from MRISynthesisLib.errors import MRISynthesisError
 
-from . import evaluate, protocol
-from .protocol import Method
+from studies import subject_scoring as evaluate, comparison_protocol as protocol
+from studies.comparison_protocol import Method
 
 CARD_METRICS_TAG = "card-test-metrics"
 LICENCES = {
@@ -41,7 +42,7 @@ LICENCES = {
 
 def score_checkpoint(checkpoint, study_dir) -> dict:
     """Per-subject scores of ``checkpoint`` (and of its float16 copy) on the study's test subjects."""
-    from .run import Study
+    from studies.comparison_runner import Study
 
     metadata = read_metadata(checkpoint)
     saved = json.loads((Path(study_dir) / "protocol.json").read_text())
@@ -175,24 +176,24 @@ def read_card_metrics(path) -> dict:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m Training.study.card", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.model_card_metrics", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint")
     parser.add_argument("--study", default="runs/study", help="study folder (its split.json and baselines)")
     parser.add_argument("--out", required=True, help="model card to write (Resources/Models/NAME.md)")
     parser.add_argument("--title", default="", help="card title (default: the checkpoint's title)")
     parser.add_argument("--cpu-hours", type=float, default=None, help="CPU hours the model was trained for")
     args = parser.parse_args(argv)
-    try:
+
+    def write_card() -> int:
         result = score_checkpoint(args.checkpoint, args.study)
         title = args.title or result["metadata"].title or result["metadata"].model_id
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         with atomic_path(args.out) as tmp:  # a shipped resource: never half-written
             Path(tmp).write_text(card_text(result, title, args.cpu_hours), encoding="utf-8")
-    except MRISynthesisError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    print(f"wrote {args.out}")
-    return 0
+        print(f"wrote {args.out}")
+        return 0
+
+    return exit_status(write_card)
 
 
 if __name__ == "__main__":

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from MRISynthesisLib.conventions import T1_TO_T2
 
-from . import evaluate, figures, protocol
+from studies import subject_scoring as evaluate, comparison_figures as figures, comparison_protocol as protocol
 
 ATTRIBUTION = (
     "Figures show only test subjects whose licence allows redistribution: **MSLUB** (Ljubljana MS lesion "
@@ -48,7 +48,7 @@ def protocol_section(settings: protocol.StudySettings, split: dict, subjects: di
 
 - **Data**: the paired subjects of `{s.data}` ({len(subjects)} subjects, 5 sources), discovered by the
   training package; every pair's grid is checked.
-- **Split** (`Training/study/protocol.py: study_split`, seed {s.split_seed}): for every source with at least
+- **Split** (`studies/comparison_protocol.py: study_split`, seed {s.split_seed}): for every source with at least
   two subjects one test subject, drawn with `numpy.random.default_rng({s.split_seed})` from its ids sorted by
   name; of the rest, {s.n_val} validation subjects chosen by the training package's stratified subject split
   (same seed), the others train. No subject is on two sides. Single-subject sources (GLISTR) only train.
@@ -67,7 +67,7 @@ def protocol_section(settings: protocol.StudySettings, split: dict, subjects: di
   (validations included) on this machine ({_machine()}), with {s.threads or 'default'} torch thread(s): CPU
   time of the training process, because the machine is shared and wall-clock time would depend on the other
   work running at the time (with one thread, one CPU minute is one wall-clock minute of an idle core). The
-  step count that fits is measured per method before its run (`Training/study/budget.py`); the CPU and
+  step count that fits is measured per method before its run (`studies/training_budget.py`); the CPU and
   wall-clock seconds actually used are reported below. CycleGAN,
   its variants and UNIT train both directions in one run (one budget for both); the other methods train one
   run per direction. {s.validations} validation passes on the validation subjects per run; the checkpoint

@@ -29,8 +29,8 @@ from MRISynthesisLib.conventions import T1_TO_T2
 from MRISynthesisLib.errors import InputError
 from Training.data import check_pair, discover_subjects
 
-from . import budget, evaluate, protocol
-from ..baselines import IntensityLookup
+from studies import training_budget as budget, subject_scoring as evaluate, comparison_protocol as protocol
+from Training.baselines import IntensityLookup
 
 #: Bumped when the scoring of a cached evaluation changes (3: automatic masks fill the small holes of
 #: each slice at inference, so trained methods are scored again).
@@ -232,7 +232,7 @@ class Study:
 
         The page is rewritten after every method, so an interrupted study still leaves the results
         of everything finished so far; returns all results."""
-        from . import report
+        from studies import comparison_report as report
 
         if self.settings.threads:
             import torch

@@ -1,12 +1,12 @@
 """Score shipped checkpoints side by side on the study's subjects: tables, texture, baselines, a figure.
 
-    python -m Training.study.final --study runs/study --direction t1-to-t2 \\
+    python -m studies.final_scoring --study runs/study --direction t1-to-t2 \\
         --model v1=Resources/Models/t1-to-t2-unet-l1-v1.safetensors \\
         --model v2=Resources/Models/t1-to-t2-resunet-v2.safetensors \\
         [--split test|val] [--tta v2] [--figure docs/figures/v1-v2-t1-to-t2.png] [--out runs/final]
 
 Every model synthesises each subject's whole volume through the Synthesizer (fp32 on the CPU, no
-mask given, as a user would run it) and is scored by :func:`Training.study.evaluate.score`: brain
+mask given, as a user would run it) and is scored by :func:`studies.subject_scoring.score`: brain
 mask and whole-slice metrics, GLCM texture of the real and synthetic images, CPU seconds. With
 ``--tta NAME`` that model is also run with left-right flip averaging. The test side is meant to
 be scored once, at the end; model choices are made on ``--split val``. The study's baselines
@@ -26,7 +26,7 @@ import numpy as np
 
 from MRISynthesisLib.errors import MRISynthesisError
 
-from . import evaluate, figures, protocol
+from studies import subject_scoring as evaluate, comparison_figures as figures, comparison_protocol as protocol
 
 BASELINES = ("inverted", "lookup", "baseline1x1")
 TRAINED = protocol.Method("checkpoint", "a trained checkpoint", "trained")
@@ -125,7 +125,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m Training.study.final", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.final_scoring", description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="runs/study", help="study folder (protocol.json, split.json, baselines)")
     parser.add_argument("--direction", required=True, choices=protocol.DIRECTIONS)
     parser.add_argument("--model", action="append", required=True, metavar="NAME=CHECKPOINT")

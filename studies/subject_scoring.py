@@ -34,7 +34,7 @@ from MRISynthesisLib.orientation import to_canonical_slices
 from MRISynthesisLib.preprocessing import brain_mask, foreground_slices, percentile_normalise
 from Training.validation import Validator
 
-from ..baselines import IntensityLookup, inverted_intensities
+from Training.baselines import IntensityLookup, inverted_intensities
 
 METRICS = ("mae", "mse", "psnr", "ssim", "mi_bits")
 GLCM_PROPERTIES = ("contrast", "dissimilarity")

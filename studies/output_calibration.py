@@ -1,6 +1,6 @@
 """Volume-level corrections of a synthetic volume's intensities: measured here, not used at inference.
 
-    python -m Training.study.calibration --study runs/study --direction t1-to-t2 \\
+    python -m studies.output_calibration --study runs/study --direction t1-to-t2 \\
         --checkpoint CHECKPOINT [--split-file SPLIT.json] [--split val] [--out runs/calibration]
 
 The reference of the protocol is the real target normalised by its own brain percentiles (0.5 ->
@@ -8,7 +8,7 @@ The reference of the protocol is the real target normalised by its own brain per
 moves the 99.5th percentile), while a 2D model sees one slice. This asks whether a correction of
 the whole synthetic volume closes that gap. Each subject of one side of the split (``--split``,
 default ``val``) is synthesised by the checkpoint through the Synthesizer (as in
-:mod:`Training.study.final`) and scored inside the brain (:func:`Training.study.evaluate.score`)
+:mod:`studies.final_scoring`) and scored inside the brain (:func:`studies.subject_scoring.score`)
 as it is and after:
 
 - ``renormalised``: the synthetic brain scaled so its own 0.5 / 99.5 percentiles become 0 / 1,
@@ -20,7 +20,7 @@ as it is and after:
   scale and offset could buy, not a method.
 
 ``--split-file`` selects another subject split (e.g. the other-sites split of
-:mod:`Training.study.ingredients`); the default is the study's ``split.json``. Writes
+:mod:`studies.recipe_ablation`); the default is the study's ``split.json``. Writes
 ``<out>/<split>-<direction>-<checkpoint stem>.json`` and prints a Markdown table.
 """
 
@@ -36,7 +36,7 @@ import numpy as np
 from MRISynthesisLib.conventions import PERCENTILE_HIGH, PERCENTILE_LOW
 from MRISynthesisLib.errors import InputError, MRISynthesisError
 
-from . import evaluate, protocol
+from studies import subject_scoring as evaluate, comparison_protocol as protocol
 
 #: quantiles (percent) of the histogram template
 TEMPLATE_QUANTILES = np.linspace(0.0, 100.0, 201)
@@ -147,7 +147,7 @@ def markdown(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m Training.study.calibration", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.output_calibration", description=__doc__.split("\n\n")[0])
     parser.add_argument("--study", default="runs/study", help="study folder (protocol.json, split.json)")
     parser.add_argument("--direction", required=True, choices=protocol.DIRECTIONS)
     parser.add_argument("--checkpoint", required=True, help="checkpoint to synthesise with")

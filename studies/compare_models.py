@@ -1,4 +1,4 @@
-"""``python -m Training.study``: train every method within one budget, evaluate, write docs/results.md."""
+"""``python -m studies.compare_models``: train every method within one budget, evaluate, write docs/results.md."""
 
 from __future__ import annotations
 
@@ -6,14 +6,14 @@ import argparse
 import shlex
 import sys
 
-from MRISynthesisLib.errors import MRISynthesisError
+from MRISynthesisLib.cli import exit_status
 
-from .protocol import DIRECTIONS, StudySettings, methods
+from studies.comparison_protocol import DIRECTIONS, StudySettings, methods
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="python -m Training.study",
+        prog="python -m studies.compare_models",
         description="The comparison study: split, train each method within the same budget, evaluate on the test "
                     "subjects, write docs/results.md and its figures. Finished runs and evaluations are reused.")
     parser.add_argument("--data", default="../shared/data/paired", help="folder of paired subject folders")
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def format_calibrations(calibrations: dict, settings: StudySettings) -> str:
-    from .budget import steps_per_epoch
+    from studies.training_budget import steps_per_epoch
 
     lines = [f"{'method':14s} {'trained for':10s} {'CPU s/step':>10s} {'val CPU s':>9s} {'steps in budget':>15s}"]
     for (name, direction), c in calibrations.items():
@@ -65,25 +65,21 @@ def main(argv=None) -> int:
         settings.slice_size, settings.pixel_spacing_mm = 64, 4.0
         settings.max_slices_per_subject, settings.batch_size, settings.validations = 6, 2, 2
         settings.n_val = 1
-    from .run import Study
+    from studies.comparison_runner import Study
 
-    command = "python -m Training.study " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    try:
+    command = "python -m studies.compare_models " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
+
+    def run() -> int:
         study = Study(settings, [m for m in args.methods.split(",") if m] or None,
                       [d for d in args.directions.split(",") if d])
         if args.calibrate_only:
-            calibrations = study.calibrate_all()
-            print(format_calibrations(calibrations, settings))
+            print(format_calibrations(study.calibrate_all(), settings))
             return 0
         study.run(args.results, args.figures, command)
-    except MRISynthesisError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; run the same command again to continue", file=sys.stderr)
-        return 130
-    print(f"wrote {args.results}")
-    return 0
+        print(f"wrote {args.results}")
+        return 0
+
+    return exit_status(run, interrupted=lambda: "run the same command again to continue")
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 
 The models are weakest on the sources they have few or no training subjects of. This study asks how
 much of that gap more data from the same sources would close, with the number of training subjects
-held fixed. The validation subjects are the other-sites subjects of :mod:`Training.study.ingredients`
+held fixed. The validation subjects are the other-sites subjects of :mod:`studies.recipe_ablation`
 (one training subject of each source other than the study's validation side: BraTS20, MSLUB07,
 TCGA-FG here). Training sets of equal size are compared:
 
@@ -17,8 +17,8 @@ Those other subjects are the study's *test* subjects: here they are only trained
 and nothing trained here is shipped or used to choose a model. Every run is the v4 recipe's
 ingredients (``no_norm_strong`` without gamma) for the same CPU minutes, one thread.
 
-    python -m Training.study.sources --out runs/sources --direction t1-to-t2 --minutes 8 --seeds 0
-    python -m Training.study.sources --out runs/sources --direction t1-to-t2 --minutes 8 \\
+    python -m studies.same_source_benefit --out runs/sources --direction t1-to-t2 --minutes 8 --seeds 0
+    python -m studies.same_source_benefit --out runs/sources --direction t1-to-t2 --minutes 8 \\
         --seeds 0 1 --conditions unseen seen
 
 The first command runs every condition once; the second adds a second seed of ``unseen`` and
@@ -40,8 +40,8 @@ import numpy as np
 from MRISynthesisLib.errors import InputError, MRISynthesisError
 from Training.data import discover_subjects, read_split, write_split
 
-from . import calibration, protocol
-from .ingredients import STRONG, add_run_arguments, run_overrides, run_records, write_other_sites_split
+from studies import output_calibration as calibration, comparison_protocol as protocol
+from studies.recipe_ablation import STRONG, add_run_arguments, run_overrides, run_records, write_other_sites_split
 
 #: one validation, at the end (validating whole volumes costs about as much as 50 steps)
 RECIPE = {**STRONG, "data.augment_off": ["gamma"], "validation.raw_too": False}
@@ -108,7 +108,7 @@ def run(args) -> list[dict]:
 def score(rows, args) -> list[dict]:
     """Each run's last checkpoint (equal CPU time; no choice on the validation subjects) scored per
     validation subject through the Synthesizer, as it is and with the oracle per-volume scale of
-    :mod:`Training.study.calibration` (cached in ``<run>/sources-score.json``)."""
+    :mod:`studies.output_calibration` (cached in ``<run>/sources-score.json``)."""
     for row in rows:
         run_dir = Path(args.out) / row["name"]
         path = run_dir / "sources-score.json"
@@ -164,7 +164,7 @@ def ladder(rows) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m Training.study.sources", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.same_source_benefit", description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, out="runs/sources", minutes=8.0, what="run", steps_per_point=100000,
                       steps_help="optimisation steps between validations (default: validate once, at the end)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one run per condition and seed")

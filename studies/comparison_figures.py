@@ -1,6 +1,6 @@
 """Small PNG figures of the study (matplotlib, Agg backend): comparison grids, curves, uncertainty.
 
-Only subjects of :data:`Training.study.protocol.FIGURE_SOURCES` (licence allows redistribution)
+Only subjects of :data:`studies.comparison_protocol.FIGURE_SOURCES` (licence allows redistribution)
 may be drawn; :func:`comparison_grid` refuses others. Images are canonical axial slices
 (anterior up, patient right on the left of the image: radiological display).
 """
@@ -13,8 +13,8 @@ import numpy as np
 
 from MRISynthesisLib.errors import InputError
 
-from ..logs import read_records
-from .protocol import FIGURE_SOURCES
+from Training.logs import read_records
+from studies.comparison_protocol import FIGURE_SOURCES
 
 PANEL_INCHES = 1.05
 DPI = 80

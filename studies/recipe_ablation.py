@@ -7,7 +7,7 @@ torch thread, validation excluded) at a constant learning rate and is validated 
 never used here). The result is a learning-curve table: validation MAE / PSNR / SSIM inside the
 brain against CPU minutes. Conventions are those of :mod:`Training.validation`.
 
-    python -m Training.study.ingredients --data ../shared/data/paired --out runs/ingredients \\
+    python -m studies.recipe_ablation --data ../shared/data/paired --out runs/ingredients \\
         --direction t1-to-t2 --minutes 6 --points 4
 
 Runs are subprocesses of ``python -m Training`` (each its own process, so its CPU time is its
@@ -24,7 +24,7 @@ from pathlib import Path
 
 from Training.data import discover_subjects, write_split
 
-from . import protocol
+from studies import comparison_protocol as protocol
 
 #: (name, title, overrides): each row adds one ingredient to the one before.
 V1 = {"model.generator": "unet_256", "model.generator_options": {"ngf": 24, "dropout": False},
@@ -159,7 +159,7 @@ def add_run_arguments(parser, *, out: str, minutes: float, what: str, steps_per_
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m Training.study.ingredients", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m studies.recipe_ablation", description=__doc__.split("\n\n")[0])
     add_run_arguments(parser, out="runs/ingredients", minutes=6.0, what="ingredient", steps_per_point=40,
                       steps_help="optimisation steps between validations (crop rows; whole-slice rows a third)")
     parser.add_argument("--only", nargs="*", help="run only these ingredients")

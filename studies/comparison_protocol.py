@@ -16,7 +16,7 @@ study folder (``protocol.json``, ``split.json``) before any model is trained:
   for evaluation; one slice size and pixel spacing for every trained method.
 - **Budget**: the same training minutes per trained run (CPU minutes of the training process,
   one torch thread by default, validations included); the number of optimisation steps that
-  fits is measured per method (:mod:`Training.study.budget`) on this machine.
+  fits is measured per method (:mod:`studies.training_budget`) on this machine.
 - **Seeds**: weights/augmentation seed ``seed``, split seed ``split_seed``.
 """
 
