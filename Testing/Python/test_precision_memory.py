@@ -23,7 +23,7 @@ from MRISynthesisLib.preprocessing import (SliceGeometry, brain_mask, foreground
 from MRISynthesisLib.synthesis import Synthesizer
 from MRISynthesisLib.volume import Volume
 
-from conftest import REPO
+from shared_folder import REPO
 
 
 class FakeDevice:

@@ -1,5 +1,6 @@
-"""Hostile and unusual inputs found by an adversarial review (issue 9): each is refused with one
-clear line before any large allocation, and no output (not even a temporary file) is left behind."""
+"""Bad and unusual inputs, and outputs that cannot be written: each input is refused with one clear
+line before any large allocation, a failed write leaves no output (not even a temporary file), and
+what is accepted but unusual (noise, CT, anisotropic voxels, a closed pipe) gets a clear warning."""
 
 import gzip
 import os
@@ -42,7 +43,7 @@ def _one_error_line(capsys, argv, pattern, folder):
     return lines[0]
 
 
-# -- item 3: memory bomb ------------------------------------------------------------------------
+# -- memory bomb ------------------------------------------------------------------------
 
 def test_tiny_file_declaring_a_huge_volume_is_refused_before_reading(tmp_path, monkeypatch):
     bomb = _header_only(tmp_path / "bomb.nii.gz", (600, 600, 600))
@@ -76,7 +77,7 @@ def test_memory_bomb_through_the_command_line(tmp_path, tiny_checkpoint, capsys)
                              str(tiny_checkpoint), "--quiet"], "more than the", tmp_path)
 
 
-# -- item 4: secondary outputs on a full disk: one line, nothing written -----------------------
+# -- secondary outputs on a full disk: one line, nothing written -----------------------
 
 def _disk_full(*args, **kwargs):
     import errno
@@ -112,7 +113,7 @@ def test_evaluate_json_on_a_full_disk_is_one_line(tmp_path, capsys, monkeypatch)
                              str(tmp_path / "m.json")], "No space left on device", tmp_path)
 
 
-# -- item 7: temporary files of interrupted writes ----------------------------------------------
+# -- temporary files of interrupted writes ----------------------------------------------
 
 def test_sigterm_during_a_write_removes_the_temporary_file(tmp_path):
     import signal
@@ -154,7 +155,7 @@ def test_temporary_file_of_a_killed_process_is_removed_by_the_next_write(tmp_pat
     assert sorted(os.listdir(tmp_path)) == sorted(["out.nii.gz", "src.nii", alive.name])
 
 
-# -- item 8: messages that name the real problem -------------------------------------------------
+# -- messages that name the real problem -------------------------------------------------
 
 def test_nan_affine_is_named_as_such(tmp_path, tiny_checkpoint, capsys):
     import struct
@@ -214,7 +215,7 @@ def test_out_of_memory_message_is_useful(tmp_path, t1, tiny_checkpoint, capsys, 
     assert code == 1 and err.startswith("error: out of memory") and "smaller volume" in err
 
 
-# -- item 9: evaluate ----------------------------------------------------------------------------
+# -- evaluate ----------------------------------------------------------------------------
 
 def test_one_voxel_mask_warns_and_infinite_psnr_is_strict_json(tmp_path, capsys):
     import json
@@ -282,7 +283,7 @@ def test_evaluate_defaults_reproduce_the_validation_convention(tmp_path, capsys)
     assert abs(renormalised["mae"] - data["mae"]) > 1e-3  # the old default gave other numbers
 
 
-# -- item 10: preview size ------------------------------------------------------------------------
+# -- preview size ------------------------------------------------------------------------
 
 def test_preview_of_extremely_anisotropic_voxels_is_bounded(tmp_path):
     from MRISynthesisLib.preview import MAX_PANEL_PIXELS, render_preview
@@ -294,7 +295,7 @@ def test_preview_of_extremely_anisotropic_voxels_is_bounded(tmp_path):
     assert picture.shape[0] == MAX_PANEL_PIXELS and picture.shape[1] <= 2 * 2 + 4
 
 
-# -- item 11: inputs unlike brain MRI --------------------------------------------------------------
+# -- inputs unlike brain MRI --------------------------------------------------------------
 
 def _noise_and_ct():
     rng = np.random.default_rng(0)
@@ -337,7 +338,7 @@ def test_real_brain_mri_passes_the_input_check(shared_data):
         assert 0.5 < check.statistics["neighbour_correlation"] <= 1
 
 
-# -- a newcomer's friction -------------------------------------------------------------------------
+# -- the command line in everyday use ------------------------------------------------------------
 
 @pytest.mark.parametrize("module, argv", [("MRISynthesisLib", ["models"]), ("MRISynthesisLib", ["evaluate", "--help"]),
                                           ("Training", ["--list-options"])])  # = mrisynthesis train --list-options
@@ -387,7 +388,7 @@ def test_sform_and_qform_codes_are_kept(tmp_path, codes):
     assert np.allclose(load_volume(out).affine, source.affine, atol=1e-5)
 
 
-# -- issue 23: a PNG that cannot be written leaves no second error behind --------------------------
+# -- a PNG that cannot be written leaves no second error behind --------------------------
 
 class _FullDiskFile:
     """A file on a full disk: nothing can be written, and closing it (which would flush) fails too,

@@ -1,4 +1,6 @@
-"""The v2 training recipe: crops, site augmentation, SSIM term, weight averaging, CPU budget, fine-tuning."""
+"""Training recipe options (those of the shipped resunet recipes): crops, site augmentation, the SSIM
+loss, weight averaging, a CPU budget, fine-tuning from a checkpoint, a fixed split file; and the
+study helpers built on them."""
 
 import json
 
@@ -165,7 +167,8 @@ def _records(run_dir, kind):
 
 
 @pytest.mark.realdata
-def test_v2_recipe_trains_on_crops_and_exports_the_weight_average(manifest, cache_root, tmp_path, tiny_overrides):
+@pytest.mark.slow
+def test_recipe_trains_on_crops_and_exports_the_weight_average(manifest, cache_root, tmp_path, tiny_overrides):
     config = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, "supervised", name="v2",
                                               **V2, validation__raw_too="true"))
     summary = train(config, log=lambda *a: None)
@@ -195,6 +198,7 @@ def test_cpu_budget_stops_training_then_validates_and_exports(manifest, cache_ro
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_pix2pix_fine_tunes_from_a_supervised_checkpoint(manifest, cache_root, tmp_path, tiny_overrides):
     supervised = load_config(None, tiny_overrides(manifest, cache_root, tmp_path, "supervised", name="sup", **V2,
                                                   train__epochs=1))
@@ -256,6 +260,7 @@ def test_resunet_without_normalisation_starts_each_residual_block_as_the_identit
 
 
 @pytest.mark.realdata
+@pytest.mark.slow
 def test_split_file_fixes_which_subjects_train_and_validate(manifest, cache_root, tmp_path, tiny_overrides):
     import csv
 
