@@ -66,8 +66,10 @@ class MRISynthesis(ScriptedLoadableModule):
             "NeurIPS 2017), U-Net (Ronneberger et al., MICCAI 2015), and the comparison of GAN-based T1/T2 "
             "translation by Welander, Karlsson and Eklund (2018). SSIM: Wang et al., IEEE TIP 2004. "
             "Runs on PyTorch through the SlicerPyTorch extension.")
-        # Register the comparison layout once Slicer has started, so that a scene saved in it reopens.
+        # Register the comparison layout once Slicer has started, so that a scene saved in it reopens,
+        # and the module's T1/T2 sample pair in the Sample Data module (downloaded only on a click).
         slicer.app.connect("startupCompleted()", registerComparisonLayout)
+        slicer.app.connect("startupCompleted()", registerSampleData)
 
 
 def registerComparisonLayout():
@@ -77,6 +79,17 @@ def registerComparisonLayout():
     from MRISynthesisSlicer import ComparisonViews
 
     ComparisonViews.registerLayout(layoutManager.layoutLogic().GetLayoutNode())
+
+
+def registerSampleData():
+    try:
+        import SampleData
+    except ImportError:  # a Slicer built without the Sample Data module
+        return
+    from MRISynthesisSlicer.SampleDataSources import registerSampleData as register
+
+    register(SampleData.SampleDataLogic,
+             thumbnail=os.path.join(os.path.dirname(__file__), "Resources", "Icons", "MRISynthesis.png"))
 
 
 #
@@ -525,11 +538,9 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.metricsTable.visible = hasMetrics
         self.ui.conventionsLabel.visible = hasMetrics
         if hasMetrics:
-            self._fillMetricsTable(result.metrics)
+            self._fillMetricsTable(result.metrics, result.conventionsText)
 
-    def _fillMetricsTable(self, metrics) -> None:
-        from MRISynthesisLib.metrics import describe_conventions
-
+    def _fillMetricsTable(self, metrics, conventionsText) -> None:
         rows = [("mae", _("MAE")), ("psnr", _("PSNR (dB)")), ("ssim", _("SSIM")), ("mi_bits", _("MI (bits)"))]
         table = self.ui.metricsTable
         table.setRowCount(len(rows))
@@ -538,8 +549,9 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             value = metrics[key]
             text = "\u221e" if value is None or value == float("inf") else f"{value:.4f}"  # PSNR of an exact match
             table.setItem(row, 1, qt.QTableWidgetItem(text))
-        # The core's one description of its scoring conventions (model units, as the command line).
-        self.ui.conventionsLabel.text = describe_conventions(metrics["conventions"])
+        # The core's one description of its scoring conventions (model units, as the command line),
+        # written by the worker: importing the metrics here would stall the panel for seconds.
+        self.ui.conventionsLabel.text = conventionsText
 
 
 #
@@ -557,6 +569,9 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
     The work is done by ``MRISynthesisSlicer.SynthesisLogic``; this class adds the parameter node
     and makes sure PyTorch and the core's Python packages are installed first.
     """
+
+    #: Set once the dependencies were found (or made) satisfied in this Slicer session.
+    dependenciesSatisfied = False
 
     def __init__(self, createSynthesizer=None) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
@@ -629,12 +644,15 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         """Slicer version, then PyTorch through the PyTorch extension (it picks the CUDA build for this
         computer), then the core's pure-Python packages with pip; the user is asked before anything
         is installed."""
+        if MRISynthesisLogic.dependenciesSatisfied:  # checked once per session (it reads package metadata)
+            return
         versionProblem = Dependencies.slicerVersionProblem(slicer.app.majorVersion, slicer.app.minorVersion)
         if versionProblem:
             raise RuntimeError(versionProblem)
         self.ensureTorch(askConfirmation)
         unsatisfied = Dependencies.unsatisfiedRequirements()
         if not unsatisfied:
+            MRISynthesisLogic.dependenciesSatisfied = True
             return
         if askConfirmation and not slicer.util.confirmOkCancelDisplay(
                 _("MRI Synthesis needs these Python packages, which will now be downloaded and installed: {packages}")
@@ -647,6 +665,7 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         with slicer.util.WaitCursor():
             log = Dependencies.pipInstall(unsatisfied, workerPython())
         logging.info(log)
+        MRISynthesisLogic.dependenciesSatisfied = True
 
     def ensureTorch(self, askConfirmation=True):
         """Make sure a recent enough PyTorch is installed (not imported: Slicer's process does not

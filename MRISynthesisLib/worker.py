@@ -16,14 +16,15 @@ Exit status 0 after ``result``, 2 after an input ``error`` (bad volume, model, m
 
 The request (JSON) names ``.npy`` files, so voxels cross the process boundary exactly:
 
-- ``input``: float32 ``[i, j, k]``; ``affine``: its 4x4 index-to-RAS matrix (world, mm);
+- ``input``: float32 ``[i, j, k]`` (``[k, j, i]``, Slicer's order, when ``order`` is ``"kji"``; the
+  same for the mask and the reference); ``affine``: its 4x4 index-to-RAS matrix (world, mm);
 - ``model`` (catalog id or checkpoint path, or null: the direction's default), ``direction``,
   ``device``, ``precision``, ``batch_size``, ``uncertainty`` (bool);
-- ``brain_mask``: ``"auto"``, ``"extract"``, ``"none"`` or an ``.npy`` (``[i, j, k]``: 0/1, labels > 0 or
+- ``brain_mask``: ``"auto"``, ``"extract"``, ``"none"`` or an ``.npy`` (0/1, labels > 0 or
   probabilities > 0.5 = brain, as a mask file);
 - ``reference``: an ``.npy`` on the input's grid (float32 ``[i, j, k]``) or null;
-- ``output_dir``: where the result arrays go (``synthetic.npy``, and ``mask.npy`` when the brain
-  was extracted, ``uncertainty.npy``, ``difference.npy`` when asked for).
+- ``output_dir``: where the result arrays go, always ``[k, j, i]`` (``synthetic.npy``, and
+  ``mask.npy`` when the brain was extracted, ``uncertainty.npy``, ``difference.npy`` when asked for).
 
 :func:`run` is the same run in the caller's process, with arrays instead of files (used by the
 Slicer module's tests with injected synthesizers, and by :func:`main`).
@@ -109,11 +110,13 @@ def run(request: dict, emit, synthesizers=None) -> WorkerResult:
             "direction": result.metadata.direction, "checkpoint": str(result.model_path), "device": result.device,
             "batch_size": int(result.batch_size), "precision": result.precision,
             "mask_source": result.brain_mask.source, "mask_description": result.brain_mask.describe(),
-            "display_range": list(display_range(synthetic)), "metrics": None, "difference_display_max": None}
+            "display_range": list(display_range(synthetic)), "metrics": None, "conventions_text": None,
+            "difference_display_max": None}
     difference = None
     if result.score is not None:
         difference = result.score.difference()
         info["metrics"] = dict(result.score)
+        info["conventions_text"] = result.score.conventions_text()  # shown as it is (no metrics import there)
         info["difference_display_max"] = difference_display_max(difference, result.score.mask)
         warnings += [w for w in result.score.warnings if w not in warnings]
     for warning in warnings:
@@ -143,22 +146,29 @@ def _request_from_file(path: Path) -> dict:
     def array(name):
         return np.load(folder / name, allow_pickle=False)
 
-    request["volume"] = Volume(array(request["input"]).astype(np.float32, copy=False),
+    def ijk(name):  # the files are [k, j, i] (Slicer's order) when the request says so
+        values = array(name)
+        return values.transpose(2, 1, 0) if request.get("order") == "kji" else values
+
+    request["volume"] = Volume(ijk(request["input"]).astype(np.float32, copy=False),
                                np.asarray(request["affine"], dtype=np.float64))
     mask = request.get("brain_mask", "auto")
     if mask not in ("auto", "extract", "none"):
-        request["brain_mask"] = array(mask)  # read like a mask file (brain_extraction.mask_from_values)
+        request["brain_mask"] = ijk(mask)  # read like a mask file (brain_extraction.mask_from_values)
     if request.get("reference"):
-        request["reference"] = array(request["reference"])
+        request["reference"] = ijk(request["reference"])
     return request
 
 
 def _write_result(result: WorkerResult, output_dir: Path) -> dict:
+    """The result arrays as ``.npy`` files in ``[k, j, i]`` order (Slicer's: the module copies them
+    into its nodes without transposing on its main thread)."""
     files = {}
     for name in ("synthetic", "mask", "uncertainty", "difference"):
         array = getattr(result, name)
         if array is not None:
-            np.save(output_dir / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
+            np.save(output_dir / f"{name}.npy", np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)),
+                    allow_pickle=False)
             files[name] = f"{name}.npy"
     return files
 

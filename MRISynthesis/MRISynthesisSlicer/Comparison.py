@@ -11,7 +11,8 @@ from .VolumeNodes import checkScalarVolume, volumeOnGrid
 
 
 def referenceOnGrid(referenceNode, gridNode) -> np.ndarray:
-    """``referenceNode``'s voxels on ``gridNode``'s grid (float32 ``[i, j, k]``, 0 outside it),
+    """``referenceNode``'s voxels on ``gridNode``'s grid (float32 ``[i, j, k]``, a view of a C-contiguous
+    ``[k, j, i]`` copy; 0 outside the grid),
     parent transforms included. ``ValueError`` for a reference that is not a usable scalar volume
     or that does not overlap the grid at all."""
     checkScalarVolume(referenceNode, "Reference volume")
@@ -19,4 +20,4 @@ def referenceOnGrid(referenceNode, gridNode) -> np.ndarray:
     if not np.any(reference > 0):
         raise ValueError(f"Reference volume '{referenceNode.GetName()}' has no brain voxels where the synthetic "
                          "volume is; do the two volumes overlap in space (same patient, registered)?")
-    return np.ascontiguousarray(reference, dtype=np.float32)
+    return reference

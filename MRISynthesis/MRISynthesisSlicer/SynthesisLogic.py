@@ -46,6 +46,7 @@ class SynthesisResult:
     notes: list = field(default_factory=list)  # e.g. GPU out-of-memory fallbacks
     precision: str = ""  # resolved network arithmetic, e.g. "fp32" or "bf16 + channels_last"
     warnings: list = field(default_factory=list)  # the core's warnings: input check, brain mask, metrics
+    conventionsText: str = ""  # the scoring conventions in words (MRISynthesisLib.metrics.Score.conventions_text)
 
 
 def checkOutputVolume(outputVolume, inputVolume, referenceVolume=None, maskVolume=None) -> None:
@@ -133,12 +134,20 @@ class SynthesisLogic:
     """
 
     def __init__(self, createSynthesizer=defaultSynthesizerFactory, useWorkerProcess=False):
-        from MRISynthesisLib.pipeline import SynthesizerCache
-
         self.createSynthesizer = createSynthesizer
-        self.synthesizers = SynthesizerCache(
-            lambda path, device, batchSize, precision, flipTTA: createSynthesizer(path, device, batchSize, precision))
+        self._synthesizers = None  # made at the first in-process run (importing the pipeline takes seconds)
         self.useWorkerProcess = useWorkerProcess
+
+    @property
+    def synthesizers(self):
+        """The pipeline's ``SynthesizerCache`` of in-process runs."""
+        if self._synthesizers is None:
+            from MRISynthesisLib.pipeline import SynthesizerCache
+
+            create = self.createSynthesizer
+            self._synthesizers = SynthesizerCache(
+                lambda path, device, batchSize, precision, flipTTA: create(path, device, batchSize, precision))
+        return self._synthesizers
 
     def process(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None,
                 progress=None, batchSize=8, maskVolume=None, uncertainty=False, showResults=True, onStage=None,
@@ -263,6 +272,7 @@ class SynthesisLogic:
                     name=OutputNodes.differenceVolumeName(outputVolume.GetName()),
                     show=lambda node: OutputNodes.showAsDifference(node, displayMax))
                 result.metrics = info["metrics"]
+                result.conventionsText = info.get("conventions_text") or ""
         except Exception:
             changes.undo()
             raise

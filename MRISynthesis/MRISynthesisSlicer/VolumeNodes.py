@@ -1,7 +1,7 @@
 """Volume node <-> :class:`MRISynthesisLib.volume.Volume`, with the checks a user needs to see.
 
 Slicer's ``arrayFromVolume`` is indexed ``[k, j, i]``; geometry lives on the node as the IJKToRAS
-matrix (RAS, mm). Both cross the boundary together through ``Volume.from_kji``.
+matrix (RAS, mm). Both cross the boundary together (``kjiVolume``: a transposed view, no copy).
 
 Parent transforms: a node's IJKToRAS maps voxels to its *local* RAS; its parent transform (if any)
 maps local RAS to world RAS, which is where Slicer shows it. Everything that relates two nodes
@@ -158,6 +158,13 @@ def _resampledKJI(volumeNode, gridNode, nearest: bool) -> np.ndarray:
     return vtk_to_numpy(reslice.GetOutput().GetPointData().GetScalars()).reshape(dk, dj, di).astype(np.float32)
 
 
+def kjiVolume(arrayKJI, ijkToRAS) -> Volume:
+    """A core ``Volume`` whose ``[i, j, k]`` array is a transposed *view* of ``arrayKJI`` (which the
+    caller owns): no transposing copy on Slicer's main thread (seconds' worth for large volumes);
+    ``volume.array.transpose(2, 1, 0)`` gives the C-contiguous ``[k, j, i]`` array back."""
+    return Volume(np.asarray(arrayKJI).transpose(2, 1, 0), np.array(ijkToRAS, dtype=np.float64))
+
+
 def volumeOnGrid(volumeNode, gridNode) -> Volume:
     """``volumeNode``'s voxels as a core Volume on ``gridNode``'s grid, in world coordinates.
 
@@ -170,7 +177,7 @@ def volumeOnGrid(volumeNode, gridNode) -> Volume:
         arrayKJI = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32, copy=True)
     else:
         arrayKJI = _resampledKJI(volumeNode, gridNode, nearest=volumeNode.IsA("vtkMRMLLabelMapVolumeNode"))
-    return Volume.from_kji(arrayKJI, ijkToRASArray(gridNode))
+    return kjiVolume(arrayKJI, ijkToRASArray(gridNode))
 
 
 # --- reading and writing ---------------------------------------------------------------------------
@@ -184,7 +191,7 @@ def volumeFromNode(volumeNode, role: str = "Input volume", inWorld: bool = False
     checkScalarVolume(volumeNode, role)
     arrayKJI = np.array(slicer.util.arrayFromVolume(volumeNode), dtype=np.float32, copy=True)
     affine = worldIJKToRAS(volumeNode) if inWorld else None
-    return Volume.from_kji(arrayKJI, ijkToRASArray(volumeNode) if affine is None else affine)
+    return kjiVolume(arrayKJI, ijkToRASArray(volumeNode) if affine is None else affine)
 
 
 def updateNodeFromVolume(volumeNode, volume: Volume, geometryNode) -> None:

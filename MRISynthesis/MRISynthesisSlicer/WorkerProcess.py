@@ -1,7 +1,8 @@
 """The core's run in a worker process, so Slicer's main thread never runs PyTorch.
 
 ``WorkerProcess`` starts ``PythonSlicer -m MRISynthesisLib.worker request.json`` (outside Slicer: the
-running Python) on temporary ``.npy`` files, reads its output on two small reader threads (they only
+running Python) on temporary ``.npy`` files (written ``[k, j, i]``, Slicer's order, by a starter
+thread), reads its output on two small reader threads (they only
 move lines into a queue) and hands the parsed lines to the main thread in :meth:`WorkerProcess.poll`,
 which the module's widget calls from a ``qt.QTimer``; :meth:`WorkerProcess.kill` stops it at once.
 All MRML work stays on the main thread (``SynthesisLogic.start`` before, ``SynthesisLogic.finish``
@@ -57,33 +58,58 @@ class WorkerProcess:
         self.error = None  # the "error" event
         self._lines = queue.Queue()
         self._readers = []
-        self._requestPath = self._writeRequest(request)
-        self.command = [self.python, "-m", "MRISynthesisLib.worker", str(self._requestPath)]
+        self._starter = None
+        self._startFailed = False
+        self._killed = False
+        self._lock = threading.Lock()
+        self._files = self._writeRequest(request)
+        self.command = [self.python, "-m", "MRISynthesisLib.worker", str(self.folder / "request.json")]
 
-    def _writeRequest(self, request) -> Path:
-        folder = self.folder
+    def _writeRequest(self, request) -> dict:
+        """The request's JSON, and the arrays to write: each ``[k, j, i]`` C-contiguous (the
+        ``[i, j, k]`` arrays of the request are transposed views of such arrays: no copy here)."""
         volume = request["volume"]
-        np.save(folder / "input.npy", np.ascontiguousarray(volume.array, dtype=np.float32), allow_pickle=False)
+        arrays = {"input.npy": kji(volume.array, np.float32)}
         written = {key: value for key, value in request.items() if key not in ("volume", "brain_mask", "reference")}
-        written.update(input="input.npy", affine=np.asarray(volume.affine).tolist(), output_dir=str(folder),
-                       brain_mask=request["brain_mask"] if isinstance(request["brain_mask"], str) else "mask-in.npy",
-                       reference=None if request.get("reference") is None else "reference.npy")
+        written.update(input="input.npy", affine=np.asarray(volume.affine).tolist(), output_dir=str(self.folder),
+                       order="kji", brain_mask=request["brain_mask"] if isinstance(request["brain_mask"], str)
+                       else "mask-in.npy", reference=None if request.get("reference") is None else "reference.npy")
         if not isinstance(request["brain_mask"], str):
-            np.save(folder / "mask-in.npy", np.asarray(request["brain_mask"], dtype=np.uint8), allow_pickle=False)
+            arrays["mask-in.npy"] = kji(request["brain_mask"], np.uint8)
         if request.get("reference") is not None:
-            np.save(folder / "reference.npy", np.asarray(request["reference"], dtype=np.float32), allow_pickle=False)
-        path = folder / "request.json"
-        path.write_text(json.dumps(written), encoding="utf-8")
-        return path
+            arrays["reference.npy"] = kji(request["reference"], np.float32)
+        return {"request.json": json.dumps(written), **arrays}
 
     def start(self) -> None:
-        environment = dict(os.environ)
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [corePath(), environment.get("PYTHONPATH")]))
-        environment["PYTHONUNBUFFERED"] = "1"
-        self.process = subprocess.Popen(
-            self.command, cwd=str(self.folder),
-            stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, encoding="utf-8",
-            errors="replace", env=environment, start_new_session=(os.name != "nt"))
+        """Write the request and start the worker, both on a starter thread (writing tens of MB would
+        hold Slicer's main thread); :meth:`poll`, :meth:`finished` and :meth:`kill` work at once."""
+        starter = threading.Thread(target=self._writeAndStart, daemon=True)
+        self._starter = starter
+        starter.start()
+
+    def _writeAndStart(self) -> None:
+        try:
+            for name, content in self._files.items():
+                if isinstance(content, str):
+                    (self.folder / name).write_text(content, encoding="utf-8")
+                else:
+                    np.save(self.folder / name, content, allow_pickle=False)
+            self._files = None
+            environment = dict(os.environ)
+            environment["PYTHONPATH"] = os.pathsep.join(filter(None, [corePath(), environment.get("PYTHONPATH")]))
+            environment["PYTHONUNBUFFERED"] = "1"
+            with self._lock:
+                if self._killed:
+                    return
+                self.process = subprocess.Popen(
+                    self.command, cwd=str(self.folder), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE, text=True, encoding="utf-8", errors="replace", env=environment,
+                    start_new_session=(os.name != "nt"))
+        except Exception as error:  # noqa: BLE001 - told to the main thread as the worker's error
+            self._lines.put(("out", json.dumps({"event": "error", "kind": "internal",
+                                                "message": f"cannot start the synthesis worker: {error}"})))
+            self._startFailed = True
+            return
         for stream, kind in ((self.process.stdout, "out"), (self.process.stderr, "err")):
             reader = threading.Thread(target=self._read, args=(stream, kind), daemon=True)
             reader.start()
@@ -119,12 +145,21 @@ class WorkerProcess:
             events.append(event)
 
     def finished(self) -> bool:
-        """True once the process has exited and all its output was read (``poll`` may still hold some)."""
-        return self.process is not None and self.process.poll() is not None \
-            and not any(reader.is_alive() for reader in self._readers)
+        """True once the process has exited (or could not start) and all its output was read (``poll``
+        may still hold some)."""
+        if self._startFailed:
+            return True
+        if self._starter is None or self._starter.is_alive() or self.process is None:
+            return False
+        return self.process.poll() is not None and not any(reader.is_alive() for reader in self._readers)
 
     def kill(self) -> None:
-        """Stop the worker now (its whole process group: nothing it started stays) and remove its files."""
+        """Stop the worker now (its whole process group: nothing it started stays) and remove its files;
+        a worker still being started is not started."""
+        with self._lock:
+            self._killed = True
+        if self._starter is not None:
+            self._starter.join()  # at most the rest of the file writing
         if self.process is not None and self.process.poll() is None:
             try:
                 if os.name != "nt":
@@ -153,14 +188,21 @@ class WorkerProcess:
                                f"result: {tail}")
         files = self.result["files"]
 
-        def load(name):
-            return np.load(self.folder / files[name], allow_pickle=False) if name in files else None
+        def load(name):  # written [k, j, i]: given back as the [i, j, k] view, no copy
+            if name not in files:
+                return None
+            return np.load(self.folder / files[name], allow_pickle=False).transpose(2, 1, 0)
 
         info = {key: value for key, value in self.result.items() if key not in ("event", "files", "warnings", "notes")}
         mask = load("mask")
         return WorkerResult(load("synthetic"), info, mask=None if mask is None else mask.astype(bool),
                             uncertainty=load("uncertainty"), difference=load("difference"),
                             warnings=list(self.result.get("warnings", [])), notes=list(self.result.get("notes", [])))
+
+
+def kji(arrayIJK, dtype) -> np.ndarray:
+    """``arrayIJK`` as a C-contiguous ``[k, j, i]`` array (free when it is a view of one)."""
+    return np.ascontiguousarray(np.asarray(arrayIJK).transpose(2, 1, 0), dtype=dtype)
 
 
 def runAndWait(job, onEvent, python=None):

@@ -212,6 +212,7 @@ def attachScene(appLikeScene):
     import qt_standins
 
     qt_standins.eventLoop.__init__()  # no timer or recorded interval of an earlier test
+    _installed.startupCompleted.disconnect()  # no module loaded by an earlier test is told of start-up
     _installed.setLayoutLogic(appLikeScene.layoutLogic if appLikeScene is not None else None)
     _installed.processEventsHook = None
     _installed.testing = True

@@ -130,6 +130,7 @@ def test_module_registers_the_layout_when_slicer_has_started():
     init = next(f for f in moduleClass.body if isinstance(f, ast.FunctionDef) and f.name == "__init__")
     connects = [ast.unparse(call) for call in ast.walk(init) if isinstance(call, ast.Call)
                 and ast.unparse(call.func) == "slicer.app.connect"]
-    assert connects == ["slicer.app.connect('startupCompleted()', registerComparisonLayout)"]
+    assert connects == ["slicer.app.connect('startupCompleted()', registerComparisonLayout)",
+                        "slicer.app.connect('startupCompleted()', registerSampleData)"]
     register = next(f for f in tree.body if isinstance(f, ast.FunctionDef) and f.name == "registerComparisonLayout")
     assert "ComparisonViews.registerLayout(" in ast.unparse(register)
