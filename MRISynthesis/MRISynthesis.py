@@ -187,6 +187,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNodeGuiTag = None
         self._state = None
         self._job = None  # the run in progress (SynthesisLogic.SynthesisJob with a worker)
+        self._importSteps = None  # SynthesisLogic.finishSteps of the finished run, one step per timer turn
         self._pollTimer = None
         self._listedDirection = None
         self._catalogEntries = []  # catalog models of the listed direction
@@ -429,15 +430,26 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         return f"cuda:{self._parameterNode.gpuIndex}" if device == Device.GPU else device.value
 
     def cancelRun(self, message) -> None:
-        """Kill the worker now; nothing was added to the scene (results are only imported at the end)."""
-        job, self._job = self._job, None
-        self._pollTimer.stop()
+        """Kill the worker now; nothing stays in the scene (results are imported only at the end, and an
+        import in progress is undone)."""
+        job, steps = self._job, self._importSteps
+        self._endRun()
+        if steps is not None:
+            steps.close()  # undoes the nodes already filled
         if job is not None:
             job.worker.kill()
             self._appendLog(_("Worker stopped."))
         self.setProcessingState(ProcessingState.CANCELLED, message)
 
+    def _endRun(self) -> None:
+        self._pollTimer.stop()
+        if self._job is not None:
+            self._job.worker.cleanup()
+        self._job, self._importSteps = None, None
+
     def _onPollTimer(self) -> None:
+        """One turn of a run, on the main thread: the worker's new lines, then, once it has finished,
+        one step of the import per turn (each fills one node), so Qt handles events in between."""
         job = self._job
         if job is None:
             self._pollTimer.stop()
@@ -449,21 +461,30 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except Cancelled as cancelled:
             self.cancelRun(str(cancelled))
             return
-        finished = job.worker.finished()
-        for event in job.worker.poll():
-            self._onWorkerEvent(event)
-        if not finished:
+        if self._importSteps is None:
+            finished = job.worker.finished()
+            for event in job.worker.poll():
+                self._onWorkerEvent(event)
+            if not finished:
+                return
+            self.ui.progressBar.maximum = 0
+            self.ui.statusLabel.text = _("Adding the results to the scene\u2026")
+            try:
+                self._importSteps = self.logic.finishSynthesisSteps(job)
+            except Exception as error:
+                self._endRun()
+                self._showFailure(error)
             return
-        self._pollTimer.stop()
-        self._job = None
-        self.ui.statusLabel.text = _("Adding the results to the scene\u2026")
         try:
-            result = self.logic.finishSynthesis(job)
+            next(self._importSteps)
+            return
+        except StopIteration:
+            result = job.result
         except Exception as error:
+            self._endRun()
             self._showFailure(error)
             return
-        finally:
-            job.worker.cleanup()
+        self._endRun()
         slicer.util.resetSliceViews()
         self._showResults(result)
         self.setProcessingState(ProcessingState.DONE, _("Done in {seconds:.1f} s on {device}.").format(
@@ -624,8 +645,8 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
     def startSynthesis(self, inputVolume, outputVolume, model, direction, **options):
         """Check the nodes, start the core in a worker process and return at once (the panel's way):
         a ``SynthesisJob`` whose ``worker`` (``MRISynthesisSlicer.WorkerProcess``) the caller polls and,
-        once ``worker.finished()``, gives to :meth:`finishSynthesis`, or kills to cancel (the scene is
-        not touched before ``finishSynthesis``). Options as for :meth:`process`; call
+        once ``worker.finished()``, gives to :meth:`finishSynthesisSteps`, or kills to cancel (the scene
+        is not touched before that). Options as for :meth:`process`; call
         :meth:`ensureDependencies` first."""
         from MRISynthesisSlicer.WorkerProcess import WorkerProcess
 
@@ -634,11 +655,12 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         job.worker.start()
         return job
 
-    def finishSynthesis(self, job, showResults=True):
-        """The finished worker's results into the scene; returns a ``SynthesisResult`` (raises the
-        worker's error when it failed)."""
-        job.workerResult = job.worker.workerResult()
-        return self.synthesisLogic().finish(job, showResults=showResults)
+    def finishSynthesisSteps(self, job, showResults=True):
+        """The finished worker's results into the scene, in steps (``SynthesisLogic.finishSteps``):
+        iterate it to the end, then ``job.result`` is the ``SynthesisResult``; closing it early undoes
+        the import. Raises the worker's error at once when it failed."""
+        job.workerResult = job.worker.workerResult()  # the worker's error, at once
+        return self.synthesisLogic().finishSteps(job, showResults=showResults)
 
     def ensureDependencies(self, askConfirmation=True) -> None:
         """Slicer version, then PyTorch through the PyTorch extension (it picks the CUDA build for this

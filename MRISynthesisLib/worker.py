@@ -193,7 +193,8 @@ def main(argv=None) -> int:
         traceback.print_exc(file=sys.stderr)
         _print_event({"event": "error", "message": f"{type(error).__name__}: {error}", "kind": "internal"})
         return 1
-    _print_event(dict(result.info, event="result", files=files, warnings=result.warnings, notes=result.notes))
+    _print_event({"event": "result", **result.info, "files": files, "warnings": result.warnings,
+                  "notes": result.notes})
     return 0
 
 

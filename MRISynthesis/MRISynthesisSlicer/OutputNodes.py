@@ -45,16 +45,27 @@ def placeNextTo(node, siblingNode) -> None:
         shNode.SetItemParent(item, parentItem)
 
 
+def displayNodeWithFixedWindow(volumeNode):
+    """The volume's scalar display node with automatic window/level off, made here when missing:
+    ``CreateDefaultDisplayNodes`` would compute a histogram of the whole volume for an automatic
+    window/level that is replaced at once (about 0.25 s of Slicer's main thread for 7 M voxels)."""
+    displayNode = volumeNode.GetDisplayNode()
+    if displayNode is None:
+        displayNode = volumeNode.GetScene().AddNewNodeByClass("vtkMRMLScalarVolumeDisplayNode")
+        displayNode.AutoWindowLevelOff()
+        volumeNode.SetAndObserveDisplayNodeID(displayNode.GetID())
+    displayNode.AutoWindowLevelOff()
+    return displayNode
+
+
 def showAsSynthetic(volumeNode, windowRange=None) -> None:
     """Grey colour map, window/level from the synthetic image itself (never the input's):
     ``windowRange`` (min, max) as the core computed it (``MRISynthesisLib.worker.display_range``),
     or computed here."""
     from MRISynthesisLib.worker import display_range
 
-    volumeNode.CreateDefaultDisplayNodes()
-    displayNode = volumeNode.GetDisplayNode()
+    displayNode = displayNodeWithFixedWindow(volumeNode)
     displayNode.SetAndObserveColorNodeID(GREY_COLOR_NODE_ID)
-    displayNode.AutoWindowLevelOff()
     if windowRange is None:
         windowRange = display_range(slicer.util.arrayFromVolume(volumeNode))
     displayNode.SetWindowLevelMinMax(*windowRange)
@@ -62,10 +73,8 @@ def showAsSynthetic(volumeNode, windowRange=None) -> None:
 
 def showAsDifference(volumeNode, maxAbs: float) -> None:
     """Diverging blue-white-red colour map, symmetric around 0 so white means 'no difference'."""
-    volumeNode.CreateDefaultDisplayNodes()
-    displayNode = volumeNode.GetDisplayNode()
+    displayNode = displayNodeWithFixedWindow(volumeNode)
     displayNode.SetAndObserveColorNodeID(DIFFERENCE_COLOR_NODE_ID)
-    displayNode.AutoWindowLevelOff()
     maxAbs = float(maxAbs) if maxAbs > 0 else 1.0
     displayNode.SetWindowLevelMinMax(-maxAbs, maxAbs)
 

@@ -105,6 +105,7 @@ class SynthesisJob:
         self.notes = notes
         self.started = started
         self.workerResult = None  # MRISynthesisLib.worker.WorkerResult
+        self.result = None  # the SynthesisResult, once finished
         self.worker = None  # WorkerProcess.WorkerProcess when the core runs in another process
 
     @property
@@ -184,7 +185,7 @@ class SynthesisLogic:
                 reported.append(stage)
                 onStage(stage)
             if event["event"] == "progress":
-                # The widget's progress callback processes GUI events, so the user may close the scene or
+                # A caller's progress callback may process GUI events, so the user may close the scene or
                 # delete a node between two batches: stop at once instead of failing on a missing node.
                 job.checkStillInScene()
                 return True if progress is None else progress(event["done"], event["total"])
@@ -235,7 +236,18 @@ class SynthesisLogic:
 
     def finish(self, job, showResults=True):
         """The worker's result into the scene (main thread): the synthetic volume, the extracted brain
-        mask, the uncertainty and difference volumes, the views. A failure undoes every change."""
+        mask, the uncertainty and difference volumes, the views. A failure undoes every change.
+        Returns the ``SynthesisResult``."""
+        steps = self.finishSteps(job, showResults)
+        for _ in steps:
+            pass
+        return job.result
+
+    def finishSteps(self, job, showResults=True):
+        """:meth:`finish` as a generator that pauses after each node it fills, so the panel can let
+        Qt handle events between them (each step copies one volume into its node). Closing the
+        generator early (a cancel between steps), or a failure, undoes every change; at the end
+        ``job.result`` holds the ``SynthesisResult``."""
         job.checkStillInScene()
         run, info = job.workerResult, job.workerResult.info
         inputVolume, outputVolume, referenceVolume = job.inputVolume, job.outputVolume, job.referenceVolume
@@ -255,6 +267,8 @@ class SynthesisLogic:
                                      int(info["batch_size"]), 0.0, notes=job.notes + outputNotes,
                                      precision=info["precision"], warnings=list(run.warnings))
             if run.mask is not None:
+                yield
+                job.checkStillInScene()
                 result.brainMaskSegmentation = changes.created(showMaskAsSegmentation(
                     run.mask, inputVolume, f"{inputVolume.GetName()} brain mask"))
                 OutputNodes.placeNextTo(result.brainMaskSegmentation, inputVolume)
@@ -262,10 +276,14 @@ class SynthesisLogic:
                                     f"'{result.brainMaskSegmentation.GetName()}'. Edit it if needed and choose it "
                                     "as Brain mask to synthesize again with it.")
             if run.uncertainty is not None:
+                yield
+                job.checkStillInScene()
                 result.uncertaintyVolume = self._outputNode(changes, Volume(run.uncertainty, affine), "uncertainty",
                                                             info, inputVolume,
                                                             name=f"{outputVolume.GetName()} uncertainty")
             if run.difference is not None:
+                yield
+                job.checkStillInScene()
                 displayMax = info["difference_display_max"]
                 result.differenceVolume = self._outputNode(
                     changes, Volume(run.difference, affine), "difference", info, inputVolume,
@@ -273,7 +291,8 @@ class SynthesisLogic:
                     show=lambda node: OutputNodes.showAsDifference(node, displayMax))
                 result.metrics = info["metrics"]
                 result.conventionsText = info.get("conventions_text") or ""
-        except Exception:
+            yield
+        except BaseException:  # a failure, or GeneratorExit: the run was cancelled between two steps
             changes.undo()
             raise
 
@@ -288,7 +307,7 @@ class SynthesisLogic:
         result.seconds = time.time() - job.started
         logging.info(f"MRISynthesis: {inputVolume.GetName()} -> {outputVolume.GetName()} with {info['model_id']} "
                      f"on {result.device} in {result.seconds:.1f} s")
-        return result
+        job.result = result
 
     @staticmethod
     def _outputNode(changes, volume, role, info, inputVolume, node=None, name="", show=OutputNodes.showAsSynthetic,

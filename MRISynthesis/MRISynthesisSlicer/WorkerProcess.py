@@ -58,16 +58,18 @@ class WorkerProcess:
         self.error = None  # the "error" event
         self._lines = queue.Queue()
         self._readers = []
-        self._starter = None
-        self._startFailed = False
+        self._starter = None  # writes the files, starts the process, waits for it, loads the results
+        self._resultLine = None
+        self._loaded = {}  # the result arrays ([k, j, i]), loaded by the starter thread
+        self._loadError = None
         self._killed = False
         self._lock = threading.Lock()
-        self._files = self._writeRequest(request)
+        self._files = self._requestFiles(request)
         self.command = [self.python, "-m", "MRISynthesisLib.worker", str(self.folder / "request.json")]
 
-    def _writeRequest(self, request) -> dict:
-        """The request's JSON, and the arrays to write: each ``[k, j, i]`` C-contiguous (the
-        ``[i, j, k]`` arrays of the request are transposed views of such arrays: no copy here)."""
+    def _requestFiles(self, request) -> dict:
+        """What the starter thread writes: the request's JSON and the arrays, each ``[k, j, i]``
+        C-contiguous (the request's ``[i, j, k]`` arrays are transposed views of such arrays: no copy)."""
         volume = request["volume"]
         arrays = {"input.npy": kji(volume.array, np.float32)}
         written = {key: value for key, value in request.items() if key not in ("volume", "brain_mask", "reference")}
@@ -108,16 +110,34 @@ class WorkerProcess:
         except Exception as error:  # noqa: BLE001 - told to the main thread as the worker's error
             self._lines.put(("out", json.dumps({"event": "error", "kind": "internal",
                                                 "message": f"cannot start the synthesis worker: {error}"})))
-            self._startFailed = True
             return
         for stream, kind in ((self.process.stdout, "out"), (self.process.stderr, "err")):
             reader = threading.Thread(target=self._read, args=(stream, kind), daemon=True)
             reader.start()
             self._readers.append(reader)
+        self.process.wait()
+        for reader in self._readers:
+            reader.join()
+        if self._resultLine is not None and self.process.returncode == 0 and not self._killed:
+            self._loadResultFiles()  # here, not on the main thread (tens of MB)
+
+    def _loadResultFiles(self) -> None:
+        try:
+            files = json.loads(self._resultLine)["files"]
+            self._loaded = {name: np.load(self.folder / fileName, allow_pickle=False) for name, fileName in files.items()}
+        except (OSError, ValueError, KeyError) as error:
+            self._loadError = error
 
     def _read(self, stream, kind) -> None:
         for line in stream:
-            self._lines.put((kind, line.rstrip("\n")))
+            line = line.rstrip("\n")
+            if kind == "out" and '"event": "result"' in line:
+                try:
+                    if json.loads(line).get("event") == "result":
+                        self._resultLine = line
+                except ValueError:
+                    pass
+            self._lines.put((kind, line))
         stream.close()
 
     def poll(self) -> list:
@@ -147,19 +167,15 @@ class WorkerProcess:
     def finished(self) -> bool:
         """True once the process has exited (or could not start) and all its output was read (``poll``
         may still hold some)."""
-        if self._startFailed:
-            return True
-        if self._starter is None or self._starter.is_alive() or self.process is None:
-            return False
-        return self.process.poll() is not None and not any(reader.is_alive() for reader in self._readers)
+        return self._starter is not None and not self._starter.is_alive()
 
     def kill(self) -> None:
         """Stop the worker now (its whole process group: nothing it started stays) and remove its files;
         a worker still being started is not started."""
         with self._lock:
             self._killed = True
-        if self._starter is not None:
-            self._starter.join()  # at most the rest of the file writing
+        if self._starter is not None and self.process is None:
+            self._starter.join()  # at most the rest of the file writing; then it starts nothing
         if self.process is not None and self.process.poll() is None:
             try:
                 if os.name != "nt":
@@ -186,12 +202,11 @@ class WorkerProcess:
             tail = "\n".join(self.log[-5:])
             raise RuntimeError(f"the synthesis worker stopped (exit status {self.process.returncode}) without a "
                                f"result: {tail}")
-        files = self.result["files"]
+        if self._loadError is not None or "synthetic" not in self._loaded:
+            raise RuntimeError(f"cannot read the synthesis worker's results: {self._loadError}")
 
         def load(name):  # written [k, j, i]: given back as the [i, j, k] view, no copy
-            if name not in files:
-                return None
-            return np.load(self.folder / files[name], allow_pickle=False).transpose(2, 1, 0)
+            return self._loaded[name].transpose(2, 1, 0) if name in self._loaded else None
 
         info = {key: value for key, value in self.result.items() if key not in ("event", "files", "warnings", "notes")}
         mask = load("mask")

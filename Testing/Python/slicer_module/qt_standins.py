@@ -520,6 +520,7 @@ class EventLoop:
         self.timers = []
         self.posted = []
         self.busy = []  # (seconds, what) of every callback run by run()
+        self.longestTurn = 0.0  # the longest time between the starts of two turns of run()'s loop
 
     def post(self, callback):
         self.posted.append(callback)
@@ -538,7 +539,11 @@ class EventLoop:
         import time
 
         deadline = time.monotonic() + timeout
+        previousTurn = time.perf_counter()
         while not until():
+            turn = time.perf_counter()  # includes callbacks, the sleep, and waits for other threads (GIL)
+            self.longestTurn = max(self.longestTurn, turn - previousTurn)
+            previousTurn = turn
             if time.monotonic() > deadline:
                 raise TimeoutError(f"the event loop ran {timeout} s without reaching its condition")
             while self.posted:

@@ -339,7 +339,7 @@ def test_cancel_kills_the_worker_at_once_and_leaves_the_scene_unchanged(slicerMo
     workers = []
 
     def userClicksCancelOnceTheWorkerRuns():
-        if widget._job is not None and not workers:
+        if widget._job is not None and widget._job.worker.process is not None and not workers:
             workers.append(widget._job.worker)
             ui.applyButton.click()  # the button reads Cancel
 
@@ -354,6 +354,28 @@ def test_cancel_kills_the_worker_at_once_and_leaves_the_scene_unchanged(slicerMo
     assert not qt_standins.eventLoop.timers  # the poll timer stopped
 
 
+def test_cancel_while_the_results_are_added_undoes_them(slicerModule, volumes, t1ToT2Checkpoint):
+    """The import is done one node per turn of the event loop; Cancel between two turns removes what
+    was already added."""
+    widget = openPanel(slicerModule)
+    p, ui = widget._parameterNode, widget.ui
+    p.model = checkpointOf(t1ToT2Checkpoint)
+    p.device = slicerModule.Device.CPU
+    p.referenceVolume = volumes["reference"]
+    nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+    clicked = []
+
+    def userClicksCancelDuringTheImport():
+        if widget._importSteps is not None and slicer.mrmlScene.GetNumberOfNodes() > nodesBefore and not clicked:
+            clicked.append(slicer.mrmlScene.GetNumberOfNodes())
+            ui.applyButton.click()
+
+    runPanel(widget, userClicksCancelDuringTheImport)
+
+    assert clicked and ui.statusLabel.text.startswith("Cancelled"), ui.statusLabel.text
+    assert slicer.mrmlScene.GetNumberOfNodes() == nodesBefore
+
+
 def test_removing_the_input_during_a_run_cancels_it(slicerModule, volumes, t1ToT2Checkpoint):
     widget = openPanel(slicerModule)
     p = widget._parameterNode
@@ -362,7 +384,7 @@ def test_removing_the_input_during_a_run_cancels_it(slicerModule, volumes, t1ToT
     removed = []
 
     def userDeletesTheInput():
-        if widget._job is not None and not removed:
+        if widget._job is not None and widget._job.worker.process is not None and not removed:
             removed.append(widget._job.worker)
             slicer.mrmlScene.RemoveNode(volumes["input"])
 
