@@ -23,7 +23,7 @@ The request (JSON) names ``.npy`` files, so voxels cross the process boundary ex
 - ``brain_mask``: ``"auto"``, ``"extract"``, ``"none"`` or an ``.npy`` (0/1, labels > 0 or
   probabilities > 0.5 = brain, as a mask file);
 - ``reference``: an ``.npy`` on the input's grid (float32 ``[i, j, k]``) or null;
-- ``output_dir``: where the result arrays go, always ``[k, j, i]`` (``synthetic.npy``, and
+- ``output_dir``: where the result arrays go, in the same order as the input (``synthetic.npy``, and
   ``mask.npy`` when the brain was extracted, ``uncertainty.npy``, ``difference.npy`` when asked for).
 
 :func:`run` is the same run in the caller's process, with arrays instead of files (used by the
@@ -160,15 +160,15 @@ def _request_from_file(path: Path) -> dict:
     return request
 
 
-def _write_result(result: WorkerResult, output_dir: Path) -> dict:
-    """The result arrays as ``.npy`` files in ``[k, j, i]`` order (Slicer's: the module copies them
-    into its nodes without transposing on its main thread)."""
+def _write_result(result: WorkerResult, output_dir: Path, order: str = "ijk") -> dict:
+    """The result arrays as ``.npy`` files, in the request's ``order`` (``"kji"``: Slicer's, so the
+    module copies them into its nodes without transposing on its main thread)."""
     files = {}
     for name in ("synthetic", "mask", "uncertainty", "difference"):
         array = getattr(result, name)
         if array is not None:
-            np.save(output_dir / f"{name}.npy", np.ascontiguousarray(np.asarray(array).transpose(2, 1, 0)),
-                    allow_pickle=False)
+            array = np.asarray(array).transpose(2, 1, 0) if order == "kji" else np.asarray(array)
+            np.save(output_dir / f"{name}.npy", np.ascontiguousarray(array), allow_pickle=False)
             files[name] = f"{name}.npy"
     return files
 
@@ -183,7 +183,7 @@ def main(argv=None) -> int:
     try:
         request = _request_from_file(Path(argv[0]))
         result = run(request, _print_event)
-        files = _write_result(result, Path(request["output_dir"]))
+        files = _write_result(result, Path(request["output_dir"]), request.get("order", "ijk"))
     except (MRISynthesisError, ValueError) as error:
         _print_event({"event": "error", "message": str(error), "kind": "input"})
         return 2
