@@ -118,6 +118,23 @@ else:
         image = (300 + 120 * grid[2] + 60 * grid[1] + 25 * rng.standard_normal(shapeKJI)) * inside
         return np.clip(image, 0, None).astype(np.float32)
 
+    def pytest_configure(config):
+        config.addinivalue_line("markers", "realBrainDecision: keep deepbet's real coarse network in this process")
+
+    @pytest.fixture(autouse=True)
+    def phantomsAreSkullStripped(request, monkeypatch):
+        """In this process, deepbet's coarse network (``brain_extraction.coarse_brain_share``, which
+        decides whether an input with a constant background is skull-stripped) is replaced by its
+        answer for a skull-stripped brain, so the phantoms here (zero background) are used as they
+        are, as before that decision existed, without running the network for every MRML test.
+        Whole-head phantoms (no constant background) still go to extraction, which the brain-mask
+        tests replace by a box. Worker processes run the real network. A test marked
+        ``realBrainDecision`` keeps the real one."""
+        if request.node.get_closest_marker("realBrainDecision") is None:
+            from MRISynthesisLib import brain_extraction
+
+            monkeypatch.setattr(brain_extraction, "coarse_brain_share", lambda volume, foreground, device="cpu": 1.0)
+
     @pytest.fixture
     def slicerModule(app):
         """The module file MRISynthesis/MRISynthesis.py loaded on Slicer 5.10's framework (fresh

@@ -36,9 +36,9 @@ def fakeExtraction(monkeypatch):
         for done in range(4):
             if progress is not None and progress(done, 3) is False:
                 raise Cancelled("brain extraction cancelled; nothing was written")
-        return boxMaskIJK(volume.shape)
+        return boxMaskIJK(volume.shape), 0.0  # (mask, ml of a second region the extractor dropped)
 
-    monkeypatch.setattr(brain_extraction, "extract_brain", extract)
+    monkeypatch.setattr(brain_extraction, "_extract", extract)
     return calls
 
 

@@ -32,6 +32,7 @@ def runToTheEnd(process, timeout=300):
         time.sleep(0.02)
 
 
+@pytest.mark.realBrainDecision  # both sides run deepbet's real coarse network
 def test_the_worker_gives_exactly_what_the_core_gives_in_process(helpers, t1ToT2Checkpoint):
     volume = Volume(helpers.headPhantomKJI().transpose(2, 1, 0), helpers.ijkToRAS("LPS", (1.0, 1.1, 2.0)))
     reference = helpers.headPhantomKJI(seed=3).transpose(2, 1, 0)
