@@ -207,7 +207,7 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
     stage = _StageReporter(progress, cancelled)
     batch_size = _check_batch_size(request.batch_size)
     model_path, metadata = resolve_request_model(request)  # before the volume is read
-    volume = request.input if isinstance(request.input, Volume) else _load(request.input, "input")
+    volume = request.input if isinstance(request.input, Volume) else _load(request.input)
     mask_choice = _mask_choice(request.brain_mask, volume)
     require_positive_intensities(volume.array)  # before brain extraction, which would blame the mask
 
@@ -217,7 +217,6 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
     stage.start("loading model")
     synthesizer = create(request.device, batch_size)
     check_model_request(metadata, uncertainty=bool(request.uncertainty), can_sample=synthesizer.supports_uncertainty)
-    caught_warnings = []
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         from .brain_extraction import choose_brain_mask
@@ -241,6 +240,8 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
     if request.reference is not None:
         stage.start("scoring")
         result.score = _score_reference(request.reference, result, result.warnings)
+        if result.score is not None:  # e.g. a reference whose mask reaches far beyond the synthetic brain
+            result.warnings += [w for w in result.score.warnings if w not in result.warnings]
     result.notes = [f"model: {metadata.model_id} ({metadata.architecture}, {metadata.source_contrast} -> "
                     f"{metadata.target_contrast}) on {result.device}, {result.precision}",
                     f"brain mask: {chosen.describe()}"]
@@ -277,7 +278,7 @@ def _check_batch_size(batch_size) -> int:
     return int(batch_size)
 
 
-def _load(path, role: str) -> Volume:
+def _load(path) -> Volume:
     from .io import load_volume
 
     return load_volume(path)
@@ -301,7 +302,7 @@ def load_brain_mask_file(path, volume: Volume, option: str = "--brain-mask", oth
     name ``option`` and ``other_name``)."""
     from .brain_extraction import mask_from_values
 
-    mask_volume = _load(path, option)
+    mask_volume = _load(path)
     require_same_grid(mask_volume, volume, option, other_name)
     return mask_from_values(mask_volume.array, f"{option} {Path(path).name}")
 
@@ -325,7 +326,7 @@ def _score_reference(reference, result: SynthesisResult, warnings_out: list) -> 
 
     target = TARGET_CONTRAST[result.metadata.direction]
     try:
-        reference = reference if isinstance(reference, Volume) else _load(reference, "reference")
+        reference = reference if isinstance(reference, Volume) else _load(reference)
         if not reference.same_geometry(result.input, atol=1e-3):
             warnings_out.append(f"the real {target} image is on another voxel grid than the input "
                                 "(not co-registered): no metrics")
