@@ -126,6 +126,18 @@ class Device(enum.Enum):
         return {"auto": _("Auto"), "cuda": _("GPU (CUDA)"), "mps": _("Apple GPU (MPS)"), "cpu": _("CPU")}[self.value]
 
 
+class BrainExtraction(enum.Enum):
+    """What to do without a brain mask node (the command line's --brain-mask choices)."""
+
+    AUTO = "auto"
+    EXTRACT = "extract"
+    NONE = "none"
+
+    def label(self):  # shown by Slicer's combo-box connector (see above)
+        return {"auto": _("Automatic (whole-head scans only)"), "extract": _("Always extract the brain"),
+                "none": _("Never (use the head)")}[self.value]
+
+
 class Precision(enum.Enum):
     """Arithmetic of the network (MRISynthesisLib.device.resolve_precision)."""
 
@@ -152,6 +164,7 @@ class MRISynthesisParameterNode:
     batchSize - slices per forward pass (GPU memory grows with it).
     maskVolume - optional brain mask (labelmap or segmentation); None (Automatic) keeps a skull-stripped
         input as it is and brain-extracts a whole-head scan, showing the mask as an editable segmentation.
+    brainExtraction - without maskVolume: extract the brain of whole-head scans only (Automatic), always, or never.
     uncertainty - also compute a standard-deviation map (models that can sample only).
     precision - network arithmetic; Auto is bfloat16 on CPUs with native bfloat16 and on GPUs, else float32.
     """
@@ -167,6 +180,7 @@ class MRISynthesisParameterNode:
     # None must be in the Union: the wrapper writes None for an unset node parameter (Slicer's
     # Docs/developer_guide/parameter_nodes; without it getParameterNode() raises TypeError).
     maskVolume: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None]
+    brainExtraction: BrainExtraction = BrainExtraction.AUTO
     uncertainty: bool = False
     precision: Precision = Precision.AUTO
 
@@ -278,6 +292,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._fillModelComboBox()
         self._selectModelItem()
         self.ui.gpuIndexSpinBox.enabled = self._parameterNode.device == Device.GPU
+        self.ui.brainExtractionComboBox.enabled = self._parameterNode.maskVolume is None
         self._updateUncertaintyBox()
         self._updateApplyButton()
 
@@ -417,7 +432,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = self.logic.startSynthesis(
                 p.inputVolume, p.outputVolume, p.model, p.direction.value, device=self.deviceName(),
                 referenceVolume=p.referenceVolume, batchSize=p.batchSize, maskVolume=p.maskVolume,
-                uncertainty=p.uncertainty, precision=p.precision.value)
+                uncertainty=p.uncertainty, precision=p.precision.value, brainExtraction=p.brainExtraction.value)
         except Exception as error:
             self._showFailure(error)
             return
@@ -608,7 +623,7 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
                 progress: Optional[Callable[[int, int], bool]] = None, batchSize: int = 8,
                 maskVolume: Union[vtkMRMLLabelMapVolumeNode, vtkMRMLSegmentationNode, None] = None,
                 uncertainty: bool = False, precision: str = "auto", showResults: bool = True,
-                onStage: Optional[Callable[[str], None]] = None):
+                onStage: Optional[Callable[[str], None]] = None, brainExtraction: str = "auto"):
         """Synthesize the other contrast of ``inputVolume``; returns a ``SynthesisResult``.
 
         - ``outputVolume``: scalar volume node to overwrite, or None for a new node next to the input.
@@ -620,7 +635,8 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         - ``batchSize``: slices per forward pass; ``maskVolume``: brain mask (labelmap or
           segmentation), None for the automatic one; ``uncertainty``: also a standard-deviation map
           (models that can sample only); ``showResults``: set up the comparison views;
-          ``onStage(name)``: told "brain extraction" and "synthesis" as they start.
+          ``onStage(name)``: told "brain extraction" and "synthesis" as they start;
+          ``brainExtraction``: without ``maskVolume``, 'auto', 'extract' or 'none' (``--brain-mask``).
 
         PyTorch and the Python packages are installed first if needed (asking the user unless
         testing). The loaded model is kept for the next run with the same checkpoint file, device
@@ -631,7 +647,7 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         return self.synthesisLogic().process(
             inputVolume, outputVolume, model, direction, device=device, referenceVolume=referenceVolume,
             progress=progress, batchSize=batchSize, maskVolume=maskVolume, uncertainty=uncertainty,
-            showResults=showResults, onStage=onStage, precision=precision)
+            showResults=showResults, onStage=onStage, precision=precision, brainExtraction=brainExtraction)
 
     def synthesisLogic(self):
         if self._synthesisLogic is None:

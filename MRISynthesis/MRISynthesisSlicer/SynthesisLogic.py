@@ -152,7 +152,7 @@ class SynthesisLogic:
 
     def process(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None,
                 progress=None, batchSize=8, maskVolume=None, uncertainty=False, showResults=True, onStage=None,
-                precision="auto"):
+                precision="auto", brainExtraction="auto"):
         """Synthesize ``direction``'s target contrast of ``inputVolume`` with ``model``.
 
         ``model``: catalog id (``MRISynthesisLib.catalog``), checkpoint path, or None for the
@@ -166,7 +166,9 @@ class SynthesisLogic:
         (labelmap, non-zero = brain, or a segmentation: union of its segments)
         replaces the automatic brain mask; without it a skull-stripped input keeps its own
         foreground and a whole-head input is brain-extracted (progress reported as 3 steps before
-        the slices), the mask shown as the segmentation ``result.brainMaskSegmentation``.
+        the slices), the mask shown as the segmentation ``result.brainMaskSegmentation``;
+        ``brainExtraction`` ("auto", "extract": always, "none": never) is the command line's
+        ``--brain-mask`` choice used when no ``maskVolume`` is given.
         ``onStage(name)``, if given, is told "brain extraction" and "synthesis" as they start.
         ``progress(done, total)`` returning False cancels; so does removing the input,
         output, reference or mask node, or closing the scene, during the run:
@@ -175,7 +177,8 @@ class SynthesisLogic:
         Raises ``ValueError`` (or an ``MRISynthesisError``) with a one-line message on bad inputs.
         """
         job = self.start(inputVolume, outputVolume, model, direction, device=device, referenceVolume=referenceVolume,
-                         batchSize=batchSize, maskVolume=maskVolume, uncertainty=uncertainty, precision=precision)
+                         batchSize=batchSize, maskVolume=maskVolume, uncertainty=uncertainty, precision=precision,
+                         brainExtraction=brainExtraction)
 
         reported = []
 
@@ -200,7 +203,7 @@ class SynthesisLogic:
         return self.finish(job, showResults=showResults)
 
     def start(self, inputVolume, outputVolume, model, direction, device="auto", referenceVolume=None, batchSize=8,
-              maskVolume=None, uncertainty=False, precision="auto") -> SynthesisJob:
+              maskVolume=None, uncertainty=False, precision="auto", brainExtraction="auto") -> SynthesisJob:
         """Every check on the nodes, then the arrays the core needs (input in world coordinates, mask
         and reference on the input's grid). Nothing in the scene changes."""
         started = time.time()
@@ -211,7 +214,8 @@ class SynthesisLogic:
         if worldIJKToRAS(inputVolume) is None:
             notes.append(f"'{inputVolume.GetName()}' is under a non-linear transform: slices were taken on its own "
                          "voxel grid; the synthetic volume is under the same transform.")
-        mask = maskArrayFromNode(maskVolume, inputVolume) if maskVolume is not None else "auto"
+        # Without a mask node: the core's choice ("auto", "extract" or "none", as --brain-mask).
+        mask = maskArrayFromNode(maskVolume, inputVolume) if maskVolume is not None else str(brainExtraction)
         reference = referenceOnGrid(referenceVolume, inputVolume) if referenceVolume is not None else None
         request = {"volume": volume, "model": model or None, "direction": direction, "device": str(device),
                    "precision": str(precision), "batch_size": int(batchSize), "uncertainty": bool(uncertainty),

@@ -164,6 +164,24 @@ def test_device_offers_apple_mps_and_a_gpu_index(slicerModule):
     assert widget.deviceName() == "mps" and ui.gpuIndexSpinBox.enabled is False
 
 
+def test_brain_extraction_choice_reaches_the_core_when_no_mask_is_chosen(slicerModule, volumes):
+    """The command line's --brain-mask auto|extract|none, offered as Brain extraction (issue 21)."""
+    widget = openPanel(slicerModule)
+    p, ui = widget._parameterNode, widget.ui
+    labels = [ui.brainExtractionComboBox.itemText(i) for i in range(ui.brainExtractionComboBox.count)]
+    assert labels == ["Automatic (whole-head scans only)", "Always extract the brain", "Never (use the head)"]
+    logic = widget.logic.synthesisLogic()
+    for index, expected in enumerate(("auto", "extract", "none")):
+        ui.brainExtractionComboBox.activate(index)
+        job = logic.start(p.inputVolume, None, None, "t1-to-t2", brainExtraction=p.brainExtraction.value)
+        assert job.request["brain_mask"] == expected
+    p.maskVolume = volumes["labelmap"]  # a mask node wins; the choice is greyed out
+    assert ui.brainExtractionComboBox.enabled is False
+    job = logic.start(p.inputVolume, None, None, "t1-to-t2", maskVolume=p.maskVolume,
+                      brainExtraction=p.brainExtraction.value)
+    assert job.request["brain_mask"].dtype == bool
+
+
 def test_batch_size_outside_its_range_is_refused(slicerModule):
     p = slicerModule.MRISynthesisLogic().getParameterNode()
     with pytest.raises(ValueError):
