@@ -28,7 +28,7 @@ def _refused(capsys, tmp_path, *overrides):
     ("data.high_percentile=120", "data.high_percentile"),
     ("data.slice_size=60000", "data.slice_size must be <= 1024"),
     ("model.generator_options={ngf: 10000000}", "out of range"),
-    ("model.generator_options={ngf: 4000}", "at most 300,000,000 are accepted"),
+    ("model.generator_options={ngf: 4000}", "a network of more than 300,000,000 values"),
     ("model.discriminator_options={ndf: 4000}", "model.discriminator_options"),
 ])
 def test_bad_values_are_refused_before_anything_is_created(capsys, tmp_path, override, pattern):
