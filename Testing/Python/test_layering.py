@@ -305,5 +305,20 @@ def test_the_architecture_document_lists_the_public_api():
     block = text.split("<!-- public-api")[1].split("<!-- /public-api -->")[0]
     listed = {line.split("`")[1]: set(re.findall(r"`([^`]+)`", line.split(":", 1)[1]))
               for line in block.splitlines() if line.startswith("- `")}
-    assert listed == public_api(), ("update the list in docs/architecture.md (## Public API) to the modules' "
-                                    "__all__")
+    assert listed == public_api(), ("docs/architecture.md (## Public API) differs from the modules' __all__; "
+                                    "rewrite its list with: python Testing/Python/test_layering.py")
+
+
+def write_public_api_list() -> None:
+    """Rewrite the list between the public-api markers of docs/architecture.md from ``__all__``."""
+    path = REPO / "docs" / "architecture.md"
+    text = path.read_text(encoding="utf-8")
+    start = text.index("\n", text.index("<!-- public-api")) + 1
+    end = text.index("<!-- /public-api -->")
+    lines = [f"- `{module}`: " + ", ".join(f"`{name}`" for name in sorted(names, key=str.lower))
+             for module, names in public_api().items()]
+    path.write_text(text[:start] + "\n".join(lines) + "\n" + text[end:], encoding="utf-8")
+
+
+if __name__ == "__main__":
+    write_public_api_list()
