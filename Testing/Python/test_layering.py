@@ -315,7 +315,7 @@ def write_public_api_list() -> None:
     text = path.read_text(encoding="utf-8")
     start = text.index("\n", text.index("<!-- public-api")) + 1
     end = text.index("<!-- /public-api -->")
-    lines = [f"- `{module}`: " + ", ".join(f"`{name}`" for name in sorted(names, key=str.lower))
+    lines = [f"- `{module}`: " + ", ".join(f"`{name}`" for name in sorted(names, key=lambda n: (n.lower(), n)))
              for module, names in public_api().items()]
     path.write_text(text[:start] + "\n".join(lines) + "\n" + text[end:], encoding="utf-8")
 
