@@ -1,9 +1,9 @@
 """The module panel's processing states and what each one shows (one table, tested without Qt).
 
 PREPARING covers the dependency check and any PyTorch/pip installation: nothing can stop it, so
-Cancel is shown but disabled. RUNNING starts when the model is loaded and run: Cancel is enabled
-(a click is honoured after the current batch of slices). Both start with an empty, busy progress
-bar, so the previous run's 100 % is never shown while the next one prepares.
+Cancel is shown but disabled. RUNNING covers the worker process and the import of its results:
+Cancel is enabled and kills the worker at once (there is no "cancelling" wait). Both start with an
+empty, busy progress bar, so the previous run's 100 % is never shown while the next one prepares.
 """
 
 import enum
@@ -14,7 +14,6 @@ class ProcessingState(enum.Enum):
     IDLE = "idle"
     PREPARING = "preparing"
     RUNNING = "running"
-    CANCELLING = "cancelling"
     DONE = "done"
     CANCELLED = "cancelled"
     FAILED = "failed"
@@ -29,7 +28,7 @@ class PanelState:
     resetProgress: bool  # entering the state empties the bar and makes it busy (no percentage yet)
 
 
-_BUSY = {ProcessingState.PREPARING, ProcessingState.RUNNING, ProcessingState.CANCELLING}
+_BUSY = {ProcessingState.PREPARING, ProcessingState.RUNNING}
 
 
 def panelState(state: ProcessingState) -> PanelState:

@@ -185,11 +185,6 @@ def test_cancel_is_enabled_while_the_model_runs_and_the_bar_starts_empty():
     assert running.buttonIsCancel and running.cancelEnabled and running.progressVisible
 
 
-def test_cancelling_keeps_the_bar_and_disables_a_second_click():
-    cancelling = panelState(ProcessingState.CANCELLING)
-    assert cancelling.buttonIsCancel and not cancelling.cancelEnabled and not cancelling.resetProgress
-
-
 @pytest.mark.parametrize("state", [ProcessingState.IDLE, ProcessingState.DONE, ProcessingState.CANCELLED,
                                    ProcessingState.FAILED, None])
 def test_idle_states_give_the_controls_back(state):
