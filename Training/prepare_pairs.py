@@ -191,16 +191,16 @@ def _dice(a: np.ndarray, b: np.ndarray) -> float:
 
 def _write_subject(target: Path, pair: _Pair, qc: dict) -> None:
     """All files of a prepared subject, complete or none (a hidden folder renamed at the end)."""
-    from MRISynthesisLib.io import write_nifti
+    from MRISynthesisLib.io import write_volume
 
     temporary = target.parent / f".{target.name}.{os.getpid()}.{TEMP_MARKER}"
     shutil.rmtree(temporary, ignore_errors=True)
     temporary.mkdir()
     try:
         inside = pair.brain.astype(np.float32)
-        write_nifti(pair.t1.with_array(np.asarray(pair.t1.array, np.float32) * inside), temporary / "t1.nii.gz")
-        write_nifti(pair.t1.with_array(pair.t2.array * inside), temporary / "t2.nii.gz")
-        write_nifti(pair.t1.with_array(inside), temporary / "brain_mask.nii.gz")
+        write_volume(pair.t1.with_array(np.asarray(pair.t1.array, np.float32) * inside), temporary / "t1.nii.gz")
+        write_volume(pair.t1.with_array(pair.t2.array * inside), temporary / "t2.nii.gz")
+        write_volume(pair.t1.with_array(inside), temporary / "brain_mask.nii.gz")
         _write_qc(temporary / "qc", pair, qc)
         os.rename(temporary, target)
     finally:
