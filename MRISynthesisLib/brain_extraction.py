@@ -59,7 +59,7 @@ from .preprocessing import (MAX_FACE_FOREGROUND_IN_STRIPPED, ZERO_BACKGROUND_FRA
 from .volume import Volume
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
-__all__ = ["CHOICES", "BrainMaskChoice", "SkullStrippedDecision", "background_value", "check_extracted_mask",
+__all__ = ["CHOICES", "BrainExtractionWarning", "BrainMaskChoice", "SkullStrippedDecision", "background_value", "check_extracted_mask",
            "choose_brain_mask", "coarse_brain_share", "extract_brain", "mask_from_values", "mask_used", "scalp_gap_mm",
            "skull_stripped_decision"]
 
@@ -89,7 +89,7 @@ MAX_STRIPPED_GAP_MM = 8.0
 #: out of :func:`scalp_gap_mm`.
 MIN_BRAIN_AREA_SHARE = 0.3
 #: A separate region of the extractor's raw output at least this large (ml) besides the kept
-#: brain gets a warning (the extractor keeps only the largest region).
+#: brain gets a warning (deepbet keeps only the largest region).
 LARGE_SECOND_REGION_ML = 20.0
 #: The grid of deepbet's coarse network (its ``run_model`` default).
 _COARSE_SHAPE = (128, 128, 128)
@@ -139,7 +139,7 @@ class SkullStrippedDecision:
     ``background``: the value of the constant background, or None (no constant background);
     ``foreground_ml``: volume of the voxels above it; ``coarse_brain_share``: share of those voxels
     the coarse network finds to be brain; ``scalp_gap_mm``: :func:`scalp_gap_mm` (each None when
-    not needed); ``reason``: one sentence; ``extracted``: ``(mask, second_region_ml)`` of the
+    not needed); ``reason``: one sentence; ``extracted``: ``(mask, warnings)`` of the
     extractor when it ran on a whole head, else None.
     """
 
@@ -174,11 +174,11 @@ def choose_brain_mask(volume: Volume, choice="auto", device="cpu", progress=None
             evidence = decision.evidence()
             if decision.skull_stripped:
                 return _keep_skull_stripped(volume, decision, evidence)
-        mask, second_ml = decision.extracted if name == "auto" and decision.extracted else \
-            _extract(volume, device, progress)
+        mask, found = decision.extracted if name == "auto" and decision.extracted else \
+            _extract_with_warnings(volume, device, progress)
         voxel_ml = _voxel_ml(volume)
-        evidence.update(mask_ml=_round(mask.sum() * voxel_ml), second_region_ml=_round(second_ml))
-        return BrainMaskChoice(mask, "extracted", tuple(check_extracted_mask(mask, voxel_ml, second_ml)),
+        evidence.update(mask_ml=_round(mask.sum() * voxel_ml))
+        return BrainMaskChoice(mask, "extracted", tuple(found + check_extracted_mask(mask, voxel_ml)),
                                requested=name, evidence=evidence)
     mask = np.asarray(choice)
     if mask.shape != volume.shape:
@@ -246,14 +246,14 @@ def skull_stripped_decision(volume: Volume, device="cpu", progress=None) -> Skul
         if share >= MIN_COARSE_BRAIN_SHARE:
             return SkullStrippedDecision(True, f"the extractor's coarse network finds brain in {share:.0%} of the "
                                          "voxels above the background", background, foreground_ml, share)
-    mask, second_ml = _extract(volume, device, progress)
+    mask, extraction_warnings = _extract_with_warnings(volume, device, progress)
     gap = scalp_gap_mm(foreground, mask, volume.affine)
     found = (f"the voxels above the background end {gap:.1f} mm (median, in-plane) beyond the extracted brain"
              if gap is not None else "the extracted brain covers too little of the voxels above the background to compare")
     if gap is not None and gap <= MAX_STRIPPED_GAP_MM:
         return SkullStrippedDecision(True, found, background, foreground_ml, share, gap)
     return SkullStrippedDecision(False, found + ": a whole head", background, foreground_ml, share, gap,
-                                 extracted=(mask, second_ml))
+                                 extracted=(mask, extraction_warnings))
 
 
 def scalp_gap_mm(foreground: np.ndarray, brain: np.ndarray, affine: np.ndarray) -> float | None:
@@ -322,18 +322,15 @@ def coarse_brain_share(volume: Volume, foreground: np.ndarray, device="cpu") -> 
     return float(np.count_nonzero(brain & fg_small) / np.count_nonzero(fg_small))
 
 
-def check_extracted_mask(mask: np.ndarray, voxel_ml: float, second_region_ml: float = 0.0) -> list[str]:
-    """Warnings about an extracted mask: a volume outside :data:`PLAUSIBLE_BRAIN_ML`, a large second
-    region the extractor dropped."""
+def check_extracted_mask(mask: np.ndarray, voxel_ml: float) -> list[str]:
+    """Warnings about an extracted mask: a volume outside :data:`PLAUSIBLE_BRAIN_ML`. (A large second
+    region in the extractor's raw output is reported by :func:`extract_brain` itself.)"""
     found = []
     volume_ml = float(np.count_nonzero(mask)) * voxel_ml
     low, high = PLAUSIBLE_BRAIN_ML
     if not low <= volume_ml <= high:
         found.append(f"the extracted brain mask is {volume_ml:.0f} ml, outside the {low:.0f}-{high:.0f} ml of an adult "
                      "brain (partial coverage, or a failed extraction): check it (--save-mask) or give a mask")
-    if second_region_ml >= LARGE_SECOND_REGION_ML:
-        found.append(f"the brain extractor found a second separate region of {second_region_ml:.0f} ml besides the "
-                     "brain it kept: check the mask (--save-mask) or give a mask")
     return found
 
 
@@ -353,15 +350,11 @@ def extract_brain(volume: Volume, device="cpu", progress=None) -> np.ndarray:
 
     The volume is reoriented to the closest RAS axes (flips and swaps only, as deepbet expects),
     run through deepbet's bounding-box and segmentation networks, thresholded at 0.5, reduced to
-    its largest connected component with holes filled, and reoriented back.
+    its largest connected component with holes filled, and reoriented back. When the raw output
+    held a second separate region of at least :data:`LARGE_SECOND_REGION_ML` (dropped by that
+    reduction), a :class:`BrainExtractionWarning` says so.
     ``progress(done, total)`` is reported after each of the 3 steps.
     """
-    return _extract(volume, device, progress)[0]
-
-
-def _extract(volume: Volume, device="cpu", progress=None) -> tuple[np.ndarray, float]:
-    """:func:`extract_brain`'s mask and the volume (ml) of the largest region of the extractor's
-    raw output that its post-processing dropped."""
     import torch
 
     extractor = _prepared_extractor(volume, device, progress)
@@ -384,7 +377,29 @@ def _extract(volume: Volume, device="cpu", progress=None) -> tuple[np.ndarray, f
     report(3)
     if not back.any():
         raise no_brain
-    return np.ascontiguousarray(back), second_ml
+    if second_ml >= LARGE_SECOND_REGION_ML:
+        warnings.warn(f"the brain extractor found a second separate region of {second_ml:.0f} ml besides the brain "
+                      "it kept: check the mask (--save-mask) or give a mask", BrainExtractionWarning, stacklevel=2)
+    return np.ascontiguousarray(back)
+
+
+class BrainExtractionWarning(UserWarning):
+    """Something about an extracted mask the user must check (shown like every warning)."""
+
+
+def _extract_with_warnings(volume: Volume, device, progress) -> tuple[np.ndarray, list]:
+    """:func:`extract_brain`'s mask and its :class:`BrainExtractionWarning` messages (other Python
+    warnings pass on unchanged)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        mask = extract_brain(volume, device=device, progress=progress)
+    found = []
+    for warning in caught:
+        if issubclass(warning.category, BrainExtractionWarning):
+            found.append(str(warning.message))
+        else:
+            warnings.warn_explicit(warning.message, warning.category, warning.filename, warning.lineno)
+    return mask, found
 
 
 def _prepared_extractor(volume: Volume, device, progress):

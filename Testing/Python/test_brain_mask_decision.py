@@ -3,6 +3,8 @@ air is stored as zeros) is extracted, an implausible extracted mask warns, and t
 provenance says which mask was used. Phantom tests replace deepbet's networks with fakes (the
 logic is tested, not the networks); real-data tests run them on the shared collection."""
 
+import warnings
+
 import numpy as np
 import pytest
 from phantoms import affine_for, head_phantom
@@ -44,7 +46,7 @@ def fake_networks(monkeypatch):
     not run), ``fake.brain`` the fine network's mask (None: must not run); calls are counted."""
 
     class Fake:
-        share, brain, coarse_calls, fine_calls = None, None, 0, 0
+        share, brain, coarse_calls, fine_calls, second_region = None, None, 0, 0, False
 
     fake = Fake()
 
@@ -56,10 +58,13 @@ def fake_networks(monkeypatch):
     def fine(volume, device="cpu", progress=None):
         assert fake.brain is not None, "the extractor should not run"
         fake.fine_calls += 1
-        return fake.brain.copy(), 0.0
+        if fake.second_region:
+            warnings.warn("the brain extractor found a second separate region of 35 ml besides the brain it kept",
+                          brain_extraction.BrainExtractionWarning)
+        return fake.brain.copy()
 
     monkeypatch.setattr(brain_extraction, "coarse_brain_share", coarse)
-    monkeypatch.setattr(brain_extraction, "_extract", fine)
+    monkeypatch.setattr(brain_extraction, "extract_brain", fine)
     return fake
 
 
@@ -135,8 +140,14 @@ def test_implausible_extracted_masks_warn():
     assert "500 ml, outside the 800-2200 ml" in small
     big, = check_extracted_mask(np.ones(3_000_000, bool), voxel_ml)
     assert "3000 ml" in big
-    second, = check_extracted_mask(np.ones(1_200_000, bool), voxel_ml, second_region_ml=35)
-    assert "second separate region of 35 ml" in second
+
+
+def test_a_second_large_region_of_the_extractor_is_a_warning_of_the_choice(fake_networks):
+    volume, brain = _zero_air_head()
+    fake_networks.brain, fake_networks.second_region = brain, True
+    chosen = choose_brain_mask(volume, "extract")
+    assert any("second separate region of 35 ml" in w for w in chosen.warnings)
+    assert chosen.provenance()["warnings"] == list(chosen.warnings)
 
 
 def test_command_line_warns_and_the_output_records_the_mask(tmp_path, capsys, fake_networks, tiny_checkpoint):
