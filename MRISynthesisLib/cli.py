@@ -36,7 +36,10 @@ COMMAND_GROUP = "mrisynthesis.commands"
 BUILT_IN_COMMANDS = ("synthesize", "evaluate", "models", "bids")
 #: What to install for a plug-in subcommand that is not registered here (e.g. inside Slicer).
 PLUGIN_HINTS = {"train": "the training package (Training/), which this installation does not have; install the "
-                         "project with pip (pip install -e '.[train]' in a checkout), or run python -m Training"}
+                         "project with pip (pip install -e '.[train]' in a checkout), or run python -m Training",
+                "prepare-pairs": "the training package (Training/), which this installation does not have; install "
+                                 "the project with pip (pip install -e '.[train]' in a checkout), or run "
+                                 "python -m Training.prepare_pairs"}
 
 
 def plugin_commands() -> dict:

@@ -154,6 +154,8 @@ def register_and_check(t1: Volume, t2: Volume, threads: int | None = None) -> tu
     except InputError:
         t2_brain = np.zeros_like(brain)
     head_t1, head_t2 = brain_mask(t1.array) & fov, brain_mask(moved.array) & fov
+    fov_before = field_of_view(t2, t1, np.eye(4))
+    head_dice_before = _dice(brain_mask(t1.array) & fov_before, brain_mask(before.array) & fov_before)
     voxel_ml = float(abs(np.linalg.det(t1.affine[:3, :3]))) / 1000
     values = {"metric_improved": registration.metric_after - registration.metric_before,
               "head_dice": _dice(head_t1, head_t2),
@@ -176,6 +178,7 @@ def register_and_check(t1: Volume, t2: Volume, threads: int | None = None) -> tu
         "brain_mask": {"source": chosen.source, "description": chosen.describe(),
                        "volume_ml": round(float(np.count_nonzero(brain)) * voxel_ml, 1),
                        "warnings": list(chosen.warnings)},
+        "head_dice_before_registration": round(head_dice_before, 4),
         "checks": checks,
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -244,12 +247,15 @@ def _overlay_png(pair: _Pair, path, qc: dict) -> None:
     stacks = [to_canonical_slices(v.array, pair.t1.affine)[0] for v in (pair.t2_before, pair.t2)]
     brain = to_canonical_slices(pair.brain, pair.t1.affine)[0]
     s_mm, r_mm, c_mm = transform.canonical_spacing
+    high = float(np.percentile(t1[t1 > 0], 99.5)) if (t1 > 0).any() else 1.0
+    box = ndimage.find_objects((t1 > 0.05 * high).astype(np.uint8))[0] or tuple(slice(None) for _ in t1.shape)
+    crop = lambda a: a[box]  # noqa: E731  (the head's bounding box: no empty margins in the figure)
+    t1, stacks, brain = crop(t1), [crop(s) for s in stacks], crop(brain)
     centre = [int(round(c)) for c in ndimage.center_of_mass(brain)] if brain.any() else [n // 2 for n in brain.shape]
     views = [("axial", lambda a: a[centre[0]], r_mm / c_mm),
              ("coronal", lambda a: a[::-1, centre[1], :], s_mm / c_mm),
              ("sagittal", lambda a: a[::-1, :, centre[2]], s_mm / r_mm)]
-    high = float(np.percentile(t1[t1 > 0], 99.5)) if (t1 > 0).any() else 1.0
-    figure, axes = plt.subplots(2, 3, figsize=(12, 8.4), facecolor="black")
+    figure, axes = plt.subplots(2, 3, figsize=(15, 10), facecolor="black")
     for row, (stack, title) in enumerate(zip(stacks, ("scanner alignment", "after registration"))):
         t2_high = float(np.percentile(stack[stack > 0], 99)) if (stack > 0).any() else 1.0
         for column, (name, cut, aspect) in enumerate(views):
@@ -264,12 +270,13 @@ def _overlay_png(pair: _Pair, path, qc: dict) -> None:
             axis.set_title(f"{title}: {name}", color="white", fontsize=10)
             axis.axis("off")
     checks = qc["checks"]
-    figure.suptitle(f"{qc.get('subject', '')}  T1 (grey), T2 edges (red), T1 brain mask (cyan)   "
-                    f"head Dice {checks['head_dice']['value']:.3f}, brain Dice {checks['brain_dice']['value']:.3f}, "
+    figure.suptitle(f"{qc.get('subject', '')}  T1 (grey), T2 edges (red), T1 brain mask (cyan)   head Dice "
+                    f"{qc['head_dice_before_registration']:.3f} -> {checks['head_dice']['value']:.3f}, "
+                    f"brain Dice {checks['brain_dice']['value']:.3f}, "
                     f"brain {qc['brain_mask']['volume_ml']:.0f} ml, moved {qc['registration']['rotation_deg']:.1f} deg / "
                     f"{qc['registration']['translation_mm']:.1f} mm", color="white", fontsize=10)
     figure.tight_layout()
-    figure.savefig(path, format="png", dpi=80, facecolor="black")
+    figure.savefig(path, format="png", dpi=72, facecolor="black")
     plt.close(figure)
 
 

@@ -106,7 +106,7 @@ def test_known_head_movement_is_recovered_within_1_mm_and_1_degree():
 def test_raw_folder_with_bad_subjects_prepares_the_good_one_and_one_line_for_each_other(tmp_path, fake_extractor):
     from MRISynthesisLib.io import load_volume
     from Training.data.discovery import discover_subjects
-    from Training.prepare_pairs import main
+    from Training.prepare_pairs import main, prepare_pairs
 
     raw, out = tmp_path / "raw", tmp_path / "out"
     t1 = t1_phantom()
@@ -127,9 +127,7 @@ def test_raw_folder_with_bad_subjects_prepares_the_good_one_and_one_line_for_eac
     before = {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()}
 
     lines = []
-    from Training import prepare_pairs
-
-    results = prepare_pairs.prepare_pairs(raw, out, threads=2, report=lines.append)
+    results = prepare_pairs(raw, out, threads=2, report=lines.append)
     status = {r.subject: r.status for r in results}
     assert status == {"broken": "failed", "far": "failed", "flat": "failed", "good": "prepared",
                       "missing": "failed", "other": "refused"}, lines
@@ -153,5 +151,31 @@ def test_raw_folder_with_bad_subjects_prepares_the_good_one_and_one_line_for_eac
     assert np.corrcoef(pair[1].array.ravel(), expected.ravel())[0, 1] > 0.95
     assert {p: p.read_bytes() for p in raw.rglob("*") if p.is_file()} == before  # inputs untouched
 
-    # A second run prepares nothing again; the exit status says some subjects are not ready.
-    assert main([str(raw), str(out), "--threads", "2"]) == 1
+    # A second run leaves a prepared subject alone; the exit status says whether all are ready.
+    import shutil
+
+    again = tmp_path / "again"
+    for name in ("good", "missing"):
+        shutil.copytree(raw / name, again / name)
+    written = (out / "good" / "t2.nii.gz").stat().st_mtime_ns
+    assert main([str(again), str(out)]) == 1
+    assert (out / "good" / "t2.nii.gz").stat().st_mtime_ns == written
+    shutil.rmtree(again / "missing")
+    assert main([str(again), str(out)]) == 0
+
+
+def test_bad_command_is_one_line_and_writes_nothing(tmp_path, capsys):
+    from Training.prepare_pairs import main
+
+    raw = tmp_path / "raw"
+    (raw / "subject").mkdir(parents=True)
+    assert main([str(tmp_path / "absent"), str(tmp_path / "out")]) == 2
+    assert main([str(raw), str(raw / "pairs")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(empty), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert [line.split(":")[0] for line in err] == ["error"] * 3
+    assert "raw data folder not found" in err[0] and "must not be inside the raw data folder" in err[1]
+    assert "no subject folders" in err[2]
+    assert not (tmp_path / "out").exists() and not (raw / "pairs").exists()
