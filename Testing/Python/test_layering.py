@@ -64,7 +64,8 @@ def test_the_training_package_imports_no_study():
 
 def test_pyproject_registers_train_as_a_plugin_and_a_script():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    assert project["entry-points"][cli.COMMAND_GROUP] == {"train": "Training.cli:main"}
+    assert project["entry-points"][cli.COMMAND_GROUP] == {"train": "Training.cli:main",
+                                                          "prepare-pairs": "Training.prepare_pairs:main"}
     assert project["scripts"]["mrisynthesis-train"] == "Training.cli:main"
     assert project["scripts"]["mrisynthesis"] == "MRISynthesisLib.cli:main"
 

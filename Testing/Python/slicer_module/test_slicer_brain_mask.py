@@ -28,7 +28,8 @@ def boxMaskIJK(shapeIJK):
 
 @pytest.fixture
 def fakeExtraction(monkeypatch):
-    """Replace deepbet by a box (the network itself is tested in Testing/Python/test_brain_extraction.py)."""
+    """Replace deepbet by a box (the network itself is tested in Testing/Python/test_brain_extraction.py;
+    brain_extraction.extract_brain is the extractor's one seam)."""
     calls = []
 
     def extract(volume, device="cpu", progress=None):
@@ -36,9 +37,9 @@ def fakeExtraction(monkeypatch):
         for done in range(4):
             if progress is not None and progress(done, 3) is False:
                 raise Cancelled("brain extraction cancelled; nothing was written")
-        return boxMaskIJK(volume.shape), 0.0  # (mask, ml of a second region the extractor dropped)
+        return boxMaskIJK(volume.shape)
 
-    monkeypatch.setattr(brain_extraction, "_extract", extract)
+    monkeypatch.setattr(brain_extraction, "extract_brain", extract)
     return calls
 
 
