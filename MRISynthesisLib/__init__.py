@@ -13,6 +13,6 @@ through the command line or through a public module.
 __version__ = "0.1.0"
 
 #: The modules other packages may import from (each declares its public names in ``__all__``).
-PUBLIC_MODULES = ("atomic", "brain_extraction", "catalog", "checkpoint", "cli", "conventions", "device", "errors",
-                  "input_check", "io", "metrics", "models", "orientation", "pipeline", "preprocessing", "synthesis",
-                  "volume", "worker")
+PUBLIC_MODULES = ("atomic", "brain_extraction", "catalog", "checkpoint", "cli", "conventions", "device", "engines",
+                  "errors", "input_check", "io", "metrics", "models", "orientation", "pipeline", "preprocessing",
+                  "synthesis", "volume", "worker")

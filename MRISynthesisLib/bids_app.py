@@ -29,6 +29,7 @@ from . import __version__
 from .bids import (SUFFIXES, BidsItem, create_once, dataset_description, derivative_paths, discover,
                    ensure_dataset_description, find_brain_mask)
 from .conventions import DEFAULT_DIRECTION
+from .engines import ENGINE_CHOICES
 from .errors import InputError, MRISynthesisError, OutputError, first_line
 from .qc_report import FAILURE_SUFFIX, check_report_is_ours, write_figures, write_report
 
@@ -60,6 +61,9 @@ def add_parser(commands) -> None:
                      help="auto: CUDA, then Apple MPS, then CPU (default: auto)")
     app.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
                      help="network arithmetic (default auto: bf16 where the hardware computes it natively, else fp32)")
+    app.add_argument("--engine", default="auto", choices=list(ENGINE_CHOICES),
+                     help="what runs the network (default auto: the engine measured fastest for this network "
+                          "on this kind of CPU, same result within 1e-5; README 'Inference engines')")
     app.add_argument("--brain-mask", default="auto", choices=["auto", "extract", "none"],
                      help="auto: extract the brain of whole-head scans first (skull-stripped inputs are left "
                           "alone; docs/brain-mask-decision.md); extract: always extract; none: synthesise inside "
@@ -99,6 +103,7 @@ class AppOptions:
     resolved_device: str = ""       # what 'auto' became on this machine: the skip key uses it
     resolved_precision: str = ""
     brain_mask_dir: Path | None = None
+    engine: str = "auto"
 
 
 @dataclass
@@ -217,7 +222,7 @@ def _synthesize_item(item, options, synthesizers, paths, failure_record, start, 
         source, brain_mask, given_mask = _with_given_mask(item, options.brain_mask_dir)
     request = SynthesisRequest(source, model=options.model_path, direction=options.direction,
                                device=options.device, precision=precision, batch_size=options.batch_size,
-                               brain_mask=brain_mask, reference=item.reference)
+                               brain_mask=brain_mask, reference=item.reference, engine=options.engine)
     result = run(request, synthesizers=synthesizers)
     metrics, reference = None, None
     if result.score is not None:
@@ -236,7 +241,7 @@ def _synthesize_item(item, options, synthesizers, paths, failure_record, start, 
         "SourceContrast": source_contrast, "TargetContrast": target_contrast, "Direction": options.direction,
         "ModelId": metadata.model_id, "ModelArchitecture": metadata.architecture,
         "ModelSHA256": options.model_sha256, "SoftwareName": "MRISynthesis", "SoftwareVersion": __version__,
-        "Device": result.device, "Precision": sidecar_precision(result.precision),
+        "Device": result.device, "Precision": sidecar_precision(result.precision), "Engine": result.engine,
         "BrainMask": chosen.source,
         "BrainMaskImage": paths.mask.relative_to(options.output_dir).as_posix(),
         "Reference": _bids_uri(item.reference, options.bids_dir) if item.reference is not None else None,
@@ -448,7 +453,7 @@ def main(args) -> int:
     options = AppOptions(bids_dir, output_dir, args.direction, model_path, metadata.model_id,
                          file_sha256(model_path), args.device, args.batch_size,
                          args.precision, args.skip_existing, args.brain_mask, device.type, precision.name,
-                         Path(os.path.abspath(args.brain_mask_dir)) if args.brain_mask_dir else None)
+                         Path(os.path.abspath(args.brain_mask_dir)) if args.brain_mask_dir else None, args.engine)
     ensure_dataset_description(output_dir, dataset_description(bids_dir, args.direction, metadata.model_id,
                                                                options.model_sha256))
     create_once(output_dir / ".bidsignore", BIDSIGNORE)

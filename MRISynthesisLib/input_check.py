@@ -70,7 +70,10 @@ def check_stack(stack: np.ndarray, mask_stack: np.ndarray, spacing_mm, normalise
     # Statistics slab by slab or from a sample of slices: no full-volume temporaries (synthesis keeps
     # its memory near input + output, see benchmarks/bench_inference.py).
     step = max(1, stack.shape[0] // SAMPLE_SLICES)
-    bright = float(np.percentile(stack[::step][mask_stack[::step]], PERCENTILE_HIGH))
+    sample = stack[::step][mask_stack[::step]]
+    if sample.size == 0:  # a given mask on a few slices, none of them in the sample: it is small
+        sample = stack[mask_stack]
+    bright = float(np.percentile(sample, PERCENTILE_HIGH))
     threshold = -0.01 * abs(bright)
     stats["negative_fraction"] = float(sum(np.count_nonzero(stack[k] < threshold) for k in range(stack.shape[0]))
                                        / stack.size)

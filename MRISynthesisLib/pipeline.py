@@ -71,7 +71,9 @@ class SynthesisRequest:
     - ``direction``: 't1-to-t2' or 't2-to-t1' (aliases accepted); None = the model's own (or the
       default direction when no model is named). A model of the other direction is refused.
     - ``device``: 'auto', 'cpu', 'cuda' or 'mps'; ``precision``: 'auto', 'fp32', 'bf16' or 'fp16'
-      (:func:`MRISynthesisLib.device.resolve_precision`); ``batch_size``: slices per forward pass.
+      (:func:`MRISynthesisLib.device.resolve_precision`); ``batch_size``: slices per forward pass;
+      ``engine``: what runs the network, 'auto', 'torch', 'torch-channels-last' or 'onnxruntime'
+      (:mod:`MRISynthesisLib.engines`; every float32 engine gives the PyTorch result within 1e-5).
     - ``brain_mask``: 'auto' (skull-stripped inputs as they are, whole-head scans brain-extracted),
       'extract' (always extract), 'none', the path of a mask file on the input's grid, or a mask
       array ``[i, j, k]`` (non-zero = brain).
@@ -95,6 +97,7 @@ class SynthesisRequest:
     uncertainty: bool = False
     flip_tta: bool = False
     reference: Volume | str | os.PathLike | None = None
+    engine: str = "auto"
 
 
 @dataclass
@@ -105,8 +108,8 @@ class SynthesisResult:
     units; ``input``: the input volume as read; ``brain_mask``: the mask choice (its ``mask`` is
     None when the synthesizer used its own foreground mask, see :meth:`mask_used`);
     ``metadata`` and ``model_path``: the model; ``device`` ('cpu', 'cuda', ...), ``precision``
-    (e.g. 'fp32', 'bf16 + channels_last') and ``batch_size``: what finally ran (after any
-    out-of-memory fallback); ``warnings``: sentences every front end shows as warnings (input
+    (e.g. 'fp32', 'bf16 + channels_last'), ``batch_size`` and ``engine`` (e.g. 'onnxruntime'): what
+    finally ran (after any out-of-memory or engine fallback); ``warnings``: sentences every front end shows as warnings (input
     check, fallbacks, brain mask, reference); ``notes``: informational sentences (model, device,
     brain mask); ``score``: the comparison with the reference, or None.
     """
@@ -120,6 +123,7 @@ class SynthesisResult:
     device: str
     precision: str
     batch_size: int
+    engine: str = "torch"
     warnings: list = field(default_factory=list)
     notes: list = field(default_factory=list)
     score: Score | None = None
@@ -151,23 +155,24 @@ class SynthesizerLike(Protocol):
 
 
 class SynthesizerFactory(Protocol):
-    """``factory(model_path, device, batch_size, precision, flip_tta)`` -> a :class:`SynthesizerLike`."""
+    """``factory(model_path, device, batch_size, precision, flip_tta, engine='auto')`` -> a
+    :class:`SynthesizerLike`; ``engine`` is passed (as a keyword) only when the request names one."""
 
     def __call__(self, model_path: Path, device: str, batch_size: int, precision: str,
-                 flip_tta: bool) -> SynthesizerLike: ...
+                 flip_tta: bool, engine: str = "auto") -> SynthesizerLike: ...
 
 
-def create_synthesizer(model_path, device, batch_size, precision, flip_tta) -> SynthesizerLike:
+def create_synthesizer(model_path, device, batch_size, precision, flip_tta, engine="auto") -> SynthesizerLike:
     """The default :class:`SynthesizerFactory`: a new :class:`~MRISynthesisLib.synthesis.Synthesizer`."""
     from . import synthesis
 
     return synthesis.Synthesizer(model_path, device=device, batch_size=batch_size, precision=precision,
-                                 flip_tta=flip_tta)
+                                 flip_tta=flip_tta, engine=engine)
 
 
 class SynthesizerCache:
     """A :class:`SynthesizerFactory` that keeps the last synthesizer and returns it again while the
-    checkpoint file (path, modification time, size), device, precision and ``flip_tta`` are the
+    checkpoint file (path, modification time, size), device, precision, ``flip_tta`` and engine are the
     same (loading and hashing a checkpoint takes seconds; the BIDS App runs one model on many
     inputs). One entry only: a second model on the GPU would double its memory. The batch size is
     set on the returned synthesizer."""
@@ -176,13 +181,14 @@ class SynthesizerCache:
         self.create = create
         self.key, self.synthesizer = None, None
 
-    def __call__(self, model_path, device, batch_size, precision, flip_tta=False) -> SynthesizerLike:
+    def __call__(self, model_path, device, batch_size, precision, flip_tta=False, engine="auto") -> SynthesizerLike:
         path = Path(model_path).resolve()
         stat = os.stat(path)
-        key = (str(path), stat.st_mtime_ns, stat.st_size, str(device), str(precision), bool(flip_tta))
+        key = (str(path), stat.st_mtime_ns, stat.st_size, str(device), str(precision), bool(flip_tta), str(engine))
         if key != self.key:
             self.clear()  # the old model's memory is released before the new one loads
-            self.synthesizer = self.create(model_path, device, batch_size, precision, flip_tta)
+            named = {} if str(engine).lower() == "auto" else {"engine": engine}  # factories may predate it
+            self.synthesizer = self.create(model_path, device, batch_size, precision, flip_tta, **named)
             self.key = key
         self.synthesizer.batch_size = int(batch_size)
         return self.synthesizer
@@ -212,7 +218,8 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
     require_positive_intensities(volume.array)  # before brain extraction, which would blame the mask
 
     def create(device, size):  # also the out-of-memory fallbacks' synthesizers
-        return synthesizers(model_path, device, size, request.precision, request.flip_tta)
+        engine = {} if str(request.engine).lower() == "auto" else {"engine": request.engine}  # factories may predate it
+        return synthesizers(model_path, device, size, request.precision, request.flip_tta, **engine)
 
     stage.start("loading model")
     synthesizer = create(request.device, batch_size)
@@ -233,9 +240,11 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
     result = SynthesisResult(
         synthetic=fallback.synthetic, uncertainty=fallback.uncertainty, input=volume, brain_mask=chosen,
         metadata=metadata, model_path=Path(model_path), device=used.device.type,
-        precision=used.precision.describe(), batch_size=int(used.batch_size))
+        precision=used.precision.describe(), batch_size=int(used.batch_size),
+        engine=getattr(getattr(used, "engine", None), "name", "torch"))
     check = result.synthetic.meta["input_check"]
-    result.warnings = _unique(list(fallback.notes) + list(chosen.warnings)
+    engine_notes = list(getattr(getattr(used, "engine", None), "notes", []))  # e.g. an engine fallen back to PyTorch
+    result.warnings = _unique(engine_notes + list(fallback.notes) + list(chosen.warnings)
                               + [INPUT_CHECK_WARNING + w for w in check["warnings"]] + caught_warnings)
     if request.reference is not None:
         stage.start("scoring")
@@ -243,7 +252,7 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
         if result.score is not None:  # e.g. a reference whose mask reaches far beyond the synthetic brain
             result.warnings += [w for w in result.score.warnings if w not in result.warnings]
     result.notes = [f"model: {metadata.model_id} ({metadata.architecture}, {metadata.source_contrast} -> "
-                    f"{metadata.target_contrast}) on {result.device}, {result.precision}",
+                    f"{metadata.target_contrast}) on {result.device}, {result.precision}, engine {result.engine}",
                     f"brain mask: {chosen.describe()}"]
     _record_provenance(result)
     return result
@@ -344,7 +353,7 @@ def _record_provenance(result: SynthesisResult) -> None:
     """Add what only the pipeline knows to the output's provenance (stored in the file)."""
     provenance = result.synthetic.meta.setdefault("provenance", {})
     provenance.update(
-        device=result.device, precision=result.precision, batch_size=result.batch_size,
+        device=result.device, precision=result.precision, batch_size=result.batch_size, engine=result.engine,
         brain_mask=result.brain_mask.source, brain_mask_description=result.brain_mask.describe(),
         brain_mask_details=result.brain_mask.provenance(),
         input_sha256=volume_sha256(result.input), input_sha256_of=INPUT_HASH_CONVENTION,

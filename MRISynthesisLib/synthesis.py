@@ -24,6 +24,7 @@ import numpy as np
 
 from .checkpoint import ModelMetadata, check_batch_memory, load_checkpoint, read_metadata
 from .device import resolve_precision, select_device
+from .engines import TorchEngine, create_engine
 from .errors import Cancelled, InputError
 from .input_check import check_stack
 from .orientation import to_canonical_slices
@@ -54,6 +55,9 @@ class Synthesizer:
     ``mixed_precision``: ``False`` forces float32 whatever ``precision`` says (training validation
     and the study use it, so their numbers do not depend on the machine).
     ``flip_tta``: average the prediction with that of the left-right mirrored slice.
+    ``engine``: 'auto', 'torch', 'torch-channels-last' or 'onnxruntime' (see
+    :mod:`MRISynthesisLib.engines`): what runs the network; ``self.engine.name`` is the one used
+    and ``self.engine.notes`` says why another was not (one sentence each).
 
     Every input is checked for resemblance to brain MRI (:mod:`MRISynthesisLib.input_check`);
     ``input_check`` holds the check of the last input, and each result carries it in
@@ -61,7 +65,7 @@ class Synthesizer:
     """
 
     def __init__(self, checkpoint, device="auto", batch_size: int = 8, mixed_precision: bool = True,
-                 flip_tta: bool = False, precision: str = "auto"):
+                 flip_tta: bool = False, precision: str = "auto", engine: str = "auto"):
         if int(batch_size) < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
         self.device = select_device(device)
@@ -72,6 +76,7 @@ class Synthesizer:
             check_batch_memory(read_metadata(checkpoint), int(batch_size))
             model, self.metadata = load_checkpoint(checkpoint, device=self.device)
             self.model = self._prepare_model(model)
+            self.engine = create_engine(engine, self.model, self.metadata, self.precision, self.device)
         self.batch_size = int(batch_size)
         self.mixed_precision = self.precision.dtype is not None
         self.flip_tta = bool(flip_tta)
@@ -82,12 +87,24 @@ class Synthesizer:
         """Wrap an in-memory model (e.g. during training validation) with the same inference path.
 
         The model is switched to eval mode (and to channels_last when the precision asks for it);
-        the caller switches it back to training mode."""
+        the caller switches it back to training mode. It runs on the ``torch`` engine (a model in
+        training changes between calls; nothing is exported)."""
         synthesizer = cls(None, device=device, **options)
         metadata.validate()
         synthesizer.model = synthesizer._prepare_model(model.to(synthesizer.device).eval())
         synthesizer.metadata = metadata
         return synthesizer
+
+    @property
+    def model(self):
+        """The PyTorch network: the reference, and what the ``torch`` engines run."""
+        return self._model
+
+    @model.setter
+    def model(self, model):
+        # A network set from outside (training validation, tests) runs on PyTorch as it is.
+        self._model = model
+        self.engine = TorchEngine(model, self.precision, self.device)
 
     def _prepare_model(self, model):
         if self.precision.channels_last:
@@ -163,11 +180,10 @@ class Synthesizer:
     def _forward(self, x):
         import torch
 
-        with self._autocast():
-            y = self.model(x)
-            if self.flip_tta:
-                y = 0.5 * (y + torch.flip(self.model(torch.flip(x, dims=[3])), dims=[3]))
-        return y.float()
+        y = self.engine(x)
+        if self.flip_tta:
+            y = 0.5 * (y + torch.flip(self.engine(torch.flip(x, dims=[3])), dims=[3]))
+        return y
 
     def _run(self, volume: Volume, progress, mask, samples: int):
         import torch

@@ -19,7 +19,7 @@ The request (JSON) names ``.npy`` files, so voxels cross the process boundary ex
 - ``input``: float32 ``[i, j, k]`` (``[k, j, i]``, Slicer's order, when ``order`` is ``"kji"``; the
   same for the mask and the reference); ``affine``: its 4x4 index-to-RAS matrix (world, mm);
 - ``model`` (catalog id or checkpoint path, or null: the direction's default), ``direction``,
-  ``device``, ``precision``, ``batch_size``, ``uncertainty`` (bool);
+  ``device``, ``precision``, ``engine`` (default "auto"), ``batch_size``, ``uncertainty`` (bool);
 - ``brain_mask``: ``"auto"``, ``"extract"``, ``"none"`` or an ``.npy`` (0/1, labels > 0 or
   probabilities > 0.5 = brain, as a mask file);
 - ``reference``: an ``.npy`` on the input's grid (float32 ``[i, j, k]``) or null;
@@ -99,6 +99,7 @@ def run(request: dict, emit, synthesizers=None) -> WorkerResult:
     result = run_pipeline(SynthesisRequest(
         input=volume, model=request.get("model") or None, direction=request.get("direction"),
         device=request.get("device", "auto"), precision=request.get("precision", "auto"),
+        engine=request.get("engine", "auto"),
         batch_size=int(request.get("batch_size", 8)), brain_mask=request.get("brain_mask", "auto"),
         uncertainty=bool(request.get("uncertainty")),
         reference=None if reference is None else Volume(np.asarray(reference, dtype=np.float32), volume.affine)),
@@ -108,7 +109,7 @@ def run(request: dict, emit, synthesizers=None) -> WorkerResult:
     warnings = list(result.warnings)
     info = {"model_id": result.metadata.model_id, "title": result.metadata.title,
             "direction": result.metadata.direction, "checkpoint": str(result.model_path), "device": result.device,
-            "batch_size": int(result.batch_size), "precision": result.precision,
+            "batch_size": int(result.batch_size), "precision": result.precision, "engine": result.engine,
             "mask_source": result.brain_mask.source, "mask_description": result.brain_mask.describe(),
             "display_range": list(display_range(synthetic)), "metrics": None, "conventions_text": None,
             "difference_display_max": None}

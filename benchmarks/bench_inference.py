@@ -1,28 +1,36 @@
-"""Inference speed (fp32 vs bf16) and memory of synthesis, measured side by side in one run.
+"""Inference speed of every engine x precision for the shipped models, side by side in one run.
 
-    python benchmarks/bench_inference.py [--volume PATH] [--model ID_OR_PATH | --architecture unet_256 --ngf 64]
-                                         [--slices 16] [--batch-size 8] [--threads N] [--no-large]
+    python benchmarks/bench_inference.py [--models ID ...] [--batch-size 8] [--threads 2] [--repeats 5]
+                                         [--whole-command] [--large] [--volume T1.nii.gz]
 
-These machines are noisy and shared, so everything that is compared is measured in the same run
-and printed as ratios. For each precision (fp32, and bf16 autocast + channels_last):
+These machines are noisy and shared, so everything compared is measured in the same run,
+interleaved (A, B, C, A, B, C, ...), and printed as ratios with their spread over the rounds.
 
-* end-to-end ``Synthesizer.synthesize`` of a real volume cut to ``--slices`` central axial slices
-  (mask, normalisation, resampling, batches, output: the whole inference path), slices/s;
-* the bare network forward on the same number of 256x256 slices, same batch size, slices/s;
-* the end-to-end overhead over the bare forward (target: under 10 %);
-* achieved GFLOP/s (network FLOPs from torch.utils.flop_counter) against this CPU's float32 and
-  bfloat16 matrix-multiply rates, measured in the same process;
+For each model (default: every model in Resources/Models.json) and each engine x precision:
 
-then bf16/fp32 ratios, and (unless ``--no-large``) the peak RSS of a whole
-``mrisynthesis synthesize`` process (a subprocess, precision auto) on a 512 x 512 x 300 volume made
-by upsampling the real one: goal under 1.0 GB. CPU times (``time.process_time``) are printed
-next to wall-clock times: with one thread they do not depend on other work on the machine.
+* time per batch of ``--batch-size`` real slices (the central slices of ``--volume``, preprocessed
+  exactly as synthesis does), median over ``--repeats`` rounds, and slices per second;
+* speed against PyTorch eager float32 (``--engine torch --precision fp32``: today's CPU path on
+  CPUs without native bfloat16): the median of the per-round ratios, with their min-max;
+* the largest absolute difference of the synthesised values from that reference, in output units
+  (0 background, 1 = the 99.5th percentile of the target contrast).
+
+Engines: torch, torch-channels-last and onnxruntime (MRISynthesisLib.engines), and OpenVINO when it
+is installed (measured for comparison only: not adopted, see the README). bfloat16 rows run
+PyTorch autocast (emulated, hence slow, on CPUs without native bfloat16).
+
+``--whole-command`` also times whole ``mrisynthesis synthesize`` processes on ``--volume`` per engine
+(interleaved, the cached graph already built) and compares their outputs; ``--large`` measures the
+peak RSS of the whole command on a 512 x 512 x 300 volume (made by upsampling ``--volume``) for
+each engine: goal under 1.0 GB.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import platform
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -35,50 +43,31 @@ import torch
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from MRISynthesisLib import catalog  # noqa: E402
-from MRISynthesisLib.checkpoint import ModelMetadata, save_checkpoint  # noqa: E402
-from MRISynthesisLib.conventions import T1_TO_T2  # noqa: E402
-from MRISynthesisLib.device import cpu_has_native_bf16, resolve_precision  # noqa: E402
+from MRISynthesisLib import catalog, engines  # noqa: E402
+from MRISynthesisLib.device import cpu_has_native_bf16  # noqa: E402
 from MRISynthesisLib.io import load_volume  # noqa: E402
-from MRISynthesisLib.models import build_model, default_config  # noqa: E402
 from MRISynthesisLib.orientation import find_axial_axis  # noqa: E402
 from MRISynthesisLib.preprocessing import brain_mask  # noqa: E402
 from MRISynthesisLib.synthesis import Synthesizer  # noqa: E402
 from MRISynthesisLib.volume import Volume  # noqa: E402
 
 DEFAULT_VOLUME = REPO.parent / "shared" / "data" / "paired" / "BraTS-GLI-00001-000" / "BraTS-GLI-00001-000-t1n.nii.gz"
-PRECISIONS = ("fp32", "bf16")
 LARGE_SHAPE = (512, 512, 300)
+#: (label, engine, precision); the first is the reference.
+VARIANTS = [("torch fp32 (eager)", "torch", "fp32"), ("torch fp32 + channels-last", "torch-channels-last", "fp32"),
+            ("onnxruntime fp32", "onnxruntime", "fp32"), ("openvino fp32 (not adopted)", "openvino", "fp32"),
+            ("torch bf16 + channels-last", "torch", "bf16")]
 
 
-class Clock:
-    """Wall-clock and process CPU seconds of a block."""
-
-    def __enter__(self):
-        self.wall, self.cpu = time.perf_counter(), time.process_time()
-        return self
-
-    def __exit__(self, *exc):
-        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
-
-
-def matmul_gflops(dtype, size: int = 1024, repeats: int = 3) -> float:
-    """This CPU's matrix-multiply rate in ``dtype`` (GFLOP/s of CPU time)."""
-    a, b = torch.randn(size, size).to(dtype), torch.randn(size, size).to(dtype)
-    torch.mm(a, b)
-    with Clock() as clock:
-        for _ in range(repeats):
-            torch.mm(a, b)
-    return 2 * size ** 3 * repeats / clock.cpu / 1e9
-
-
-def flops_per_slice(model, channels: int, size: int) -> float:
-    from torch.utils.flop_counter import FlopCounterMode
-
-    counter = FlopCounterMode(display=False)
-    with torch.inference_mode(), counter:
-        model(torch.zeros(1, channels, size, size))
-    return float(counter.get_total_flops())
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as info:
+            for line in info:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def central_slices(volume: Volume, n: int) -> Volume:
@@ -92,115 +81,207 @@ def central_slices(volume: Volume, n: int) -> Volume:
     return Volume(np.ascontiguousarray(volume.array[tuple(index)]), volume.affine)
 
 
-def load_synthesizers(args, folder: Path) -> dict:
-    if args.architecture:
-        torch.manual_seed(0)
-        config = dict(default_config(args.architecture), **({"ngf": args.ngf} if args.ngf else {}))
-        path = save_checkpoint(folder / "bench.safetensors", build_model(args.architecture, **config), ModelMetadata(
-            architecture=args.architecture, config=config, direction=T1_TO_T2, slice_size=256))
-    else:
-        path = catalog.resolve_model(args.model, None if args.model else T1_TO_T2)
-    return {p: Synthesizer(path, device="cpu", batch_size=args.batch_size, precision=p) for p in PRECISIONS}, path
-
-
-def measure(synthesizer: Synthesizer, volume: Volume, args) -> dict:
-    counted = []
-    synthesizer.synthesize(volume, progress=lambda done, total: counted.append(total) or True)  # warm-up
-    n = counted[-1]
-    with Clock() as end_to_end:
+def model_batch(synthesizer: Synthesizer, volume: Volume) -> torch.Tensor:
+    """The network input synthesis builds for ``volume`` (all its foreground slices, one batch)."""
+    captured = []
+    original = synthesizer._forward
+    synthesizer._forward = lambda x: captured.append(x.contiguous()) or original(x)
+    batch_size, synthesizer.batch_size = synthesizer.batch_size, 10 ** 6
+    try:
         synthesizer.synthesize(volume)
-    size, channels = int(synthesizer.metadata.slice_size), 2 * int(synthesizer.metadata.context_slices) + 1
-    x = torch.rand(args.batch_size, channels, size, size) * 2 - 1
-    if synthesizer.precision.channels_last:
-        x = x.contiguous(memory_format=torch.channels_last)
+    finally:
+        synthesizer._forward, synthesizer.batch_size = original, batch_size
+    return captured[0]
+
+
+class OpenVinoForBenchmark:
+    """OpenVINO on the same ONNX graph, for comparison only. Its Python package imports a usage
+    telemetry client that reports to a web service unless told otherwise: blocked here."""
+
+    name = "openvino"
+
+    def __init__(self, synthesizer: Synthesizer):
+        sys.modules.setdefault("openvino_telemetry", None)  # the converter then uses its no-op stub
+        import openvino
+        import onnxruntime
+
+        graph, _ = engines.export_onnx_graph(synthesizer.model, synthesizer.metadata, onnxruntime)
+        with tempfile.TemporaryDirectory() as folder:
+            path = Path(folder) / "model.onnx"
+            path.write_bytes(graph)
+            core = openvino.Core()
+            self.compiled = core.compile_model(core.read_model(str(path)), "CPU", {
+                "INFERENCE_NUM_THREADS": torch.get_num_threads(), "PERFORMANCE_HINT": "LATENCY",
+                "INFERENCE_PRECISION_HINT": "f32"})
+        self.version = openvino.__version__
+
+    def __call__(self, x):
+        return torch.from_numpy(self.compiled(x.numpy())[0])
+
+
+def make_variants(path, batch_size: int, bf16: bool = True) -> dict:
+    made = {}
+    for label, engine, precision in VARIANTS:
+        if precision == "bf16" and not bf16:
+            continue
+        try:
+            if engine == "openvino":
+                synthesizer = Synthesizer(path, device="cpu", batch_size=batch_size, precision="fp32", engine="torch")
+                synthesizer.engine = OpenVinoForBenchmark(synthesizer)
+            else:
+                synthesizer = Synthesizer(path, device="cpu", batch_size=batch_size, precision=precision, engine=engine)
+                if synthesizer.engine.name != engine:
+                    print(f"  {label}: skipped ({'; '.join(synthesizer.engine.notes)})")
+                    continue
+        except Exception as error:  # noqa: BLE001 - a runtime that is not installed is skipped
+            print(f"  {label}: skipped ({str(error).splitlines()[0] if str(error) else type(error).__name__})")
+            continue
+        made[label] = synthesizer
+    return made
+
+
+def bench_model(entry, volume: Volume, args) -> list[dict]:
+    variants = make_variants(entry.path(), args.batch_size, bf16=not args.no_bf16)
+    reference = variants[VARIANTS[0][0]]
+    x = model_batch(reference, volume)[:args.batch_size]
     with torch.inference_mode():
-        synthesizer._forward(x)  # warm-up (oneDNN primitive creation)
-        with Clock() as bare:
-            for first in range(0, n, args.batch_size):
-                synthesizer._forward(x[: min(args.batch_size, n - first)])
-    return {"slices": n, "e2e": end_to_end, "bare": bare}
+        expected = reference._forward(x)
+        outputs = {label: s._forward(x) for label, s in variants.items()}  # also the warm-up
+        times = {label: [] for label in variants}
+        for _ in range(args.repeats):
+            for label, synthesizer in variants.items():
+                start = time.perf_counter()
+                synthesizer._forward(x)
+                times[label].append(time.perf_counter() - start)
+    rows = []
+    for label in variants:
+        ratios = [r / t for r, t in zip(times[VARIANTS[0][0]], times[label])]
+        seconds = statistics.median(times[label])
+        rows.append({"model": entry.id, "variant": label, "seconds": seconds, "slices_per_s": len(x) / seconds,
+                     "ratio": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+                     # output units: y in [-1, 1] is written as (y + 1) / 2
+                     "max_abs": 0.5 * float((outputs[label] - expected).abs().max())})
+    return rows
 
 
-def large_case_peak_rss(source: Path, model_path, folder: Path, precision: str = "auto"):
-    """Peak RSS (bytes) of a whole CLI process on a 512 x 512 x 300 upsampling of ``source``."""
+def whole_command(volume_path: Path, args, folder: Path) -> None:
+    """Whole ``mrisynthesis synthesize`` processes per engine, interleaved; outputs compared."""
     import nibabel as nib
-    from scipy import ndimage
 
-    image = nib.load(str(source))
-    array = np.asarray(image.dataobj, dtype=np.float32)
-    zoom = [t / s for t, s in zip(LARGE_SHAPE, array.shape)]
-    big = np.round(ndimage.zoom(array, zoom, order=1)).astype(np.int16)
-    del array
-    affine = image.affine.copy()
-    affine[:3, :3] /= np.array(zoom)[None, :]
+    fp32_engines = ["torch"] + [e for e in args.whole_engines if e != "torch"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
+
+    def run(engine, tag):
+        output = folder / f"whole-{engine}-{tag}.nii.gz"
+        command = [sys.executable, "-m", "MRISynthesisLib", "synthesize", str(volume_path), "-o", str(output),
+                   "--engine", engine, "--device", "cpu", "--quiet"] + (["--model", args.models[0]] if args.models else [])
+        start = time.perf_counter()
+        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise SystemExit(f"whole command failed: {done.stderr.strip()}")
+        return time.perf_counter() - start, output
+
+    start = time.perf_counter()
+    run("onnxruntime", "warm")  # builds the cached graph if needed (a one-time cost, reported here)
+    print(f"\nwhole command, first onnxruntime run (graph cached or built): {time.perf_counter() - start:.1f} s")
+    seconds = {engine: [] for engine in fp32_engines}
+    for _ in range(args.whole_repeats):
+        for engine in fp32_engines:
+            elapsed, output = run(engine, "timed")
+            seconds[engine].append(elapsed)
+    reference = np.asarray(nib.load(str(folder / "whole-torch-timed.nii.gz")).dataobj)
+    print(f"whole `mrisynthesis synthesize {volume_path.name}` ({torch.get_num_threads()} threads, default model and "
+          f"settings but --engine), {args.whole_repeats} interleaved rounds")
+    print(f"{'engine':<22}{'median s':>10}{'min-max s':>16}{'speed-up (per round)':>26}{'max abs diff':>14}")
+    for engine in fp32_engines:
+        ratios = [r / t for r, t in zip(seconds["torch"], seconds[engine])]
+        difference = np.abs(np.asarray(nib.load(str(folder / f"whole-{engine}-timed.nii.gz")).dataobj) - reference).max()
+        print(f"{engine:<22}{statistics.median(seconds[engine]):>10.1f}"
+              f"{min(seconds[engine]):>8.1f}-{max(seconds[engine]):<7.1f}"
+              f"{statistics.median(ratios):>12.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
+              f"{difference:>14.1e}")
+
+
+def large_case_peak_rss(source: Path, folder: Path, engine: str):
+    """Peak RSS (bytes) and wall seconds of a whole CLI process on a 512 x 512 x 300 upsampling of ``source``."""
     big_path = folder / "large_t1.nii.gz"
-    nib.save(nib.Nifti1Image(big, affine), str(big_path))
-    del big
+    if not big_path.exists():
+        import nibabel as nib
+        from scipy import ndimage
+
+        image = nib.load(str(source))
+        array = np.asarray(image.dataobj, dtype=np.float32)
+        zoom = [t / s for t, s in zip(LARGE_SHAPE, array.shape)]
+        big = np.round(ndimage.zoom(array, zoom, order=1)).astype(np.int16)
+        del array
+        affine = image.affine.copy()
+        affine[:3, :3] /= np.array(zoom)[None, :]
+        nib.save(nib.Nifti1Image(big, affine), str(big_path))
+        del big
     command = [sys.executable, "-m", "MRISynthesisLib", "synthesize", str(big_path), "-o", str(folder / "out.nii.gz"),
-               "--model", str(model_path), "--device", "cpu", "--precision", precision, "--quiet"]
-    with Clock() as clock:
-        process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        _, status, usage = os.wait4(process.pid, 0)
+               "--engine", engine, "--device", "cpu", "--quiet"]
+    start = time.perf_counter()
+    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
     if status != 0:
         raise SystemExit(f"large case failed: {process.stderr.read().decode().strip()}")
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return usage.ru_maxrss * scale, clock.wall
+    return usage.ru_maxrss * scale, time.perf_counter() - start
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--volume", type=Path, default=DEFAULT_VOLUME)
-    parser.add_argument("--model", default=None, help="catalog id or checkpoint (default: the shipped T1->T2 default)")
-    parser.add_argument("--architecture", default=None, help="instead of --model: a randomly initialised network")
-    parser.add_argument("--ngf", type=int, default=0, help="width of --architecture (default: its literature value)")
-    parser.add_argument("--slices", type=int, default=16, help="central axial slices synthesised (default: 16)")
+    parser.add_argument("--models", nargs="+", default=None, help="catalog ids (default: every shipped model)")
     parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    parser.add_argument("--no-large", action="store_true", help="skip the 512 x 512 x 300 peak-RSS subprocess")
+    parser.add_argument("--threads", type=int, default=2, help="torch and engine threads (default: 2)")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved timing rounds per model")
+    parser.add_argument("--whole-command", action="store_true", help="also time whole CLI processes per engine")
+    parser.add_argument("--whole-repeats", type=int, default=3)
+    parser.add_argument("--whole-engines", nargs="+", default=["torch-channels-last", "onnxruntime", "auto"],
+                        help="engines timed against torch by --whole-command")
+    parser.add_argument("--large", action="store_true", help="also the 512 x 512 x 300 peak RSS per engine")
+    parser.add_argument("--no-bf16", action="store_true", help="skip the bfloat16 rows (slow where emulated)")
+    parser.add_argument("--no-table", action="store_true", help="skip the per-model table (only --whole-command/--large)")
     args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     if not args.volume.is_file():
         print(f"volume not found: {args.volume} (needs ../shared/data or --volume)")
         return 2
-
+    entries = [e for e in catalog.list_models() if not args.models or e.id in args.models]
+    print(f"CPU: {cpu_name()}, {os.cpu_count()} logical cores, kind {engines.cpu_kind()} (native bf16: "
+          f"{'yes' if cpu_has_native_bf16() else 'no'}); {args.threads} threads; torch {torch.__version__}"
+          + "".join(f", {name} {_version(name)}" for name in ("onnxruntime", "openvino") if _version(name)))
+    print(f"load average at start: {os.getloadavg()[0]:.1f}" if hasattr(os, "getloadavg") else "")
+    volume = central_slices(load_volume(args.volume), 2 * args.batch_size)
+    print(f"batch: {args.batch_size} real slices of {args.volume.name}; {args.repeats} interleaved rounds; "
+          "speed-up = median of the per-round ratios to torch fp32 eager (min-max)")
+    print(f"{'model':<22}{'engine x precision':<30}{'s/batch':>9}{'slices/s':>10}{'speed-up':>22}{'max abs diff':>14}")
+    for entry in ([] if args.no_table else entries):
+        for row in bench_model(entry, volume, args):
+            print(f"{row['model']:<22}{row['variant']:<30}{row['seconds']:>9.3f}{row['slices_per_s']:>10.2f}"
+                  f"{row['ratio']:>9.2f}x ({row['ratio_min']:.2f}-{row['ratio_max']:.2f})"
+                  f"{row['max_abs']:>14.1e}", flush=True)
     with tempfile.TemporaryDirectory() as folder:
-        synthesizers, model_path = load_synthesizers(args, Path(folder))
-        volume = central_slices(load_volume(args.volume), args.slices)
-        fp32 = synthesizers["fp32"]
-        channels = 2 * int(fp32.metadata.context_slices) + 1
-        flops = flops_per_slice(fp32.model, channels, int(fp32.metadata.slice_size))
-        peaks = {"fp32": matmul_gflops(torch.float32), "bf16": matmul_gflops(torch.bfloat16)}
-        results = {p: measure(s, volume, args) for p, s in synthesizers.items()}
-
-        auto = resolve_precision("auto", torch.device("cpu")).describe()
-        print(f"volume: {args.volume.name}, {args.slices} central slices {volume.shape}; model "
-              f"{fp32.metadata.model_id if not args.architecture else args.architecture} "
-              f"({sum(p.numel() for p in fp32.model.parameters()) / 1e6:.1f} M params, {flops / 1e9:.2f} GFLOP "
-              f"per {fp32.metadata.slice_size}^2 slice); batch {args.batch_size}; {torch.get_num_threads()} threads; "
-              f"native bf16: {'yes' if cpu_has_native_bf16() else 'no'} (auto = {auto})")
-        print(f"matmul 1024^2 on this CPU: fp32 {peaks['fp32']:.1f} GFLOP/s, bf16 {peaks['bf16']:.1f} GFLOP/s "
-              f"(bf16/fp32 {peaks['bf16'] / peaks['fp32']:.2f}x)")
-        print("rates are slices per CPU second (wall-clock in brackets)")
-        header = f"{'precision':<24}{'end-to-end':>18}{'bare forward':>18}{'overhead':>10}{'GFLOP/s':>9}{'of fp32 mm':>11}{'of bf16 mm':>11}"
-        print(header)
-        for p, r in results.items():
-            n = r["slices"]
-            e2e, bare = n / r["e2e"].cpu, n / r["bare"].cpu
-            achieved = flops * n / r["bare"].cpu / 1e9
-            print(f"{synthesizers[p].precision.describe():<24}"
-                  f"{e2e:>8.2f} ({n / r['e2e'].wall:6.2f}) {bare:>8.2f} ({n / r['bare'].wall:6.2f})"
-                  f"{100 * (r['e2e'].cpu / r['bare'].cpu - 1):>9.1f}%{achieved:>9.1f}"
-                  f"{achieved / peaks['fp32']:>11.2f}{achieved / peaks['bf16']:>11.2f}")
-        ratio = {k: results["fp32"][k].cpu / results["bf16"][k].cpu for k in ("e2e", "bare")}
-        print(f"bf16 / fp32 speed: end-to-end {ratio['e2e']:.2f}x, bare forward {ratio['bare']:.2f}x")
-
-        if not args.no_large:
-            peak, seconds = large_case_peak_rss(args.volume, model_path, Path(folder))
-            print(f"512x512x300 ({np.prod(LARGE_SHAPE) * 4 / 1e6:.0f} MB as float32): whole `mrisynthesis synthesize` "
-                  f"process, precision auto: peak RSS {peak / 1e9:.3f} GB ({peak / 2 ** 20:.0f} MiB; goal < 1.0 GB), "
-                  f"{seconds:.0f} s wall")
+        if args.whole_command:
+            whole_command(args.volume, args, Path(folder))
+        if args.large:
+            print()
+            for engine in ("torch", "torch-channels-last", "onnxruntime"):
+                peak, seconds = large_case_peak_rss(args.volume, Path(folder), engine)
+                print(f"512x512x300, whole `mrisynthesis synthesize --engine {engine}` (default model, batch size "
+                      f"and precision): peak RSS {peak / 1e9:.3f} GB ({peak / 2 ** 20:.0f} MiB; goal < 1.0 GB), "
+                      f"{seconds:.0f} s wall", flush=True)
     return 0
+
+
+def _version(name: str):
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 if __name__ == "__main__":

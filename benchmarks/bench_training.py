@@ -47,22 +47,32 @@ class RandomSlices(torch.utils.data.Dataset):
         return {"source": self.source[i], "target": self.target[i]}
 
 
-MODES = {"fp32": ("fp32", False), "bf16": ("bf16", True)}  # precision, channels_last
+MODES = {"fp32": ("fp32", False), "fp32-cl": ("fp32", True), "bf16": ("bf16", True)}  # precision, channels_last
 
 
 def images_per_second(family, args, batch_size, mode):
     precision, channels_last = MODES[mode]
-    overrides = [f"family={family}", "device=cpu", f"data.batch_size={batch_size}", "data.slice_size=256",
+    overrides = ["device=cpu", f"data.batch_size={batch_size}",
                  f"train.precision={precision}", f"train.channels_last={str(channels_last).lower()}"]
-    if args.ngf and family != "baseline":
-        key = "nf" if family == "vae" else "ngf"
-        overrides.append(f"model.generator_options={{{key}: {args.ngf}}}")
-    config = load_config(None, overrides)
-    batch = {"source": torch.rand(batch_size, 1, 256, 256) * 2 - 1,
-             "target": torch.rand(batch_size, 1, 256, 256) * 2 - 1}
+    if args.config:  # a recipe as it trains: its network, loss and crop size
+        config = load_config(args.config, overrides)
+    else:
+        overrides += [f"family={family}", "data.slice_size=256"]
+        if args.ngf and family != "baseline":
+            key = "nf" if family == "vae" else "ngf"
+            overrides.append(f"model.generator_options={{{key}: {args.ngf}}}")
+        config = load_config(None, overrides)
+    size = int(config.data.crop_size or config.data.slice_size)
+    generator = torch.Generator().manual_seed(1)
+    channels = int(getattr(config, "in_channels", 1))
+    grid = torch.linspace(-1, 1, size)
+    disk = ((grid[:, None] ** 2 + grid[None, :] ** 2) < 0.6).to(torch.uint8)  # a brain-sized foreground
+    batch = {"source": torch.rand(batch_size, channels, size, size, generator=generator) * 2 - 1,
+             "target": torch.rand(batch_size, 1, size, size, generator=generator) * 2 - 1,
+             "mask": disk.expand(batch_size, 1, size, size).contiguous()}
     with tempfile.TemporaryDirectory() as run_dir:
-        data = RunData(RandomSlices(batch_size * 4, 256), None, {"train": [], "val": [], "test": []})
-        trainer = TRAINERS[family](config, run_dir, data, DistributedContext())
+        data = RunData(RandomSlices(batch_size * 4, size), None, {"train": [], "val": [], "test": []})
+        trainer = TRAINERS[config.family](config, run_dir, data, DistributedContext())
         batch = trainer.to_device(batch)
         for _ in range(args.warmup):
             trainer.train_step(batch)
@@ -79,9 +89,13 @@ def images_per_second(family, args, batch_size, mode):
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES)
+    parser.add_argument("--config", default=None, help="a training recipe (e.g. configs/supervised-v4.yaml): its "
+                        "family, network, loss and crop size instead of --families at 256x256")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat the modes interleaved this many times")
     parser.add_argument("--batch-sizes", nargs="+", type=int, default=[1, 4])
     parser.add_argument("--modes", nargs="+", default=list(MODES), choices=list(MODES),
-                        help="fp32, and bf16 = bf16 autocast + channels_last (default: both)")
+                        help="fp32, fp32-cl = fp32 + channels_last, bf16 = bf16 autocast + channels_last "
+                             "(default: all)")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--ngf", type=int, default=0, help="generator width (0 = literature default)")
@@ -92,6 +106,8 @@ def main(argv=None):
     torch.manual_seed(0)
     from MRISynthesisLib.device import cpu_has_native_bf16
 
+    if args.config:
+        return recipe(args)
     print(f"training images per CPU second (wall-clock in brackets) at 256x256, {torch.get_num_threads()} threads, "
           f"torch {torch.__version__}, native bf16: {'yes' if cpu_has_native_bf16() else 'no'}")
     columns = [(b, m) for b in args.batch_sizes for m in args.modes]
@@ -106,6 +122,28 @@ def main(argv=None):
         if len(args.modes) == 2:
             line += "".join(f"{rates[b, 'bf16'][0] / rates[b, 'fp32'][0]:>13.2f}x" for b in args.batch_sizes)
         print(line, flush=True)
+
+
+def recipe(args):
+    """One recipe's training step in each mode, interleaved over ``--rounds``; ratios to the first mode."""
+    import statistics
+
+    config = load_config(args.config, [])
+    batch_size = args.batch_sizes[0] if args.batch_sizes != [1, 4] else int(config.data.batch_size)
+    size = int(config.data.crop_size or config.data.slice_size)
+    print(f"{args.config}: {config.family}, {config.model.generator} {config.model.generator_options}, batch "
+          f"{batch_size} of {size}x{size}, {torch.get_num_threads()} threads, torch {torch.__version__}; "
+          f"{args.steps} steps per measurement, {args.rounds} interleaved rounds (images per wall-clock second)")
+    rates = {mode: [] for mode in args.modes}
+    for _ in range(args.rounds):
+        for mode in args.modes:
+            rates[mode].append(images_per_second(config.family, args, batch_size, mode)[1])
+    first = args.modes[0]
+    for mode in args.modes:
+        ratios = [r / f for r, f in zip(rates[mode], rates[first])]
+        print(f"{mode:<10}{statistics.median(rates[mode]):>8.2f} images/s (min {min(rates[mode]):.2f}, max "
+              f"{max(rates[mode]):.2f}); vs {first}: {statistics.median(ratios):.2f}x "
+              f"({min(ratios):.2f}-{max(ratios):.2f})", flush=True)
 
 
 if __name__ == "__main__":

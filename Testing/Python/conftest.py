@@ -19,6 +19,23 @@ atexit.register(shutil.rmtree, os.environ["MRISYNTHESIS_USER_MODELS"], True)
 from shared_folder import REPO, SHARED_DATA  # noqa: E402 - the one definition of ../shared
 
 
+@pytest.fixture(scope="session", autouse=True)
+def engine_cache(tmp_path_factory):
+    """Derived inference graphs (MRISynthesisLib.engines) go to a temporary folder, never to the
+    user's cache; subprocesses inherit it."""
+    import os
+
+    from MRISynthesisLib.engines import CACHE_ENV
+
+    previous = os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(tmp_path_factory.mktemp("engine-cache"))
+    yield Path(os.environ[CACHE_ENV])
+    if previous is None:
+        os.environ.pop(CACHE_ENV, None)
+    else:
+        os.environ[CACHE_ENV] = previous
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """``../shared/data`` beside the repository (:mod:`shared_folder`); the one fixture of the tests

@@ -442,3 +442,15 @@ def test_preview_on_a_full_disk_gives_one_error_and_no_exception_ignored(tmp_pat
                            "No space left on device; no output was written", out)
     gc.collect()  # a writer object left half-closed would report its error now
     assert "p.png" in line and unraisable == [] and os.listdir(out) == []
+
+
+def test_a_given_mask_on_one_unsampled_slice_is_checked_without_error(tiny_checkpoint):
+    """The input check samples every n-th axial slice; a given mask on another slice still works."""
+    from MRISynthesisLib.synthesis import Synthesizer
+    from MRISynthesisLib.volume import Volume
+
+    array = head_phantom((40, 44, 70))
+    mask = np.zeros(array.shape, dtype=bool)
+    mask[:, :, 35] = array[:, :, 35] > 0  # 70 slices: the check samples every 2nd (0, 2, ...)
+    result = Synthesizer(tiny_checkpoint, device="cpu").synthesize(Volume(array, affine_for("RAS")), mask=mask)
+    assert result.array[:, :, 35].max() > 0 and not result.array[:, :, 34].any()
