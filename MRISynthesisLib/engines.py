@@ -46,22 +46,24 @@ ENGINE_CHOICES = ("auto", "torch", "torch-channels-last", "onnxruntime")
 #: Fastest float32 engine within 1e-5 of ``torch``, per (CPU kind, network family; see
 #: :func:`network_family`), measured against PyTorch eager float32 on batches of 8 real slices of
 #: 256 x 256 with 2 threads (``benchmarks/bench_inference.py``; README "Inference engines"). Only what
-#: was measured is listed: other CPUs and networks keep ``torch``. With batch normalisation the
-#: ONNX export folds it into the convolutions, which moved v2's output by 1.4e-5 on real slices
-#: (over the 1e-5 tolerance), so those networks get PyTorch channels-last.
+#: was measured is listed: other CPUs and networks keep ``torch``. The ONNX export folds batch
+#: normalisation into the convolutions; that moved v2's output by 1.4e-5 on real slices (over the
+#: 1e-5 tolerance), so v2's residual U-Net gets PyTorch channels-last.
 MEASURED_FASTEST = {
-    # 2-core AMD EPYC, AVX2 only, 2026-12-03 (loaded machine, per-round min-max): resunet v4 ONNX Runtime
-    # 3.85x (2.5-4.7), channels-last 1.87x (1.4-2.3); resunet v2 (batch norm) channels-last 1.66x (1.45-1.70);
-    # unet_256 v1 (batch norm) channels-last 1.3x.
+    # 2-core AMD EPYC, AVX2 only, 2026-12-03 (loaded machine; per-round min-max; max abs difference):
+    # resunet v4 ONNX Runtime 3.85x (2.5-4.7; 4.5e-6), channels-last 1.87x (1.4-2.3);
+    # resunet v2 (batch norm) ONNX Runtime 3.09x but 1.4e-5, channels-last 1.66x (1.45-1.70; 5.8e-6);
+    # unet_256 v1 (batch norm) ONNX Runtime 3.09x (2.65-3.17; 9.5e-7), channels-last 1.09x (0.97-1.64).
     ("x86-avx2", "resunet"): "onnxruntime",
     ("x86-avx2", "resunet+batchnorm"): "torch-channels-last",
-    ("x86-avx2", "unet_256+batchnorm"): "torch-channels-last",
+    ("x86-avx2", "unet_256+batchnorm"): "onnxruntime",
     # 2-core EPYC with AVX-512 BF16 (issue 26): resunet v4 ONNX Runtime 2.9x, channels-last 2.2x.
     ("x86-bf16", "resunet"): "onnxruntime",
 }
 #: What ``auto`` runs when the measured engine is not installed or fails, per (CPU kind, family).
 MEASURED_TORCH_FALLBACK = {
     ("x86-avx2", "resunet"): "torch-channels-last",
+    ("x86-avx2", "unet_256+batchnorm"): "torch-channels-last",
     ("x86-bf16", "resunet"): "torch-channels-last",
 }
 

@@ -73,7 +73,7 @@ class SynthesisRequest:
     - ``device``: 'auto', 'cpu', 'cuda' or 'mps'; ``precision``: 'auto', 'fp32', 'bf16' or 'fp16'
       (:func:`MRISynthesisLib.device.resolve_precision`); ``batch_size``: slices per forward pass;
       ``engine``: what runs the network, 'auto', 'torch', 'torch-channels-last' or 'onnxruntime'
-      (:mod:`MRISynthesisLib.engines`; every float32 engine gives the PyTorch result within 1e-5).
+      (:mod:`MRISynthesisLib.engines`; what 'auto' picks gives the PyTorch float32 result within 1e-5).
     - ``brain_mask``: 'auto' (skull-stripped inputs as they are, whole-head scans brain-extracted),
       'extract' (always extract), 'none', the path of a mask file on the input's grid, or a mask
       array ``[i, j, k]`` (non-zero = brain).
@@ -109,8 +109,8 @@ class SynthesisResult:
     None when the synthesizer used its own foreground mask, see :meth:`mask_used`);
     ``metadata`` and ``model_path``: the model; ``device`` ('cpu', 'cuda', ...), ``precision``
     (e.g. 'fp32', 'bf16 + channels_last'), ``batch_size`` and ``engine`` (e.g. 'onnxruntime'): what
-    finally ran (after any out-of-memory or engine fallback); ``warnings``: sentences every front end shows as warnings (input
-    check, fallbacks, brain mask, reference); ``notes``: informational sentences (model, device,
+    finally ran (after any out-of-memory or engine fallback); ``warnings``: sentences every front end
+    shows as warnings (input check, fallbacks, brain mask, reference); ``notes``: informational sentences (model, device,
     brain mask); ``score``: the comparison with the reference, or None.
     """
 
