@@ -202,6 +202,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._state = None
         self._job = None  # the run in progress (SynthesisLogic.SynthesisJob with a worker)
         self._importSteps = None  # SynthesisLogic.finishSteps of the finished run, one step per timer turn
+        self._dependencyCheck = None  # the first click's package check (Dependencies.BackgroundCheck), then CHECKED
         self._pollTimer = None
         self._listedDirection = None
         self._catalogEntries = []  # catalog models of the listed direction
@@ -256,7 +257,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
-        if self._job is not None:
+        if self._job is not None or self._dependencyCheck is not None:
             self.cancelRun(_("Cancelled: the scene was closed."))
         self.setParameterNode(None)
 
@@ -407,6 +408,8 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     #: How often the panel reads the worker's output (milliseconds).
     POLL_INTERVAL_MS = 50
+    #: ``_dependencyCheck`` once the packages are checked: the next timer turn starts the worker.
+    CHECKED = "checked"
 
     def onApplyButton(self) -> None:
         if self._job is not None:  # the button reads Cancel
@@ -414,8 +417,39 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         self.setProcessingState(ProcessingState.PREPARING, _("Checking PyTorch and the Python packages\u2026"))
         slicer.app.processEvents()
+        if not MRISynthesisLogic.dependenciesSatisfied:
+            # The session's first click: the package versions are read in a thread (tens of milliseconds
+            # of metadata parsing) while the timer keeps the panel answering; _onDependencyCheckTurn goes
+            # on from there, on the main thread (an installation, asked first, stays on it).
+            self._dependencyCheck = Dependencies.BackgroundCheck()
+            self._pollTimer.start(self.POLL_INTERVAL_MS)
+            return
+        if self._ensureDependencies():
+            self._startRun()
+
+    def _onDependencyCheckTurn(self) -> None:
+        """A timer turn of the first click's package check: wait for its thread; once it is done, act on
+        it (install what is missing, after asking) and import what the start needs; start the worker
+        in the next turn, so that no turn holds the main thread for all of it."""
+        check = self._dependencyCheck
+        if check == self.CHECKED:
+            self._dependencyCheck = None
+            self._pollTimer.stop()
+            self._startRun()
+            return
+        if not check.done():
+            return
+        if not self._ensureDependencies(check):
+            self._dependencyCheck = None
+            self._pollTimer.stop()
+            return
+        self.logic.prepareStart()
+        self._dependencyCheck = self.CHECKED
+
+    def _ensureDependencies(self, check=None) -> bool:
+        """``ensureDependencies``; on failure the panel shows why (with pip's log) and False is returned."""
         try:
-            self.logic.ensureDependencies(askConfirmation=not slicer.app.testingEnabled())
+            self.logic.ensureDependencies(askConfirmation=not slicer.app.testingEnabled(), check=check)
         except Exception as error:
             self.setProcessingState(ProcessingState.FAILED, _("Failed: {error}").format(error=error))
             log = getattr(error, "log", None)  # pip's output when an installation failed
@@ -424,7 +458,10 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 slicer.util.errorDisplay(str(error), detailedText=log)
             else:
                 slicer.util.errorDisplay(str(error))
-            return
+            return False
+        return True
+
+    def _startRun(self) -> None:
         p = self._parameterNode  # read after the installation, which processes GUI events
         self.ui.logTextEdit.clear()
         self.setProcessingState(ProcessingState.RUNNING, _("Starting\u2026"))
@@ -458,6 +495,7 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _endRun(self) -> None:
         self._pollTimer.stop()
+        self._dependencyCheck = None
         if self._job is not None:
             self._job.worker.cleanup()
         self._job, self._importSteps = None, None
@@ -465,6 +503,9 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def _onPollTimer(self) -> None:
         """One turn of a run, on the main thread: the worker's new lines, then, once it has finished,
         one step of the import per turn (each fills one node), so Qt handles events in between."""
+        if self._dependencyCheck is not None:
+            self._onDependencyCheckTurn()
+            return
         job = self._job
         if job is None:
             self._pollTimer.stop()
@@ -678,17 +719,26 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         job.workerResult = job.worker.workerResult()  # the worker's error, at once
         return self.synthesisLogic().finishSteps(job, showResults=showResults)
 
-    def ensureDependencies(self, askConfirmation=True) -> None:
+    def prepareStart(self) -> None:
+        """Import what :meth:`startSynthesis` uses (tens of milliseconds, the first time), so that the
+        panel can do it in a timer turn of its own."""
+        self.synthesisLogic()
+        import MRISynthesisLib.worker  # noqa: F401 (SynthesisLogic.start imports it)
+        import MRISynthesisSlicer.WorkerProcess  # noqa: F401
+
+    def ensureDependencies(self, askConfirmation=True, check=None) -> None:
         """Slicer version, then PyTorch through the PyTorch extension (it picks the CUDA build for this
         computer), then the core's pure-Python packages with pip; the user is asked before anything
-        is installed."""
+        is installed. ``check``: a finished ``Dependencies.BackgroundCheck`` whose versions are used
+        instead of reading them here (the panel's first click)."""
         if MRISynthesisLogic.dependenciesSatisfied:  # checked once per session (it reads package metadata)
             return
         versionProblem = Dependencies.slicerVersionProblem(slicer.app.majorVersion, slicer.app.minorVersion)
         if versionProblem:
             raise RuntimeError(versionProblem)
-        self.ensureTorch(askConfirmation)
-        unsatisfied = Dependencies.unsatisfiedRequirements()
+        torchVersion, unsatisfied = check.result() if check is not None else (Dependencies.torchVersion(), None)
+        if self.ensureTorch(askConfirmation, torchVersion) is not None or unsatisfied is None:
+            unsatisfied = Dependencies.unsatisfiedRequirements()  # read again after installing PyTorch
         if not unsatisfied:
             MRISynthesisLogic.dependenciesSatisfied = True
             return
@@ -705,12 +755,13 @@ class MRISynthesisLogic(ScriptedLoadableModuleLogic):
         logging.info(log)
         MRISynthesisLogic.dependenciesSatisfied = True
 
-    def ensureTorch(self, askConfirmation=True):
+    def ensureTorch(self, askConfirmation=True, version=NotImplemented):
         """Make sure a recent enough PyTorch is installed (not imported: Slicer's process does not
         need it): installed, or upgraded when older than the minimum, through the PyTorch extension
-        (an upgrade takes effect after restarting Slicer). Returns the torch module it installed,
-        else None."""
-        version = Dependencies.torchVersion()
+        (an upgrade takes effect after restarting Slicer). ``version``: ``Dependencies.torchVersion()``
+        when already read (None: not installed). Returns the torch module it installed, else None."""
+        if version is NotImplemented:
+            version = Dependencies.torchVersion()
         problem = Dependencies.torchVersionProblem(version)
         if problem is None:  # not imported here: the model runs in a worker process
             return None

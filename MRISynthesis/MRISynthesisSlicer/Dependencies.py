@@ -9,6 +9,7 @@ import importlib.util
 import os
 import re
 import sys
+import threading
 
 #: Slicer 5.10 embeds Python 3.12 (5.8 embeds 3.9, which the core does not support) and its
 #: parameter-node wrapper's connectGui returns the tag that disconnectGui needs (5.8 returns None).
@@ -204,3 +205,33 @@ def inferenceUnavailableReason(findSpec=importlib.util.find_spec, distributionVe
     if unsatisfied:
         problems.append("missing Python packages (or other versions installed): " + ", ".join(unsatisfied))
     return "; ".join(problems) or None
+
+
+class BackgroundCheck:
+    """``torchVersion()`` and ``unsatisfiedRequirements()`` read in a Python thread, so that the panel's
+    main thread does not wait for them (they parse the installed packages' metadata: tens of
+    milliseconds, once per session). The thread only reads package metadata and pyproject.toml; it
+    makes no Qt or MRML call. The caller polls :meth:`done`, then takes :meth:`result`."""
+
+    def __init__(self):
+        self._result = None
+        self._error = None
+        self._thread = threading.Thread(target=self._run, name="MRISynthesis package check", daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        try:
+            self._result = (torchVersion(), unsatisfiedRequirements())
+        except Exception as error:  # raised again by result(), on the caller's thread
+            self._error = error
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def result(self) -> tuple:
+        """``(torch version or None, unsatisfied pip requirements)``; waits for the thread if needed and
+        raises what the check raised."""
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._result

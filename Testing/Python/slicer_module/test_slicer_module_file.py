@@ -340,12 +340,48 @@ def test_a_failed_installation_shows_pip_s_log(slicerModule, volumes, monkeypatc
     monkeypatch.setattr(Dependencies, "pipInstall", failingPip)
     monkeypatch.setattr(slicer.util, "errorDisplay", lambda text, **kwargs: shown.append((text, kwargs)))
 
-    widget.ui.applyButton.click()
+    runPanel(widget)  # the versions are read in a thread; pip runs on the main thread, from the timer
 
     assert widget.ui.statusLabel.text.startswith("Failed: pip could not install deepbet==1.0.2")
     assert shown[0][1]["detailedText"].endswith("ERROR: No matching distribution")
     assert "ERROR: No matching distribution" in widget.ui.logTextEdit.toPlainText()
     assert widget._job is None
+
+
+def test_the_first_click_reads_the_package_versions_in_a_thread(slicerModule, volumes, t1ToT2Checkpoint,
+                                                                monkeypatch):
+    """The session's first click returns before the package check is done (it parses package metadata:
+    tens of milliseconds); the timer starts the worker once the thread has finished."""
+    import threading
+
+    from MRISynthesisSlicer import Dependencies
+
+    widget = openPanel(slicerModule)
+    p, ui = widget._parameterNode, widget.ui
+    p.model = checkpointOf(t1ToT2Checkpoint)
+    p.device = slicerModule.Device.CPU
+    release, threads = threading.Event(), []
+
+    def slowCheck(*args):
+        threads.append(threading.current_thread())
+        release.wait(30)
+        return []
+
+    monkeypatch.setattr(Dependencies, "unsatisfiedRequirements", slowCheck)
+    assert not slicerModule.MRISynthesisLogic.dependenciesSatisfied  # a fresh session
+
+    ui.applyButton.click()
+
+    assert widget._job is None and widget._state == slicer_module_states().PREPARING
+    assert not ui.applyButton.enabled  # Cancel, disabled while the packages are checked
+    release.set()
+    qt_standins.eventLoop.run(lambda: widget._job is not None or widget._state == slicer_module_states().FAILED, 60)
+    assert threads and threads[0] is not threading.main_thread()
+    assert widget._job is not None, ui.statusLabel.text
+    assert slicerModule.MRISynthesisLogic.dependenciesSatisfied
+    ui.applyButton.click()  # Cancel
+    assert ui.statusLabel.text.startswith("Cancelled"), ui.statusLabel.text
+    assert not qt_standins.eventLoop.timers
 
 
 def test_cancel_kills_the_worker_at_once_and_leaves_the_scene_unchanged(slicerModule, volumes, t1ToT2Checkpoint):
