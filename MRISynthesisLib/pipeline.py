@@ -207,8 +207,8 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
     possible), :class:`~MRISynthesisLib.errors.Cancelled` when cancelled, ``MemoryError`` when the
     CPU runs out of memory. Nothing is written to disk; the input is never modified.
     """
-    from .synthesis import UNCERTAINTY_SAMPLES, check_model_request, require_positive_intensities, \
-        synthesize_with_fallback
+    from .synthesis import UNCERTAINTY_SAMPLES, check_model_request, require_large_enough_slices, \
+        require_positive_intensities, synthesize_with_fallback
 
     stage = _StageReporter(progress, cancelled)
     batch_size = _check_batch_size(request.batch_size)
@@ -216,6 +216,7 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
     volume = request.input if isinstance(request.input, Volume) else _load(request.input)
     mask_choice = _mask_choice(request.brain_mask, volume)
     require_positive_intensities(volume.array)  # before brain extraction, which would blame the mask
+    require_large_enough_slices(volume)  # before brain extraction, which would run for nothing
 
     def create(device, size):  # also the out-of-memory fallbacks' synthesizers
         engine = {} if str(request.engine).lower() == "auto" else {"engine": request.engine}  # factories may predate it

@@ -35,7 +35,7 @@ from .volume import Volume
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
 __all__ = [
     "MIN_INPLANE_VOXELS", "UNCERTAINTY_SAMPLES", "SynthesisRun", "Synthesizer", "check_model_request",
-    "device_name", "is_out_of_memory", "require_positive_intensities", "synthesize_with_fallback"]
+    "device_name", "is_out_of_memory", "require_large_enough_slices", "require_positive_intensities", "synthesize_with_fallback"]
 
 #: Smallest in-plane size (voxels) that is synthesised; smaller inputs are refused.
 MIN_INPLANE_VOXELS = 16
@@ -145,9 +145,7 @@ class Synthesizer:
             raise InputError("the input volume contains NaN or infinite values")
         stack, transform = to_canonical_slices(array, volume.affine, copy=False)
         _, rows, cols = stack.shape
-        if rows < MIN_INPLANE_VOXELS or cols < MIN_INPLANE_VOXELS:
-            raise InputError(f"the axial slices are only {rows} x {cols} voxels; at least "
-                             f"{MIN_INPLANE_VOXELS} x {MIN_INPLANE_VOXELS} are needed")
+        _require_slice_size(rows, cols)
         if mask is not None:
             mask = np.asarray(mask)
             if mask.shape != array.shape:
@@ -268,6 +266,19 @@ def _write_inside(out_stack: np.ndarray, batch: np.ndarray, values: np.ndarray, 
     for index, slice_values, slice_inside in zip(batch, values, inside):
         np.copyto(out_stack[index], slice_values, where=slice_inside)
 
+
+
+def require_large_enough_slices(volume: Volume) -> None:
+    """InputError when the axial slices (in the canonical orientation) are smaller than
+    :data:`MIN_INPLANE_VOXELS`; checked before any work (brain extraction included)."""
+    stack, _ = to_canonical_slices(np.asarray(volume.array), volume.affine, copy=False)
+    _require_slice_size(*stack.shape[1:])
+
+
+def _require_slice_size(rows: int, cols: int) -> None:
+    if rows < MIN_INPLANE_VOXELS or cols < MIN_INPLANE_VOXELS:
+        raise InputError(f"the axial slices are only {rows} x {cols} voxels; at least "
+                         f"{MIN_INPLANE_VOXELS} x {MIN_INPLANE_VOXELS} are needed")
 
 
 def require_positive_intensities(array: np.ndarray) -> None:
