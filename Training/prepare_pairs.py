@@ -356,19 +356,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from MRISynthesisLib.atomic import terminate_cleanly
+    """``mrisynthesis prepare-pairs``; exit statuses as every command's
+    (:func:`MRISynthesisLib.cli.exit_status`)."""
+    from MRISynthesisLib.cli import exit_status
 
-    terminate_cleanly()
-    args = build_parser().parse_args(argv)
-    try:
-        results = prepare_pairs(args.raw_dir, args.out_dir, args.threads)
-    except InputError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("interrupted; the subjects prepared so far are complete, the one in progress was not written",
-              file=sys.stderr)
-        return 130
+    return exit_status(_prepare, build_parser().parse_args(argv), interrupted=lambda: (
+        "the subjects prepared so far are complete, the one in progress was not written"))
+
+
+def _prepare(args) -> int:
+    results = prepare_pairs(args.raw_dir, args.out_dir, args.threads)
     done = sum(r.status in ("prepared", "already prepared") for r in results)
     print(f"{done} of {len(results)} subject(s) ready in {args.out_dir}; QC reports: <subject>/qc.png and qc.json",
           file=sys.stderr)

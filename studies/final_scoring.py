@@ -24,7 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from MRISynthesisLib.errors import MRISynthesisError
+from MRISynthesisLib.cli import exit_status
+from MRISynthesisLib.errors import InputError, first_line
 
 from studies import subject_scoring as evaluate, comparison_figures as figures, comparison_protocol as protocol
 
@@ -133,13 +134,15 @@ def main(argv=None) -> int:
     parser.add_argument("--tta", action="append", default=[], metavar="NAME", help="also score NAME with flip TTA")
     parser.add_argument("--figure", default=None, help="PNG of input | models | real with error maps")
     parser.add_argument("--out", default="runs/final", help="folder of the JSON and markdown results")
-    args = parser.parse_args(argv)
+    return exit_status(_score, parser.parse_args(argv))
+
+
+def _score(args) -> int:
     try:
         models = dict(item.split("=", 1) for item in args.model)
         result = run(args.study, args.direction, models, args.split, tuple(args.tta), args.figure)
-    except (MRISynthesisError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as error:  # NAME=CHECKPOINT malformed, a missing or malformed study file
+        raise InputError(first_line(error)) from error
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     stem = f"{args.split}-{args.direction}"

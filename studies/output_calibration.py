@@ -34,7 +34,8 @@ from pathlib import Path
 import numpy as np
 
 from MRISynthesisLib.conventions import PERCENTILE_HIGH, PERCENTILE_LOW
-from MRISynthesisLib.errors import InputError, MRISynthesisError
+from MRISynthesisLib.cli import exit_status
+from MRISynthesisLib.errors import InputError, first_line
 
 from studies import subject_scoring as evaluate, comparison_protocol as protocol
 
@@ -154,12 +155,14 @@ def main(argv=None) -> int:
     parser.add_argument("--split-file", default=None, help="subject split JSON (default: the study's split.json)")
     parser.add_argument("--split", default="val", choices=("train", "val", "test"), help="side of the split to score")
     parser.add_argument("--out", default="runs/calibration", help="folder of the JSON result")
-    args = parser.parse_args(argv)
+    return exit_status(_calibrate, parser.parse_args(argv))
+
+
+def _calibrate(args) -> int:
     try:
         result = run(args.study, args.direction, args.checkpoint, args.split, args.split_file)
-    except (MRISynthesisError, OSError, ValueError) as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    except (OSError, ValueError) as error:  # a missing or malformed study file: the user's to fix
+        raise InputError(first_line(error)) from error
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / f"{args.split}-{args.direction}-{Path(args.checkpoint).stem}.json").write_text(json.dumps(result, indent=1, default=float))
