@@ -43,6 +43,7 @@ from pathlib import Path
 
 import numpy as np
 
+from MRISynthesisLib.conventions import PERCENTILE_HIGH
 from MRISynthesisLib.errors import InputError, MRISynthesisError
 from MRISynthesisLib.volume import Volume
 
@@ -250,7 +251,7 @@ def _overlay_png(pair: _Pair, path, qc: dict) -> None:
     stacks = [to_canonical_slices(v.array, pair.t1.affine)[0] for v in (pair.t2_before, pair.t2)]
     brain = to_canonical_slices(pair.brain, pair.t1.affine)[0]
     s_mm, r_mm, c_mm = transform.canonical_spacing
-    high = float(np.percentile(t1[t1 > 0], 99.5)) if (t1 > 0).any() else 1.0
+    high = float(np.percentile(t1[t1 > 0], PERCENTILE_HIGH)) if (t1 > 0).any() else 1.0
     box = ndimage.find_objects((t1 > 0.05 * high).astype(np.uint8))[0] or tuple(slice(None) for _ in t1.shape)
     crop = lambda a: a[box]  # noqa: E731  (the head's bounding box: no empty margins in the figure)
     t1, stacks, brain = crop(t1), [crop(s) for s in stacks], crop(brain)

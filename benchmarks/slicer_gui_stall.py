@@ -98,10 +98,11 @@ def main() -> int:
                   f"time between two turns of the event loop (callbacks, 5 ms sleep, waits for the reader threads) "
                   f"{loop.longestTurn * 1000:.0f} ms")
 
+        from MRISynthesisLib.conventions import T1_TO_T2
         from MRISynthesisSlicer.SynthesisLogic import SynthesisLogic
 
         stamps = [time.perf_counter()]
-        SynthesisLogic().process(t1, None, None, "t1-to-t2", device="cpu", precision="fp32", referenceVolume=t2,
+        SynthesisLogic().process(t1, None, None, T1_TO_T2, device="cpu", precision="fp32", referenceVolume=t2,
                                  progress=lambda done, total: stamps.append(time.perf_counter()) or True)
         stamps.append(time.perf_counter())
         gaps = [b - a for a, b in zip(stamps, stamps[1:])]
