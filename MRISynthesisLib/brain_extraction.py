@@ -55,7 +55,7 @@ from scipy import ndimage
 from .errors import Cancelled, InputError
 from .orientation import from_canonical_slices, to_canonical_slices
 from .preprocessing import (MAX_FACE_FOREGROUND_IN_STRIPPED, ZERO_BACKGROUND_FRACTION, brain_mask, looks_skull_stripped,
-                            max_face_fraction)
+                            max_face_fraction, slabs)
 from .volume import Volume
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
@@ -288,7 +288,8 @@ def background_value(array: np.ndarray) -> float | None:
                             for axis in range(array.ndim) for index in (0, -1)])
     values, counts = np.unique(faces, return_counts=True)
     candidate = values[int(np.argmax(counts))]
-    if np.count_nonzero(array == candidate) > ZERO_BACKGROUND_FRACTION * array.size:
+    count = sum(np.count_nonzero(array[part] == candidate) for part in slabs(array.shape[0], array.shape))
+    if count > ZERO_BACKGROUND_FRACTION * array.size:
         return float(candidate)
     return None
 
@@ -298,12 +299,10 @@ def coarse_brain_share(volume: Volume, foreground: np.ndarray, device="cpu") -> 
     (the localiser it runs before the fine one, on the volume resampled to 128^3) calls brain.
     About a CPU-second: not reported as a step of brain extraction."""
     import torch
-    import torch.nn.functional as F
 
     extractor = _prepared_extractor(volume, device, None)
     ornt = orientations.io_orientation(volume.affine)
-    ras = torch.from_numpy(np.ascontiguousarray(orientations.apply_orientation(_finite_float32(volume), ornt)))
-    small = F.interpolate(ras[None, None], _COARSE_SHAPE, mode="nearest-exact")[0, 0]
+    small = torch.from_numpy(_on_coarse_grid(volume.array, ornt).astype(np.float32))
     low, high = small.quantile(0.005), small.quantile(0.995)
     from deepbet.utils import keep_largest_connected_component, normalize
 
@@ -314,12 +313,27 @@ def coarse_brain_share(volume: Volume, foreground: np.ndarray, device="cpu") -> 
     if not brain.any():
         return 0.0
     brain = keep_largest_connected_component(brain).astype(bool)  # as deepbet does before cropping
-    fg = orientations.apply_orientation(foreground, ornt).astype(np.float32)
-    fg_small = F.interpolate(torch.from_numpy(np.ascontiguousarray(fg))[None, None], _COARSE_SHAPE,
-                             mode="nearest-exact")[0, 0].numpy() > 0.5
+    fg_small = _on_coarse_grid(foreground, ornt).astype(bool)
     if not fg_small.any():
         return 0.0
     return float(np.count_nonzero(brain & fg_small) / np.count_nonzero(fg_small))
+
+
+def _on_coarse_grid(array: np.ndarray, ornt: np.ndarray) -> np.ndarray:
+    """``array`` reoriented by ``ornt`` and sampled on deepbet's coarse grid (:data:`_COARSE_SHAPE`)
+    exactly as PyTorch's 'nearest-exact' interpolation samples it (the voxels it reads are
+    picked, so no full-size float32 copy is made: 0.6 GB less at 512 x 512 x 300)."""
+    ras = orientations.apply_orientation(np.asarray(array), ornt)  # flips and transposes: a view
+    return np.ascontiguousarray(ras[np.ix_(*(_nearest_exact_indices(n, m) for n, m in zip(ras.shape, _COARSE_SHAPE)))])
+
+
+def _nearest_exact_indices(size: int, new_size: int) -> np.ndarray:
+    """The source index of each of ``new_size`` samples along an axis of ``size`` voxels, as
+    ``torch.nn.functional.interpolate(mode='nearest-exact')`` computes it on the CPU:
+    ``floor((i + 0.5) * scale)`` with a float32 scale, rounded to float32 before the floor."""
+    scale = np.float64(np.float32(size) / np.float32(new_size))
+    source = np.floor(((np.arange(new_size) + 0.5) * scale).astype(np.float32)).astype(np.intp)
+    return np.minimum(source, size - 1)
 
 
 def check_extracted_mask(mask: np.ndarray, voxel_ml: float) -> list[str]:
@@ -408,16 +422,29 @@ def _prepared_extractor(volume: Volume, device, progress):
 
     from .device import select_device
 
-    array = _finite_float32(volume)
-    positive = array[array > 0]
-    if positive.size == 0:
+    low, high = _positive_range(volume.array)
+    if low is None:
         raise InputError("the volume has no foreground voxels (it is empty or constant)")
-    if positive.min() == positive.max():
-        raise InputError(f"the volume's foreground is constant (intensity {positive.min():g}); nothing to synthesise from")
-    del positive
+    if low == high:
+        raise InputError(f"the volume's foreground is constant (intensity {low:g}); nothing to synthesise from")
     device = device if isinstance(device, torch.device) else select_device(device)
     _reporter(progress)(0)
     return _deepbet(device.type)
+
+
+def _positive_range(array: np.ndarray):
+    """``(smallest, largest)`` positive value of ``array`` as float32 (``(None, None)`` when there is
+    none), read slab by slab (no full-size temporary); :class:`InputError` for NaN or infinite values."""
+    low = high = None
+    for part in slabs(array.shape[0], array.shape):
+        values = np.asarray(array[part], dtype=np.float32)
+        if not np.isfinite(values).all():
+            raise InputError("the input volume contains NaN or infinite values")
+        positive = values[values > 0]
+        if positive.size:
+            low = positive.min() if low is None else min(low, positive.min())
+            high = positive.max() if high is None else max(high, positive.max())
+    return low, high
 
 
 def _finite_float32(volume: Volume) -> np.ndarray:
