@@ -88,8 +88,7 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--engine", default="auto", choices=list(ENGINE_CHOICES),
                      help="what runs the network: auto (default) picks the engine measured fastest for this "
                           "network on this kind of CPU, with the same result within 1e-5 (on x86 CPUs in float32: "
-                          "ONNX Runtime for the shipped models but the v2 residual U-Nets, which get PyTorch "
-                          "channels-last); torch is the PyTorch reference")
+                          "ONNX Runtime for every shipped model); torch is the PyTorch reference")
     syn.add_argument("--brain-mask", "--mask", dest="brain_mask", default="auto", metavar="auto|extract|none|FILE",
                      help="auto (default): keep a skull-stripped input as it is, brain-extract a whole-head scan "
                           "(deepbet; docs/brain-mask-decision.md says how it decides); extract: always brain-extract; "
