@@ -156,11 +156,13 @@ class SkullStrippedDecision:
                 "coarse_brain_share": _round(self.coarse_brain_share, 3), "scalp_gap_mm": _round(self.scalp_gap_mm)}
 
 
-def choose_brain_mask(volume: Volume, choice="auto", device="cpu", progress=None) -> BrainMaskChoice:
+def choose_brain_mask(volume: Volume, choice="auto", device="cpu", progress=None, engine="torch") -> BrainMaskChoice:
     """Resolve ``choice`` ('auto', 'extract', 'none' or a mask array ``[i, j, k]``) for ``volume``.
 
     ``progress(done, total)`` is called during extraction; returning ``False`` cancels
-    (:class:`Cancelled`). ``device``: a ``torch.device`` or 'cpu'/'cuda'/'mps'/'auto'.
+    (:class:`Cancelled`). ``device``: a ``torch.device`` or 'cpu'/'cuda'/'mps'/'auto'. ``engine``:
+    the synthesis engine; with 'onnxruntime' the decision's coarse network runs on ONNX Runtime
+    too (:func:`coarse_brain_share`).
     """
     if isinstance(choice, str):
         name = choice.lower()
@@ -170,7 +172,7 @@ def choose_brain_mask(volume: Volume, choice="auto", device="cpu", progress=None
             raise InputError(f"unknown brain mask choice '{choice}'; expected one of {', '.join(CHOICES)} or a mask")
         evidence = {}
         if name == "auto":
-            decision = skull_stripped_decision(volume, device=device, progress=progress)
+            decision = skull_stripped_decision(volume, device=device, progress=progress, engine=engine)
             evidence = decision.evidence()
             if decision.skull_stripped:
                 return _keep_skull_stripped(volume, decision, evidence)
@@ -227,10 +229,10 @@ def _keep_skull_stripped(volume: Volume, decision: SkullStrippedDecision, eviden
     return BrainMaskChoice(mask, "skull-stripped input", requested="auto", evidence=evidence)
 
 
-def skull_stripped_decision(volume: Volume, device="cpu", progress=None) -> SkullStrippedDecision:
+def skull_stripped_decision(volume: Volume, device="cpu", progress=None, engine="torch") -> SkullStrippedDecision:
     """Is ``volume`` skull-stripped (only brain above a constant background)? See the module
     docstring. Returns the decision and, when the extractor had to run, its mask (so a whole head
-    is not extracted twice)."""
+    is not extracted twice). ``engine``: see :func:`coarse_brain_share`."""
     array = np.asarray(volume.array)
     background = background_value(array)
     if background is None:
@@ -242,7 +244,7 @@ def skull_stripped_decision(volume: Volume, device="cpu", progress=None) -> Skul
     away_from_faces = max_face_fraction(foreground) < MAX_FACE_FOREGROUND_IN_STRIPPED
     share = None
     if away_from_faces and foreground_ml <= MAX_BRAIN_ML:
-        share = coarse_brain_share(volume, foreground, device=device)
+        share = coarse_brain_share(volume, foreground, device=device, engine=engine)
         if share >= MIN_COARSE_BRAIN_SHARE:
             return SkullStrippedDecision(True, f"the extractor's coarse network finds brain in {share:.0%} of the "
                                          "voxels above the background", background, foreground_ml, share)
@@ -294,10 +296,19 @@ def background_value(array: np.ndarray) -> float | None:
     return None
 
 
-def coarse_brain_share(volume: Volume, foreground: np.ndarray, device="cpu") -> float:
+def coarse_brain_share(volume: Volume, foreground: np.ndarray, device="cpu", engine="torch") -> float:
     """Share of the ``foreground`` voxels (boolean ``[i, j, k]``) that deepbet's coarse network
     (the localiser it runs before the fine one, on the volume resampled to 128^3) calls brain.
-    About a CPU-second: not reported as a step of brain extraction."""
+    About a CPU-second: not reported as a step of brain extraction.
+
+    ``engine`` 'onnxruntime' runs the network on ONNX Runtime, on a graph derived from deepbet's
+    weights (:mod:`MRISynthesisLib.extractor_graphs`), and everything around it in numpy: no
+    PyTorch once the graph is cached (probabilities within 1e-4 of PyTorch's, the same decision on
+    the shared data). When that graph cannot be made, a warning says so and PyTorch runs it."""
+    if str(engine).lower() == "onnxruntime":
+        share = _coarse_brain_share_onnxruntime(volume, foreground)
+        if share is not None:
+            return share
     import torch
 
     extractor = _prepared_extractor(volume, device, None)
@@ -334,6 +345,53 @@ def _nearest_exact_indices(size: int, new_size: int) -> np.ndarray:
     scale = np.float64(np.float32(size) / np.float32(new_size))
     source = np.floor(((np.arange(new_size) + 0.5) * scale).astype(np.float32)).astype(np.intp)
     return np.minimum(source, size - 1)
+
+
+def _coarse_brain_share_onnxruntime(volume: Volume, foreground: np.ndarray) -> float | None:
+    """:func:`coarse_brain_share` on ONNX Runtime and numpy; None (with a warning) when the
+    network's graph cannot be made or run."""
+    from . import extractor_graphs
+    from .engines import EngineUnavailable
+
+    weights = DEEPBET_WEIGHTS["bbox_model.pt"]
+    extractor_graphs.checked_weights("bbox_model.pt", weights)
+    _check_extractable(volume)
+    ornt = orientations.io_orientation(volume.affine)
+    small = _on_coarse_grid(volume.array, ornt).astype(np.float32)
+    low, high = np.quantile(small, [0.005, 0.995]).astype(np.float32)
+    try:
+        probability = extractor_graphs.coarse_probability(_deepbet_normalise(small, low, high), weights,
+                                                          torch_network=lambda: _deepbet("cpu").bbox_model)
+    except EngineUnavailable as error:
+        warnings.warn(f"{error}; the brain extractor's coarse network runs on PyTorch instead", stacklevel=3)
+        return None
+    brain = probability > THRESHOLD
+    if not brain.any():
+        return 0.0
+    brain = _largest_component_26(brain)  # as deepbet does before cropping
+    fg_small = _on_coarse_grid(foreground, ornt).astype(bool)
+    if not fg_small.any():
+        return 0.0
+    return float(np.count_nonzero(brain & fg_small) / np.count_nonzero(fg_small))
+
+
+def _deepbet_normalise(x: np.ndarray, low, high) -> np.ndarray:
+    """deepbet's input normalisation (its ``utils.normalize``) in float32 numpy: clip between the
+    ``low`` and ``high`` intensities to [0, 1], standardise (unbiased standard deviation), then
+    scale to ImageNet's grey mean and deviation."""
+    x = (x.astype(np.float32) - np.float32(low)) / np.float32(high - low)
+    np.clip(x, 0.0, 1.0, out=x)
+    x = (x - x.mean(dtype=np.float32)) / x.std(dtype=np.float32, ddof=1)
+    return (np.float32(0.226) * x + np.float32(0.449)).astype(np.float32)
+
+
+def _largest_component_26(mask: np.ndarray) -> np.ndarray:
+    """The largest 26-connected component of ``mask`` (deepbet's ``keep_largest_connected_component``,
+    with the same labelling library)."""
+    import cc3d
+
+    labels = cc3d.connected_components(mask.astype(np.float32))
+    return labels == np.bincount(labels[labels != 0]).argmax()
 
 
 def check_extracted_mask(mask: np.ndarray, voxel_ml: float) -> list[str]:
@@ -422,14 +480,20 @@ def _prepared_extractor(volume: Volume, device, progress):
 
     from .device import select_device
 
+    _check_extractable(volume)
+    device = device if isinstance(device, torch.device) else select_device(device)
+    _reporter(progress)(0)
+    return _deepbet(device.type)
+
+
+def _check_extractable(volume: Volume) -> None:
+    """:class:`InputError` for a volume the extractor cannot work on (no positive voxel, a constant
+    foreground, NaN or infinite values)."""
     low, high = _positive_range(volume.array)
     if low is None:
         raise InputError("the volume has no foreground voxels (it is empty or constant)")
     if low == high:
         raise InputError(f"the volume's foreground is constant (intensity {low:g}); nothing to synthesise from")
-    device = device if isinstance(device, torch.device) else select_device(device)
-    _reporter(progress)(0)
-    return _deepbet(device.type)
 
 
 def _positive_range(array: np.ndarray):

@@ -48,8 +48,10 @@ from .errors import CheckpointError, InputError, first_line
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
 __all__ = [
     "FORMAT_VERSION", "MAX_BATCH_ACTIVATION_BYTES", "MAX_CONTEXT_SLICES", "MAX_MODULES", "MAX_PARAMETERS",
-    "MAX_SLICE_SIZE", "ModelMetadata", "activation_bytes", "check_batch_memory", "content_hash", "file_sha256",
-    "load_checkpoint", "network_size", "read_metadata", "save_checkpoint", "upgrade_checkpoint"]
+    "MAX_SLICE_SIZE", "ModelMetadata", "activation_bytes", "check_batch_bytes", "check_batch_memory", "content_hash",
+    "file_sha256",
+    "load_checkpoint", "network_size", "read_metadata", "save_checkpoint", "upgrade_checkpoint",
+    "weights_match_content_hash"]
 
 FORMAT = "mrisynthesis-checkpoint"
 FORMAT_VERSION = 2
@@ -178,11 +180,16 @@ class ModelMetadata:
         return json.dumps(asdict(self), sort_keys=True, allow_nan=True)
 
     @classmethod
-    def from_json(cls, text: str, trust_legacy_metadata: bool = False) -> "ModelMetadata":
+    def from_json(cls, text: str, trust_legacy_metadata: bool = False,
+                  check_architecture: bool = True) -> "ModelMetadata":
         """Parse, verify (metadata hash, format version) and validate the metadata JSON.
 
         ``trust_legacy_metadata``: accept a format-1 file, whose metadata has no hash; only for a
         person re-saving a file they vouch for (:func:`upgrade_checkpoint`).
+        ``check_architecture=False`` skips the check that the architecture names a registered
+        generator (it imports PyTorch, which the model registry needs); the caller then relies on
+        :func:`load_checkpoint`, which always checks it, or on a graph derived from a checkpoint
+        that passed it (:mod:`MRISynthesisLib.engines`).
         """
         depth = _json_depth(text)
         if depth > MAX_JSON_DEPTH:
@@ -217,7 +224,8 @@ class ModelMetadata:
         known = {f for f in cls.__dataclass_fields__}
         metadata = cls(**{k: v for k, v in data.items() if k in known})
         metadata.validate()
-        _check_generator(metadata.architecture)  # a file must name a registered generator
+        if check_architecture:
+            _check_generator(metadata.architecture)  # a file must name a registered generator
         return metadata
 
 
@@ -344,18 +352,19 @@ def save_checkpoint(path, model, metadata: ModelMetadata, half: bool = False) ->
     return path
 
 
-def read_metadata(path, trust_legacy_metadata: bool = False) -> ModelMetadata:
-    """Read and verify only the metadata of a checkpoint (fast; no weights are read)."""
-    return _read_header(path, trust_legacy_metadata)[0]
+def read_metadata(path, trust_legacy_metadata: bool = False, check_architecture: bool = True) -> ModelMetadata:
+    """Read and verify only the metadata of a checkpoint (fast; no weights are read).
+    ``check_architecture``: see :meth:`ModelMetadata.from_json` (False: no PyTorch is imported)."""
+    return _read_header(path, trust_legacy_metadata, check_architecture)[0]
 
 
-def _read_header(path, trust_legacy_metadata: bool = False):
+def _read_header(path, trust_legacy_metadata: bool = False, check_architecture: bool = True):
     """``(metadata, {tensor name: (dtype, shape)})`` from the safetensors header only."""
     from safetensors import safe_open
 
     path = _existing(path)
     try:
-        with safe_open(str(path), framework="pt") as handle:
+        with safe_open(str(path), framework="numpy") as handle:  # the header only; "numpy" needs no torch
             raw = (handle.metadata() or {}).get(METADATA_KEY)
             tensors = {name: (handle.get_slice(name).get_dtype(), tuple(handle.get_slice(name).get_shape()))
                        for name in handle.keys()}
@@ -365,9 +374,40 @@ def _read_header(path, trust_legacy_metadata: bool = False):
     if raw is None:
         raise CheckpointError(f"{path.name} has no MRISynthesis metadata; it is not one of our checkpoints")
     try:
-        return ModelMetadata.from_json(raw, trust_legacy_metadata), tensors
+        return ModelMetadata.from_json(raw, trust_legacy_metadata, check_architecture), tensors
     except CheckpointError as error:
         raise CheckpointError(f"{path.name}: {error}") from None
+
+
+#: safetensors dtype codes -> the dtype names :func:`content_hash` hashes (PyTorch's).
+_TORCH_DTYPE_NAMES = {"F64": "torch.float64", "F32": "torch.float32", "F16": "torch.float16", "BF16": "torch.bfloat16",
+                      "I64": "torch.int64", "I32": "torch.int32", "I16": "torch.int16", "I8": "torch.int8",
+                      "U8": "torch.uint8", "BOOL": "torch.bool"}
+
+
+def weights_match_content_hash(path, metadata: ModelMetadata) -> bool:
+    """True when the weights stored in ``path`` hash to ``metadata.content_sha256`` (the hash of
+    :func:`content_hash`), computed from the file's bytes without PyTorch (for engines that run a
+    graph derived from the checkpoint instead of the checkpoint itself). False for a file whose
+    weights differ or cannot be read."""
+    import mmap
+
+    try:
+        with open(path, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            size = int.from_bytes(data[:8], "little")
+            header = json.loads(bytes(data[8:8 + size]))
+            start = 8 + size
+            digest = hashlib.sha256()
+            for name in sorted(k for k in header if k != "__metadata__"):
+                entry = header[name]
+                begin, end = (int(v) for v in entry["data_offsets"])
+                digest.update(name.encode())
+                digest.update(_TORCH_DTYPE_NAMES[entry["dtype"]].encode())
+                digest.update(str(tuple(int(n) for n in entry["shape"])).encode())
+                digest.update(data[start + begin:start + end])
+    except (OSError, ValueError, KeyError, TypeError):
+        return False
+    return digest.hexdigest() == metadata.content_sha256
 
 
 def load_checkpoint(path, device="cpu", trust_legacy_metadata: bool = False):
@@ -485,7 +525,13 @@ def _slice_activation_bytes(key: str) -> int:
 def check_batch_memory(metadata: ModelMetadata, batch_size: int) -> None:
     """:class:`CheckpointError` if a batch of ``batch_size`` slices would need more than
     :data:`MAX_BATCH_ACTIVATION_BYTES` for the network's intermediate results (before any is run)."""
-    needed, per_slice = activation_bytes(metadata, batch_size), activation_bytes(metadata)
+    check_batch_bytes(metadata, batch_size, activation_bytes(metadata))
+
+
+def check_batch_bytes(metadata: ModelMetadata, batch_size: int, per_slice: int) -> None:
+    """:func:`check_batch_memory` for a network whose intermediate results need ``per_slice`` bytes
+    per slice (:func:`activation_bytes`, e.g. as recorded when a graph was derived from it)."""
+    needed = int(batch_size) * int(per_slice)
     if per_slice > MAX_BATCH_ACTIVATION_BYTES:
         raise CheckpointError(f"its network needs {_gib(per_slice)} for the intermediate results of a single "
                               f"{metadata.slice_size} x {metadata.slice_size} slice (at most "

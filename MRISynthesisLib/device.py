@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import sys
+
 from .errors import InputError
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
 __all__ = [
-    "DEVICE_CHOICES", "PRECISION_CHOICES", "Precision", "autocast_dtype", "cpu_has_native_bf16",
-    "resolve_precision", "select_device"]
+    "DEVICE_CHOICES", "PRECISION_CHOICES", "CpuDevice", "Precision", "autocast_dtype", "cpu_has_native_bf16",
+    "native_bf16_without_torch", "resolve_precision", "select_device", "surely_cpu"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 
@@ -40,6 +43,38 @@ def select_device(requested: str = "auto"):
             raise InputError("device 'mps' was requested but Apple MPS is not available")
         return torch.device("mps")
     raise InputError(f"unknown device '{requested}'; expected one of {', '.join(DEVICE_CHOICES)}")
+
+
+class CpuDevice:
+    """The CPU, for code that runs without PyTorch: ``type`` is 'cpu', as for ``torch.device('cpu')``
+    (whose ``str`` it shares, so :func:`select_device` turns it into one)."""
+
+    type = "cpu"
+    index = None
+
+    def __str__(self):
+        return "cpu"
+
+    def __repr__(self):
+        return "CpuDevice()"
+
+
+def surely_cpu(requested) -> bool:
+    """True when :func:`select_device` would surely give the CPU for ``requested``, told without
+    PyTorch: 'cpu', or 'auto' on Linux or Windows without any GPU driver (NVIDIA, AMD ROCm or the WSL
+    GPU device). False when only PyTorch can tell (macOS, a GPU driver present) or for a GPU."""
+    name = str(requested or "auto").lower()
+    if name == "cpu":
+        return True
+    if name != "auto":
+        return False
+    if sys.platform.startswith("linux"):
+        return not any(os.path.exists(path) for path in ("/proc/driver/nvidia/version", "/dev/nvidiactl", "/dev/kfd",
+                                                          "/dev/dxg"))
+    if sys.platform == "win32":
+        system = os.environ.get("SystemRoot", r"C:\Windows")
+        return not os.path.exists(os.path.join(system, "System32", "nvcuda.dll"))
+    return False
 
 
 def autocast_dtype(device):
@@ -90,6 +125,17 @@ def cpu_has_native_bf16() -> bool:
         except Exception:  # noqa: BLE001 - a failing feature query means "unknown"
             pass
     return bool(_cpuinfo_flags() & {"avx512_bf16", "amx_bf16"})
+
+
+def native_bf16_without_torch() -> bool | None:
+    """:func:`cpu_has_native_bf16` without importing PyTorch: from PyTorch when it is already loaded,
+    else from the Linux CPU flags; None where they cannot be read (other systems)."""
+    if "torch" in sys.modules:
+        return cpu_has_native_bf16()
+    if not sys.platform.startswith("linux"):
+        return None
+    flags = _cpuinfo_flags()
+    return bool(flags & {"avx512_bf16", "amx_bf16"}) if flags else None
 
 
 def _cpuinfo_flags() -> set:

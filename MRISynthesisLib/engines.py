@@ -17,6 +17,13 @@ hashes and the exporter and runtime versions. A cached graph whose manifest or b
 renamed into place). An engine that is missing or fails falls back to PyTorch with one sentence in
 ``Engine.notes``.
 
+When the cached graph exists, ONNX Runtime runs without PyTorch (:func:`torch_free_engine`): the
+checkpoint's metadata and weights are verified from its bytes (metadata hash, weights hash), the
+graph's manifest holds what the network would otherwise be built for (its family, whether it can
+sample, the memory of its intermediate results), and synthesis prepares the slices with numpy.
+PyTorch is imported only to build a missing or stale graph (seconds saved on every run, and the
+memory of PyTorch and of the network's weights).
+
 ``auto`` (:func:`choose_engine`) picks, for float32 on an x86 CPU, the engine that measured fastest
 within 1e-5 for the network (:data:`MEASURED_FASTEST`); everything else (GPUs, Apple MPS,
 bfloat16/float16, architectures or CPUs not measured) runs on ``torch`` as before.
@@ -34,12 +41,14 @@ import shutil
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
-__all__ = ["CACHE_ENV", "ENGINE_CHOICES", "GRAPH_TOLERANCE", "MEASURED_FASTEST", "EngineUnavailable",
-           "OnnxRuntimeEngine", "TorchEngine", "cache_folder", "choose_engine", "cpu_kind", "create_engine",
-           "export_onnx_graph", "network_family"]
+__all__ = ["CACHE_ENV", "ENGINE_CHOICES", "GRAPH_TOLERANCE", "MEASURED_FASTEST", "ONNX_OPSET", "EngineUnavailable",
+           "OnnxRuntimeEngine", "TorchEngine", "TorchFreeEngine", "cache_folder", "choose_engine", "cpu_kind",
+           "create_engine", "export_onnx_graph", "network_family", "onnxruntime_session", "read_cache_entry",
+           "torch_free_engine", "torch_version", "write_cached_graph"]
 
 ENGINE_CHOICES = ("auto", "torch", "torch-channels-last", "onnxruntime")
 
@@ -74,8 +83,9 @@ GRAPH_TOLERANCE = 1e-5
 #: ONNX operator set of the exported graphs (ONNX Runtime >= 1.14 runs it).
 ONNX_OPSET = 17
 #: Bumped when the export or the manifest changes, so older cached graphs are rebuilt
-#: (2: batch normalisation no longer folded into the convolutions).
-GRAPH_FORMAT = 2
+#: (2: batch normalisation no longer folded into the convolutions; 3: the manifest holds what a run
+#: without PyTorch needs, see :func:`torch_free_engine`).
+GRAPH_FORMAT = 3
 #: ONNX Runtime graph optimisations left out: folding batch normalisation into convolutions changes
 #: the arithmetic (see :data:`MEASURED_FASTEST`).
 UNFOLDED_OPTIMIZERS = frozenset({"ConvBNFusion"})
@@ -95,15 +105,29 @@ def network_family(metadata) -> str:
     return metadata.architecture + ("+batchnorm" if norm == "batch" else "")
 
 
-def cpu_kind() -> str:
+def cpu_kind(native_bf16: bool | None = None) -> str:
     """'x86-bf16' (x86 with native bfloat16: AVX-512 BF16 or AMX), 'x86-avx2', or the machine name
-    (e.g. 'arm64') for other CPUs. Engine speeds were measured per kind."""
-    from .device import cpu_has_native_bf16
-
+    (e.g. 'arm64') for other CPUs. Engine speeds were measured per kind. ``native_bf16``: already
+    known (else :func:`MRISynthesisLib.device.cpu_has_native_bf16` asks PyTorch)."""
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64", "i686", "x86"):
-        return "x86-bf16" if cpu_has_native_bf16() else "x86-avx2"
+        if native_bf16 is None:
+            from .device import cpu_has_native_bf16
+
+            native_bf16 = cpu_has_native_bf16()
+        return "x86-bf16" if native_bf16 else "x86-avx2"
     return machine or "unknown"
+
+
+def torch_version() -> str:
+    """The installed PyTorch's version (from its package metadata: PyTorch is not imported)."""
+    import importlib.metadata
+
+    try:
+        return importlib.metadata.version("torch")
+    except importlib.metadata.PackageNotFoundError:
+        torch = sys.modules.get("torch")
+        return str(getattr(torch, "__version__", "none"))
 
 
 def cache_folder() -> Path:
@@ -149,9 +173,12 @@ class TorchEngine:
 
 
 class OnnxRuntimeEngine:
-    """ONNX Runtime's CPU provider on the checkpoint's ONNX graph; float32 in and out."""
+    """ONNX Runtime's CPU provider on the checkpoint's ONNX graph; float32 in and out: a numpy
+    array gives a numpy array (``takes_numpy``: synthesis then prepares slices with numpy), a
+    PyTorch tensor a tensor."""
 
     name = "onnxruntime"
+    takes_numpy = True
 
     def __init__(self, session, notes):
         self.session, self.notes = session, list(notes)
@@ -159,6 +186,9 @@ class OnnxRuntimeEngine:
 
     def __call__(self, x):
         import numpy as np
+
+        if isinstance(x, np.ndarray):
+            return self.session.run(None, {self.input_name: np.ascontiguousarray(x, dtype=np.float32)})[0]
         import torch
 
         array = np.ascontiguousarray(x.detach().cpu().numpy(), dtype=np.float32)
@@ -209,6 +239,70 @@ def create_engine(requested, model, metadata, precision, device, checkpoint_path
     return engine
 
 
+@dataclass
+class TorchFreeEngine:
+    """What :func:`torch_free_engine` found: the engine, the checkpoint's metadata, the precision
+    and device (the CPU, float32) and whether the network can sample (VAE)."""
+
+    engine: OnnxRuntimeEngine
+    metadata: object
+    precision: object
+    device: object
+    supports_uncertainty: bool
+
+
+def torch_free_engine(checkpoint, requested, device, precision, batch_size) -> TorchFreeEngine | None:
+    """The ONNX Runtime engine of ``checkpoint`` from its cached graph, without importing PyTorch;
+    None when PyTorch is needed: another engine is asked for or measured faster, the device or
+    the precision may not be the CPU's float32 (or cannot be told without PyTorch), ONNX Runtime is
+    missing, no valid graph is cached, or the checkpoint's weights do not match their hash (the
+    caller then loads the checkpoint as usual, which builds the graph or gives the error).
+
+    The metadata hash is verified on reading, the weights' hash from the file's bytes; the graph is
+    keyed by both, so it was derived from exactly this checkpoint (which passed every check of
+    :func:`MRISynthesisLib.checkpoint.load_checkpoint` then). Raises ``CheckpointError`` for bad
+    metadata and for a batch whose intermediate results would not fit (as loading does)."""
+    from .checkpoint import check_batch_bytes, read_metadata, weights_match_content_hash
+    from .device import CpuDevice, Precision, native_bf16_without_torch, surely_cpu
+
+    requested = str(requested or "auto").lower()
+    if requested not in ("auto", "onnxruntime") or not surely_cpu(device):
+        return None
+    name = str(precision or "auto").lower()
+    native_bf16 = native_bf16_without_torch()
+    if native_bf16 is None and (name == "auto" or requested == "auto"):
+        return None
+    if (("bf16" if native_bf16 else "fp32") if name == "auto" else name) != "fp32":
+        return None
+    try:
+        import onnxruntime
+    except Exception:  # noqa: BLE001 - missing or broken: the PyTorch path says so
+        return None
+    metadata = read_metadata(checkpoint, check_architecture=False)
+    key = graph_key(metadata, onnxruntime.__version__)
+    graph, manifest, _ = read_cache_entry(cache_folder() / "onnx" / key, key)
+    if graph is None:
+        return None
+    try:
+        family = str(manifest["network_family"])
+        per_slice = int(manifest["slice_activation_bytes"])
+        can_sample = bool(manifest["supports_uncertainty"])
+    except (KeyError, TypeError, ValueError):
+        return None
+    if requested == "auto" and MEASURED_FASTEST.get((cpu_kind(native_bf16), family)) != "onnxruntime":
+        return None
+    if not weights_match_content_hash(checkpoint, metadata):
+        return None
+    check_batch_bytes(metadata, batch_size, per_slice)
+    with contextlib.suppress(Exception):
+        onnxruntime.disable_telemetry_events()
+    try:
+        session = _session(onnxruntime, graph)
+    except Exception:  # noqa: BLE001 - the PyTorch path rebuilds a graph ONNX Runtime cannot load
+        return None
+    return TorchFreeEngine(OnnxRuntimeEngine(session, []), metadata, Precision("fp32"), CpuDevice(), can_sample)
+
+
 class EngineUnavailable(Exception):
     """An engine cannot be used here (the sentence says why)."""
 
@@ -234,7 +328,13 @@ def _onnxruntime_session(model, metadata):
     if problem:
         notes.append(f"the cached ONNX graph of {metadata.model_id} was {problem}; rebuilt it")
     graph, difference = export_onnx_graph(model, metadata, onnxruntime)
-    written = write_cached_graph(folder, key, graph, manifest_for(metadata, onnxruntime.__version__, graph, difference))
+    manifest = manifest_for(metadata, onnxruntime.__version__, graph, difference)
+    from .checkpoint import activation_bytes
+
+    # What a run without PyTorch needs to know of the network (torch_free_engine).
+    manifest.update(network_family=network_family(metadata), supports_uncertainty=hasattr(model, "sample"),
+                    slice_activation_bytes=activation_bytes(metadata))
+    written = write_cached_graph(folder, key, graph, manifest)
     if not written:
         notes.append(f"could not cache the ONNX graph in {folder.parent} (not writable); it is rebuilt next time")
     try:
@@ -243,11 +343,26 @@ def _onnxruntime_session(model, metadata):
         raise EngineUnavailable(f"engine onnxruntime could not load the graph ({_first_line(error)})") from None
 
 
-def _session(onnxruntime, graph: bytes):
-    import torch
+def onnxruntime_session(onnxruntime, graph: bytes):
+    """An ONNX Runtime CPU session of ``graph`` with this project's settings (threads as PyTorch's)."""
+    return _session(onnxruntime, graph)
 
+
+def _threads() -> int:
+    """The threads PyTorch computes with: its own setting when it is loaded, else ``OMP_NUM_THREADS``
+    (as PyTorch reads it), else 0: ONNX Runtime's default, the physical cores, as PyTorch's."""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        return max(1, torch.get_num_threads())
+    try:
+        return max(0, int(os.environ.get("OMP_NUM_THREADS", "0")))
+    except ValueError:
+        return 0
+
+
+def _session(onnxruntime, graph: bytes):
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = max(1, torch.get_num_threads())  # the same threads as PyTorch
+    options.intra_op_num_threads = _threads()  # the same threads as PyTorch
     options.inter_op_num_threads = 1
     options.graph_optimization_level = onnxruntime.GraphOptimizationLevel.ORT_ENABLE_ALL
     # Idle threads sleep instead of spinning: as fast on a quiet CPU, kinder to a busy one (Slicer).
@@ -305,38 +420,41 @@ def export_onnx_graph(model, metadata, onnxruntime) -> tuple[bytes, float]:
 def graph_key(metadata, runtime_version: str) -> str:
     """Cache key of a derived graph: the checkpoint's weights and metadata hashes, the exporter
     (torch) and runtime versions and :data:`GRAPH_FORMAT`."""
-    import torch
-
-    text = "|".join([metadata.content_sha256, metadata.metadata_sha256, f"torch {torch.__version__}",
+    text = "|".join([metadata.content_sha256, metadata.metadata_sha256, f"torch {torch_version()}",
                      f"onnxruntime {runtime_version}", f"opset {ONNX_OPSET}", f"format {GRAPH_FORMAT}"])
     return hashlib.sha256(text.encode()).hexdigest()[:32]
 
 
 def manifest_for(metadata, runtime_version: str, graph: bytes, difference: float) -> dict:
-    import torch
-
     return {"format": GRAPH_FORMAT, "key": graph_key(metadata, runtime_version), "model_id": metadata.model_id,
             "checkpoint_content_sha256": metadata.content_sha256, "checkpoint_metadata_sha256": metadata.metadata_sha256,
-            "torch": torch.__version__, "onnxruntime": runtime_version, "opset": ONNX_OPSET,
+            "torch": torch_version(), "onnxruntime": runtime_version, "opset": ONNX_OPSET,
             "graph_sha256": hashlib.sha256(graph).hexdigest(), "max_abs_difference_from_torch": difference}
 
 
 def read_cached_graph(folder: Path, key: str) -> tuple[bytes | None, str | None]:
     """``(graph bytes, None)`` when ``folder`` holds a complete graph for ``key``; ``(None, why)``
     when it holds a corrupt or stale one; ``(None, None)`` when there is none."""
+    graph, _, problem = read_cache_entry(folder, key)
+    return graph, problem
+
+
+def read_cache_entry(folder: Path, key: str, graph_format: int = GRAPH_FORMAT):
+    """``(graph bytes, manifest, None)`` for a complete graph for ``key`` in ``folder``, else
+    ``(None, None, why)`` (corrupt or stale) or ``(None, None, None)`` (none cached)."""
     manifest_path, graph_path = folder / "manifest.json", folder / "model.onnx"
     if not folder.exists():
-        return None, None
+        return None, None, None
     try:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         graph = graph_path.read_bytes()
     except (OSError, ValueError) as error:
-        return None, f"unreadable ({_first_line(error)})"
-    if not isinstance(manifest, dict) or manifest.get("format") != GRAPH_FORMAT or manifest.get("key") != key:
-        return None, "stale (made for another checkpoint or version)"
+        return None, None, f"unreadable ({_first_line(error)})"
+    if not isinstance(manifest, dict) or manifest.get("format") != graph_format or manifest.get("key") != key:
+        return None, None, "stale (made for another checkpoint or version)"
     if hashlib.sha256(graph).hexdigest() != manifest.get("graph_sha256"):
-        return None, "corrupt (its bytes do not match its manifest)"
-    return graph, None
+        return None, None, "corrupt (its bytes do not match its manifest)"
+    return graph, manifest, None
 
 
 def write_cached_graph(folder: Path, key: str, graph: bytes, manifest: dict) -> bool:

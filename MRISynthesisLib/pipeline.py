@@ -230,7 +230,8 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
         from .brain_extraction import choose_brain_mask
 
         chosen = choose_brain_mask(volume, mask_choice, device=synthesizer.device,
-                                   progress=stage.reporter("brain extraction"))
+                                   progress=stage.reporter("brain extraction"),
+                                   engine=getattr(getattr(synthesizer, "engine", None), "name", "torch"))
         stage.start("synthesis")
         fallback = synthesize_with_fallback(create, volume, request.device, batch_size, first=synthesizer,
                                             progress=stage.reporter("synthesis"), mask=chosen.mask,
@@ -277,7 +278,9 @@ def resolve_request_model(request: SynthesisRequest) -> tuple[Path, ModelMetadat
                              f"{', '.join(sorted(DIRECTION_ALIASES))}")
     model = None if request.model is None else str(request.model)
     model_path = catalog.resolve_model(model, direction or (DEFAULT_DIRECTION if model is None else None))
-    metadata = read_metadata(model_path)
+    # The architecture is checked when the network is built, or was when a cached graph was derived
+    # from this very checkpoint (MRISynthesisLib.engines): checking it here would import PyTorch.
+    metadata = read_metadata(model_path, check_architecture=False)
     check_model_request(metadata, direction)
     return Path(model_path), metadata
 

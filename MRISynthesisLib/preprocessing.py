@@ -25,7 +25,7 @@ from .errors import InputError
 __all__ = [
     "SliceGeometry", "brain_mask", "fill_slice_holes", "foreground_slices", "gather_context",
     "looks_skull_stripped", "normalisation_range", "normalise_stack", "percentile_normalise",
-    "scale_to_unit", "to_model_range"]
+    "resize_bilinear", "scale_to_unit", "to_model_range"]
 
 #: Fraction of exactly-zero voxels above which a volume is treated as skull-stripped / masked.
 ZERO_BACKGROUND_FRACTION = 0.05
@@ -300,11 +300,21 @@ class SliceGeometry:
         return top, left
 
     def to_model(self, slices):
-        """``(n, C, rows, cols)`` torch tensor -> ``(n, C, model_size, model_size)``, background -1."""
+        """``(n, C, rows, cols)`` torch tensor or float32 numpy array -> ``(n, C, model_size,
+        model_size)`` of the same kind, background -1. Arrays are resampled with
+        :func:`resize_bilinear`, PyTorch's interpolation in numpy (within 1e-6 of it)."""
+        rr, cc = self.resized_shape
+        if isinstance(slices, np.ndarray):
+            x = slices
+            if (rr, cc) != (self.rows, self.cols):
+                x = resize_bilinear(x, (rr, cc), antialias=rr < self.rows or cc < self.cols)
+            top, left = self._pads()
+            out = np.full(x.shape[:2] + (self.model_size, self.model_size), -1.0, dtype=np.float32)
+            out[:, :, top:top + rr, left:left + cc] = x
+            return out
         import torch
         import torch.nn.functional as F
 
-        rr, cc = self.resized_shape
         x = slices
         if (rr, cc) != (self.rows, self.cols):
             x = F.interpolate(x, size=(rr, cc), mode="bilinear", align_corners=False,
@@ -316,13 +326,60 @@ class SliceGeometry:
         return out
 
     def from_model(self, slices):
-        """``(n, C, model_size, model_size)`` -> ``(n, C, rows, cols)`` (inverse of :meth:`to_model`)."""
-        import torch.nn.functional as F
-
+        """``(n, C, model_size, model_size)`` -> ``(n, C, rows, cols)`` (inverse of :meth:`to_model`),
+        a torch tensor or a numpy array as given."""
         rr, cc = self.resized_shape
         top, left = self._pads()
         x = slices[:, :, top:top + rr, left:left + cc]
-        if (rr, cc) != (self.rows, self.cols):
+        if (rr, cc) != (self.rows, self.cols) and isinstance(x, np.ndarray):
+            x = resize_bilinear(x, (self.rows, self.cols), antialias=self.rows < rr or self.cols < cc)
+        elif (rr, cc) != (self.rows, self.cols):
+            import torch.nn.functional as F
+
             x = F.interpolate(x, size=(self.rows, self.cols), mode="bilinear", align_corners=False,
                               antialias=self.rows < rr or self.cols < cc)
         return x
+
+
+def resize_bilinear(slices: np.ndarray, size, antialias: bool) -> np.ndarray:
+    """``(n, C, rows, cols)`` float32 -> ``(n, C, *size)``: PyTorch's ``F.interpolate(...,
+    mode="bilinear", align_corners=False, antialias=antialias)`` in numpy (within 1e-6 of it on
+    values in [-1, 1]), for engines that run without PyTorch. Separable: one weight matrix per axis
+    (:func:`_interpolation_weights`)."""
+    rows = _interpolation_weights(slices.shape[-2], int(size[0]), antialias)
+    cols = _interpolation_weights(slices.shape[-1], int(size[1]), antialias)
+    return np.matmul(np.matmul(rows, np.asarray(slices, dtype=np.float32)), cols.T)
+
+
+def _interpolation_weights(in_size: int, out_size: int, antialias: bool) -> np.ndarray:
+    """``(out_size, in_size)`` float32 weights of PyTorch's bilinear interpolation along one axis
+    (``align_corners=False``). With ``antialias`` the triangle filter is widened by the
+    downsampling factor and each output's weights are normalised to sum to 1 (PyTorch's
+    anti-aliased kernel); without, each output mixes the two nearest inputs (edges clamped).
+    Positions are rounded to float32 where PyTorch's CPU kernels keep them in float32 (their
+    rounding moves weights by up to 1e-5 on a 512-pixel axis)."""
+    f32 = np.float32
+    scale = f32(f32(in_size) / f32(out_size))
+    weights = np.zeros((out_size, in_size), dtype=np.float32)
+    if antialias:
+        support = f32(scale) if scale >= 1.0 else f32(1.0)
+        invscale = f32(1.0 / float(scale)) if scale >= 1.0 else f32(1.0)
+        for index in range(out_size):
+            centre = f32(float(scale) * (index + 0.5))
+            first = max(int(float(f32(centre - support)) + 0.5), 0)  # int() truncates towards zero, as C++ casts
+            last = min(int(float(f32(centre + support)) + 0.5), in_size)
+            offsets = (np.arange(first, last) - centre).astype(np.float32).astype(np.float64) + 0.5
+            taps = np.maximum(f32(0.0), f32(1.0) - np.abs((offsets * float(invscale)).astype(np.float32)))
+            total = taps.sum(dtype=np.float32)
+            if total != 0:
+                taps = taps / total
+            weights[index, first:last] = taps
+    else:
+        # The source position rounded once (as PyTorch's fused multiply-add), from a float32 scale.
+        source = np.maximum(float(scale) * (np.arange(out_size) + 0.5) - 0.5, 0.0).astype(np.float32)
+        lower = np.minimum(np.floor(source).astype(np.intp), in_size - 1)
+        upper = np.minimum(lower + 1, in_size - 1)
+        fraction = np.clip(source - lower.astype(np.float32), 0.0, 1.0).astype(np.float32)
+        np.add.at(weights, (np.arange(out_size), lower), f32(1.0) - fraction)
+        np.add.at(weights, (np.arange(out_size), upper), fraction)
+    return weights

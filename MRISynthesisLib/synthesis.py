@@ -24,7 +24,7 @@ import numpy as np
 
 from .checkpoint import ModelMetadata, check_batch_memory, load_checkpoint, read_metadata
 from .device import resolve_precision, select_device
-from .engines import TorchEngine, create_engine
+from .engines import TorchEngine, create_engine, torch_free_engine
 from .errors import Cancelled, InputError
 from .input_check import check_stack
 from .orientation import to_canonical_slices
@@ -68,10 +68,18 @@ class Synthesizer:
                  flip_tta: bool = False, precision: str = "auto", engine: str = "auto"):
         if int(batch_size) < 1:
             raise InputError(f"batch size must be at least 1, got {batch_size}")
-        self.device = select_device(device)
-        self.precision = resolve_precision(precision if mixed_precision else "fp32", self.device)
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
-        if checkpoint is not None:
+        self._model, self._can_sample = None, False
+        # ONNX Runtime on a cached graph needs no PyTorch: the network is loaded only if asked for.
+        found = None if checkpoint is None else torch_free_engine(
+            checkpoint, engine, device, precision if mixed_precision else "fp32", int(batch_size))
+        if found is not None:
+            self.device, self.precision, self.metadata = found.device, found.precision, found.metadata
+            self.engine, self._can_sample = found.engine, found.supports_uncertainty
+        else:
+            self.device = select_device(device)
+            self.precision = resolve_precision(precision if mixed_precision else "fp32", self.device)
+        if checkpoint is not None and found is None:
             # The network's intermediate results for one batch, sized on the meta device first.
             check_batch_memory(read_metadata(checkpoint), int(batch_size))
             model, self.metadata = load_checkpoint(checkpoint, device=self.device)
@@ -97,7 +105,11 @@ class Synthesizer:
 
     @property
     def model(self):
-        """The PyTorch network: the reference, and what the ``torch`` engines run."""
+        """The PyTorch network: the reference, and what the ``torch`` engines run (loaded when first
+        asked for where the engine runs without it)."""
+        if self._model is None and self.checkpoint_path is not None:
+            model, _ = load_checkpoint(self.checkpoint_path, device=self.device.type)
+            self._model = self._prepare_model(model)
         return self._model
 
     @model.setter
@@ -115,6 +127,8 @@ class Synthesizer:
 
     @property
     def supports_uncertainty(self) -> bool:
+        if self._model is None and self.checkpoint_path is not None:
+            return self._can_sample  # as recorded with the cached graph
         return hasattr(self.model, "sample")
 
     def synthesize(self, volume: Volume, progress=None, mask=None) -> Volume:
@@ -176,16 +190,20 @@ class Synthesizer:
         return torch.autocast(self.device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
     def _forward(self, x):
-        import torch
-
         y = self.engine(x)
-        if self.flip_tta:
+        if self.flip_tta and isinstance(x, np.ndarray):
+            y = 0.5 * (y + np.flip(self.engine(np.ascontiguousarray(np.flip(x, axis=3))), axis=3))
+        elif self.flip_tta:
+            import torch
+
             y = 0.5 * (y + torch.flip(self.engine(torch.flip(x, dims=[3])), dims=[3]))
         return y
 
     def _run(self, volume: Volume, progress, mask, samples: int):
-        import torch
-
+        # An engine that takes numpy arrays (ONNX Runtime) gets slices prepared with numpy: no PyTorch.
+        numpy_only = getattr(self.engine, "takes_numpy", False) and not samples
+        if not numpy_only:
+            import torch
         stack, packed, indices, (lo, hi), transform, geometry = self._prepare(volume, mask)
         cols = stack.shape[2]
         # An automatic mask of a skull-stripped input misses the zeros inside the brain (dark CSF):
@@ -199,13 +217,13 @@ class Synthesizer:
         std_stack = to_canonical_slices(std, volume.affine, copy=False)[0] if samples else None
         context = int(self.metadata.context_slices)
         total = len(indices)
-        generator = torch.Generator(device="cpu").manual_seed(0)
-        with torch.inference_mode():
+        generator = None if numpy_only else torch.Generator(device="cpu").manual_seed(0)
+        with contextlib.nullcontext() if numpy_only else torch.inference_mode():
             for start in range(0, total, self.batch_size):
                 batch = indices[start:start + self.batch_size]
                 masks = np.unpackbits(gather_context(packed, batch, context), axis=-1, count=cols).view(bool)
                 x = to_model_range(scale_to_unit(gather_context(stack, batch, context), masks, lo, hi, in_place=True))
-                x = geometry.to_model(torch.from_numpy(x).to(self.device))
+                x = geometry.to_model(x if numpy_only else torch.from_numpy(x).to(self.device))
                 if self.precision.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 inside = fill_slice_holes(masks[:, context], spacing) if fill_holes else masks[:, context]
@@ -216,8 +234,14 @@ class Synthesizer:
                     _write_inside(std_stack, batch, geometry.from_model(y_std * 0.5)[:, 0].cpu().numpy(), inside)
                 else:
                     y_mean = self._forward(x)
-                y = geometry.from_model(y_mean)[:, 0].add_(1.0).mul_(0.5).clamp_(0.0, 1.0)  # in place: one batch
-                _write_inside(mean_stack, batch, y.cpu().numpy(), inside)
+                y = geometry.from_model(y_mean)[:, 0]
+                if numpy_only:  # the same float32 operations as PyTorch's below
+                    y += 1.0
+                    y *= 0.5
+                    y = np.clip(y, 0.0, 1.0, out=y)
+                else:
+                    y = y.add_(1.0).mul_(0.5).clamp_(0.0, 1.0).cpu().numpy()  # in place: one batch
+                _write_inside(mean_stack, batch, y, inside)
                 if progress is not None and progress(min(start + len(batch), total), total) is False:
                     raise Cancelled("synthesis cancelled; nothing was written")
         if total == 0 and progress is not None:

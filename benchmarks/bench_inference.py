@@ -20,7 +20,9 @@ is installed (measured for comparison only: not adopted, see the README). bfloat
 PyTorch autocast (emulated, hence slow, on CPUs without native bfloat16).
 
 ``--whole-command`` also times whole ``mrisynthesis synthesize`` processes on ``--volume`` per engine
-(interleaved, the cached graph already built) and compares their outputs; ``--large`` measures the
+(interleaved, the cached graphs already built, so ONNX Runtime runs without PyTorch) against
+``--engine torch --precision fp32`` (today's float32 eager path), compares their outputs and reports
+whether each process imported PyTorch; ``--large`` measures the
 peak RSS of the whole command on a 512 x 512 x 300 volume (made by upsampling ``--volume``) for
 each engine: goal under 1.0 GB.
 """
@@ -171,35 +173,42 @@ def whole_command(volume_path: Path, args, folder: Path) -> None:
     fp32_engines = ["torch"] + [e for e in args.whole_engines if e != "torch"]
     env = dict(os.environ, OMP_NUM_THREADS=str(torch.get_num_threads()))
 
+    imported_torch = {}
+
     def run(engine, tag):
         output = folder / f"whole-{engine}-{tag}.nii.gz"
-        command = [sys.executable, "-m", "MRISynthesisLib", "synthesize", str(volume_path), "-o", str(output),
-                   "--engine", engine, "--device", "cpu", "--quiet"] + (["--model", args.models[0]] if args.models else [])
+        arguments = ["synthesize", str(volume_path), "-o", str(output), "--engine", engine, "--device", "cpu", "--quiet"] \
+            + (["--precision", "fp32"] if engine == "torch" else []) + (["--model", args.models[0]] if args.models else [])
+        # The command line as `python -m MRISynthesisLib`, then whether it imported PyTorch (told on stdout).
+        code = ("import sys; from MRISynthesisLib.cli import main; status = main(sys.argv[1:]); "
+                "print('imported torch:', 'torch' in sys.modules); sys.exit(status)")
         start = time.perf_counter()
-        done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
+        done = subprocess.run([sys.executable, "-c", code] + arguments, cwd=REPO, env=env, capture_output=True, text=True)
         if done.returncode != 0:
             raise SystemExit(f"whole command failed: {done.stderr.strip()}")
+        imported_torch[engine] = "imported torch: True" in done.stdout
         return time.perf_counter() - start, output
 
     start = time.perf_counter()
-    run("onnxruntime", "warm")  # builds the cached graph if needed (a one-time cost, reported here)
-    print(f"\nwhole command, first onnxruntime run (graph cached or built): {time.perf_counter() - start:.1f} s")
+    run("onnxruntime", "warm")  # builds the cached graphs if needed (a one-time cost, reported here)
+    print(f"\nwhole command, first onnxruntime run (graphs cached or built): {time.perf_counter() - start:.1f} s")
     seconds = {engine: [] for engine in fp32_engines}
     for _ in range(args.whole_repeats):
         for engine in fp32_engines:
             elapsed, output = run(engine, "timed")
             seconds[engine].append(elapsed)
     reference = np.asarray(nib.load(str(folder / "whole-torch-timed.nii.gz")).dataobj)
-    print(f"whole `mrisynthesis synthesize {volume_path.name}` ({torch.get_num_threads()} threads, default model and "
-          f"settings but --engine), {args.whole_repeats} interleaved rounds")
-    print(f"{'engine':<22}{'median s':>10}{'min-max s':>16}{'speed-up (per round)':>26}{'max abs diff':>14}")
+    print(f"whole `mrisynthesis synthesize {volume_path.name} --device cpu` ({torch.get_num_threads()} threads, default "
+          f"model and settings but --engine; torch with --precision fp32), {args.whole_repeats} interleaved rounds")
+    print(f"{'engine':<22}{'median s':>10}{'min-max s':>16}{'speed-up (per round)':>26}{'max abs diff':>14}"
+          f"{'PyTorch imported':>18}")
     for engine in fp32_engines:
         ratios = [r / t for r, t in zip(seconds["torch"], seconds[engine])]
         difference = np.abs(np.asarray(nib.load(str(folder / f"whole-{engine}-timed.nii.gz")).dataobj) - reference).max()
         print(f"{engine:<22}{statistics.median(seconds[engine]):>10.1f}"
               f"{min(seconds[engine]):>8.1f}-{max(seconds[engine]):<7.1f}"
               f"{statistics.median(ratios):>12.2f}x ({min(ratios):.2f}-{max(ratios):.2f})"
-              f"{difference:>14.1e}")
+              f"{difference:>14.1e}{'yes' if imported_torch[engine] else 'no':>18}")
 
 
 def large_case_peak_rss(source: Path, folder: Path, engine: str):

@@ -50,7 +50,7 @@ def fake_networks(monkeypatch):
 
     fake = Fake()
 
-    def coarse(volume, foreground, device="cpu"):
+    def coarse(volume, foreground, device="cpu", engine="torch"):
         assert fake.share is not None, "the coarse network should not run"
         fake.coarse_calls += 1
         return fake.share

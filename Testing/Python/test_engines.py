@@ -168,7 +168,7 @@ def test_engine_that_fails_to_build_falls_back_to_pytorch_with_one_line(resunet_
         raise EngineUnavailable("engine onnxruntime: the network could not be exported to ONNX (test)")
 
     monkeypatch.setattr(engines, "export_onnx_graph", failing_export)
-    monkeypatch.setattr(engines, "cpu_kind", lambda: "x86-avx2")
+    monkeypatch.setattr(engines, "cpu_kind", lambda *_: "x86-avx2")
     monkeypatch.setitem(engines.MEASURED_FASTEST, ("x86-avx2", "resunet+batchnorm"), "onnxruntime")
     monkeypatch.setitem(engines.MEASURED_TORCH_FALLBACK, ("x86-avx2", "resunet+batchnorm"), "torch-channels-last")
     synthesizer, _ = synthesize(resunet_checkpoint, volume, "auto")
@@ -213,7 +213,7 @@ class _Device:
     ("arm64", "resunet", "fp32", "cpu", "torch"),          # not measured
 ])
 def test_auto_picks_the_engine_measured_fastest(monkeypatch, kind, family, precision, device, expected):
-    monkeypatch.setattr(engines, "cpu_kind", lambda: kind)
+    monkeypatch.setattr(engines, "cpu_kind", lambda *_: kind)
     assert choose_engine("auto", family, Precision(precision), _Device(device)) == (expected, None)
 
 
