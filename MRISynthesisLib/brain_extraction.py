@@ -60,8 +60,8 @@ from .volume import Volume
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
 __all__ = ["CHOICES", "BrainExtractionWarning", "BrainMaskChoice", "SkullStrippedDecision", "background_value", "check_extracted_mask",
-           "choose_brain_mask", "coarse_brain_share", "extract_brain", "mask_from_values", "mask_used", "scalp_gap_mm",
-           "skull_stripped_decision"]
+           "choose_brain_mask", "coarse_brain_share", "extract_brain", "mask_from_values", "mask_used",
+           "release_extractor", "scalp_gap_mm", "skull_stripped_decision"]
 
 #: SHA-256 of the TorchScript files inside the deepbet 1.0.2 wheel (validated in docs/architecture.md).
 DEEPBET_WEIGHTS = {
@@ -413,7 +413,7 @@ def mask_used(volume: Volume, chosen: BrainMaskChoice) -> np.ndarray:
     canonical slice stack)."""
     if chosen.mask is not None:
         return chosen.mask
-    stack, transform = to_canonical_slices(np.asarray(volume.array, dtype=np.float32), volume.affine)
+    stack, transform = to_canonical_slices(volume.array, volume.affine, copy=False)  # brain_mask reads any type
     return from_canonical_slices(brain_mask(stack), transform)
 
 
@@ -569,6 +569,12 @@ def _deepbet(device_type: str):
         extractor.model.to(torch.device(device_type))
         extractor.bbox_model.to(torch.device(device_type))
     return extractor
+
+
+def release_extractor() -> None:
+    """Free the extractor's networks and what their runs keep (about 150 MB; loaded again in about
+    0.4 s when needed): synthesis does not need them once the brain mask is chosen (issue 26)."""
+    _deepbet.cache_clear()
 
 
 def _sha256(path: Path) -> str:

@@ -73,8 +73,8 @@ def check_stack(stack: np.ndarray, mask_stack: np.ndarray, spacing_mm, normalise
     sample = stack[::step][mask_stack[::step]]
     if sample.size == 0:  # a given mask on a few slices, none of them in the sample: it is small
         sample = stack[mask_stack]
-    bright = float(np.percentile(sample, PERCENTILE_HIGH))
-    threshold = -0.01 * abs(bright)
+    bright = float(np.percentile(sample.astype(np.float32, copy=False), PERCENTILE_HIGH))
+    threshold = np.float32(-0.01 * abs(bright))  # compared in float32 also with an integer stack
     stats["negative_fraction"] = float(sum(np.count_nonzero(stack[k] < threshold) for k in range(stack.shape[0]))
                                        / stack.size)
     if stats["negative_fraction"] > MAX_NEGATIVE_FRACTION:

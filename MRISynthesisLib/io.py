@@ -39,8 +39,16 @@ def _suffix(path: Path) -> str:
     return path.suffix.lower()
 
 
-def load_volume(path) -> Volume:
+#: Stored types that ``load_volume(..., keep_integers=True)`` keeps: float32 holds their values exactly.
+EXACT_INTEGER_TYPES = (np.dtype(np.int8), np.dtype(np.uint8), np.dtype(np.int16), np.dtype(np.uint16))
+
+
+def load_volume(path, keep_integers: bool = False) -> Volume:
     """Read a 3D NIfTI or NRRD file into a :class:`Volume` (float32, ``[i, j, k]``, RAS affine).
+
+    ``keep_integers``: a NIfTI file stored as int8, uint8, int16 or uint16 without intensity scaling
+    (as scanners write them) keeps that type instead of float32 (the same values in half the memory
+    or less; synthesis converts them batch by batch, issue 26).
 
     Accepted: 3D scalar images, and 4D images whose 4th axis has length 1 (stored that way by
     some pipelines). Refused with :class:`InputError`: missing/unreadable/non-NIfTI files, 2D
@@ -78,6 +86,12 @@ def load_volume(path) -> Volume:
         raise InputError(f"{path.name} has shape {image.shape}: a {len(shape)}D image with several "
                          f"volumes/components; expected one 3D volume")
     _check_declared_size(path, image, shape)
+    if keep_integers and dtype in EXACT_INTEGER_TYPES and _unscaled(image):
+        try:
+            data = np.asarray(image.dataobj.get_unscaled()).reshape(shape)
+        except Exception as error:
+            raise InputError(f"cannot read the voxels of {path.name}: {first_line(error)}") from None
+        return Volume(data, np.asarray(image.affine, dtype=np.float64), {"path": str(path), "header": image.header})
     try:
         with np.errstate(over="ignore", invalid="ignore"):
             data = np.asarray(image.get_fdata(dtype=np.float32)).reshape(shape)
@@ -90,6 +104,12 @@ def load_volume(path) -> Volume:
         raise InputError(f"{path.name} contains NaN or infinite values")
     affine = np.asarray(image.affine, dtype=np.float64)
     return Volume(data, affine, {"path": str(path), "header": image.header})
+
+
+def _unscaled(image) -> bool:
+    """True when the voxels are used as stored (no scl_slope / scl_inter other than 1 and 0)."""
+    slope, inter = getattr(image.dataobj, "slope", 1.0), getattr(image.dataobj, "inter", 0.0)
+    return slope == 1.0 and inter == 0.0
 
 
 def _check_declared_size(path: Path, image, shape) -> None:

@@ -213,7 +213,8 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
     stage = _StageReporter(progress, cancelled)
     batch_size = _check_batch_size(request.batch_size)
     model_path, metadata = resolve_request_model(request)  # before the volume is read
-    volume = request.input if isinstance(request.input, Volume) else _load(request.input)
+    # An integer file (int16 as scanners store it) stays integer: half the memory of float32.
+    volume = request.input if isinstance(request.input, Volume) else _load(request.input, keep_integers=True)
     mask_choice = _mask_choice(request.brain_mask, volume)
     require_positive_intensities(volume.array)  # before brain extraction, which would blame the mask
     require_large_enough_slices(volume)  # before brain extraction, which would run for nothing
@@ -227,11 +228,12 @@ def run(request: SynthesisRequest, *, progress: Callable | None = None, cancelle
     check_model_request(metadata, uncertainty=bool(request.uncertainty), can_sample=synthesizer.supports_uncertainty)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        from .brain_extraction import choose_brain_mask
+        from .brain_extraction import choose_brain_mask, release_extractor
 
         chosen = choose_brain_mask(volume, mask_choice, device=synthesizer.device,
                                    progress=stage.reporter("brain extraction"),
                                    engine=getattr(getattr(synthesizer, "engine", None), "name", "torch"))
+        release_extractor()  # its memory is not needed for synthesis (a 512 x 512 x 300 volume: < 1 GB)
         stage.start("synthesis")
         fallback = synthesize_with_fallback(create, volume, request.device, batch_size, first=synthesizer,
                                             progress=stage.reporter("synthesis"), mask=chosen.mask,
@@ -291,10 +293,10 @@ def _check_batch_size(batch_size) -> int:
     return int(batch_size)
 
 
-def _load(path) -> Volume:
+def _load(path, keep_integers: bool = False) -> Volume:
     from .io import load_volume
 
-    return load_volume(path)
+    return load_volume(path, keep_integers=keep_integers)
 
 
 def require_same_grid(volume: Volume, other: Volume, name: str, other_name: str) -> None:

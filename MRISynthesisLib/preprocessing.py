@@ -49,9 +49,12 @@ def brain_mask(array: np.ndarray) -> np.ndarray:
       half of Otsu's threshold of the positive intensities (clipped to their 1st..99th
       percentiles), then hole filling and the largest connected component: a solid head mask.
 
-    Returns a boolean array of the input's shape.
+    Returns a boolean array of the input's shape. Integer arrays (e.g. int16 as stored) give the
+    mask of their float32 values, without a float32 copy.
     """
-    array = np.asarray(array, dtype=np.float32)  # no copy for float32 (also for strided views)
+    array = np.asarray(array)
+    if not np.issubdtype(array.dtype, np.integer):
+        array = array.astype(np.float32, copy=False)  # no copy for float32 (also for strided views)
     if array.size == 0:
         raise InputError("cannot compute a mask of an empty array")
     positive = array > 0
@@ -62,7 +65,7 @@ def brain_mask(array: np.ndarray) -> np.ndarray:
         return positive
     # The threshold is a statistic: a regular subsample of at most ~2 M voxels gives the same
     # value without full-volume copies.
-    values = _regular_subsample(array, positive, max(1, count // 2_000_000))
+    values = _regular_subsample(array, positive, max(1, count // 2_000_000)).astype(np.float32, copy=False)
     lo, hi = np.percentile(values, [1, 99])
     if hi <= lo:
         return positive
@@ -70,7 +73,7 @@ def brain_mask(array: np.ndarray) -> np.ndarray:
 
     threshold = 0.5 * float(threshold_otsu(np.clip(values, lo, hi)))
     del positive, values
-    mask = ndimage.binary_fill_holes(array > threshold)
+    mask = ndimage.binary_fill_holes(array > np.float32(threshold))  # compared in float32 whatever the type
     return _largest_component(mask)
 
 
@@ -198,8 +201,8 @@ def normalisation_range(array: np.ndarray, mask: np.ndarray, low: float = PERCEN
     Errors: no foreground, or a constant foreground."""
     if not mask.any():
         raise InputError("the volume has no foreground voxels (it is empty or constant)")
-    # One copy of the foreground values, partitioned in place.
-    values = masked_values(array, mask)
+    # One copy of the foreground values (float32, as the voxels are synthesised), partitioned in place.
+    values = masked_values(array, mask).astype(np.float32, copy=False)
     lo, hi = (float(v) for v in np.percentile(values, [low, high], overwrite_input=True))
     if not hi > lo:
         if values.min() == values.max():

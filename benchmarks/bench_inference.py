@@ -22,9 +22,10 @@ PyTorch autocast (emulated, hence slow, on CPUs without native bfloat16).
 ``--whole-command`` also times whole ``mrisynthesis synthesize`` processes on ``--volume`` per engine
 (interleaved, the cached graphs already built, so ONNX Runtime runs without PyTorch) against
 ``--engine torch --precision fp32`` (today's float32 eager path), compares their outputs and reports
-whether each process imported PyTorch; ``--large`` measures the
-peak RSS of the whole command on a 512 x 512 x 300 volume (made by upsampling ``--volume``) for
-each engine: goal under 1.0 GB.
+whether each process imported PyTorch; ``--large`` measures the peak RSS (the child's own
+``VmHWM``, Linux) of the whole command on a 512 x 512 x 300 volume made by upsampling ``--volume``,
+stored as int16 (as scanners write it) and as float32 with fractional values, for each engine:
+goal under 1.0 GB.
 """
 
 from __future__ import annotations
@@ -211,31 +212,47 @@ def whole_command(volume_path: Path, args, folder: Path) -> None:
               f"{difference:>14.1e}{'yes' if imported_torch[engine] else 'no':>18}")
 
 
-def large_case_peak_rss(source: Path, folder: Path, engine: str):
-    """Peak RSS (bytes) and wall seconds of a whole CLI process on a 512 x 512 x 300 upsampling of ``source``."""
-    big_path = folder / "large_t1.nii.gz"
-    if not big_path.exists():
+#: Runs the command line in the child and prints its own peak resident size (KiB) as it exits.
+_PEAK_WRAPPER = ("import atexit, sys\n"
+                 "def _peak():\n"
+                 "    kib = [l.split()[1] for l in open('/proc/self/status') if l.startswith('VmHWM:')]\n"
+                 "    print('peak kib:', kib[0], file=sys.stderr)\n"
+                 "atexit.register(_peak)\n"
+                 "from MRISynthesisLib.cli import main\n"
+                 "sys.exit(main(sys.argv[1:]))\n")
+
+
+def large_volume(source: Path, folder: Path, dtype) -> Path:
+    """``source`` upsampled (linearly) to :data:`LARGE_SHAPE`: int16 rounded, or float32 as computed."""
+    path = folder / f"large_t1_{np.dtype(dtype).name}.nii.gz"
+    if not path.exists():
         import nibabel as nib
         from scipy import ndimage
 
         image = nib.load(str(source))
         array = np.asarray(image.dataobj, dtype=np.float32)
         zoom = [t / s for t, s in zip(LARGE_SHAPE, array.shape)]
-        big = np.round(ndimage.zoom(array, zoom, order=1)).astype(np.int16)
+        big = ndimage.zoom(array, zoom, order=1, output=np.float32)
         del array
+        if np.issubdtype(dtype, np.integer):
+            big = np.round(big).astype(dtype)
         affine = image.affine.copy()
         affine[:3, :3] /= np.array(zoom)[None, :]
-        nib.save(nib.Nifti1Image(big, affine), str(big_path))
-        del big
-    command = [sys.executable, "-m", "MRISynthesisLib", "synthesize", str(big_path), "-o", str(folder / "out.nii.gz"),
-               "--engine", engine, "--device", "cpu", "--quiet"]
+        nib.save(nib.Nifti1Image(big, affine), str(path))
+    return path
+
+
+def large_case_peak_rss(big_path: Path, folder: Path, engine: str, threads: int):
+    """Peak RSS (bytes) and wall seconds of a whole CLI process (default settings but ``--engine``)."""
+    command = [sys.executable, "-c", _PEAK_WRAPPER, "synthesize", str(big_path), "-o", str(folder / "out.nii.gz"),
+               "--engine", engine, "--quiet"]
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads))
     start = time.perf_counter()
-    process = subprocess.Popen(command, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    if status != 0:
-        raise SystemExit(f"large case failed: {process.stderr.read().decode().strip()}")
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss: bytes on macOS, KiB on Linux
-    return usage.ru_maxrss * scale, time.perf_counter() - start
+    done = subprocess.run(command, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    if done.returncode != 0:
+        raise SystemExit(f"large case failed: {done.stderr.strip()}")
+    peak = [int(line.split(":")[1]) for line in done.stderr.splitlines() if line.startswith("peak kib:")]
+    return peak[-1] * 1024, time.perf_counter() - start
 
 
 def main() -> int:
@@ -275,12 +292,14 @@ def main() -> int:
         if args.whole_command:
             whole_command(args.volume, args, Path(folder))
         if args.large:
-            print()
-            for engine in ("torch", "torch-channels-last", "onnxruntime"):
-                peak, seconds = large_case_peak_rss(args.volume, Path(folder), engine)
-                print(f"512x512x300, whole `mrisynthesis synthesize --engine {engine}` (default model, batch size "
-                      f"and precision): peak RSS {peak / 1e9:.3f} GB ({peak / 2 ** 20:.0f} MiB; goal < 1.0 GB), "
-                      f"{seconds:.0f} s wall", flush=True)
+            print(f"\n512x512x300, whole `mrisynthesis synthesize` with default settings but --engine, "
+                  f"{args.threads} threads; goal: peak RSS < 1.0 GB")
+            for dtype in (np.int16, np.float32):
+                big_path = large_volume(args.volume, Path(folder), dtype)
+                for engine in ("onnxruntime", "auto", "torch", "torch-channels-last"):
+                    peak, seconds = large_case_peak_rss(big_path, Path(folder), engine, args.threads)
+                    print(f"  {np.dtype(dtype).name:<8} input  --engine {engine:<20} peak RSS {peak / 1e9:.3f} GB "
+                          f"({peak / 2 ** 20:.0f} MiB)  {seconds:.0f} s wall", flush=True)
     return 0
 
 

@@ -140,6 +140,66 @@ def test_slab_wise_synthesis_is_bit_identical_to_the_whole_volume_path(tiny_unet
     assert result.flags.c_contiguous and np.array_equal(volume.array, before)
 
 
+@pytest.mark.parametrize("dtype, zero_background", [(np.int16, True), (np.uint16, False), (np.uint8, True)])
+def test_integer_input_gives_the_float32_result_without_converting_the_volume(tiny_unet_checkpoint, dtype,
+                                                                             zero_background):
+    """An int16 volume (as scanners store it) is synthesised in its own type, batch by batch: the
+    same output and input check as the same values in float32 (issue 26: half the input memory)."""
+    array = head_phantom((34, 30, 23), seed=4)
+    if not zero_background:  # a raw head: the Otsu threshold is compared with integers
+        array = array + np.random.default_rng(2).random(array.shape, dtype=np.float32) * 5 + 1
+    stored = np.clip(np.round(array * 1.3), 0, np.iinfo(dtype).max).astype(dtype)
+    affine = affine_for("PSL", spacing=(2, 2.2, 2.5))
+    synthesizer = Synthesizer(tiny_unet_checkpoint, device="cpu", batch_size=5, precision="fp32")
+    as_float = synthesizer.synthesize(Volume(stored.astype(np.float32), affine))
+    as_stored = synthesizer.synthesize(Volume(stored, affine))
+    assert np.array_equal(as_stored.array, as_float.array)
+    assert as_stored.meta["input_check"] == as_float.meta["input_check"]
+
+
+def test_cpu_engines_split_a_batch_into_calls_of_a_few_slices_with_the_same_result(tiny_unet_checkpoint,
+                                                                                   monkeypatch):
+    from MRISynthesisLib import synthesis
+
+    volume = Volume(head_phantom((30, 28, 21), seed=5), affine_for("RAS", spacing=(2, 2, 2)))
+    synthesizer = Synthesizer(tiny_unet_checkpoint, device="cpu", batch_size=8, precision="fp32", engine="torch")
+
+    class Counting:  # the torch engine, counting the slices of each call
+        name = "torch"
+
+        def __init__(self, engine):
+            self.engine, self.calls = engine, []
+
+        def __call__(self, x):
+            self.calls.append(len(x))
+            return self.engine(x)
+
+    synthesizer.engine = counting = Counting(synthesizer.engine)
+    split = synthesizer.synthesize(volume).array
+    assert max(counting.calls) == synthesis.CPU_SLICES_PER_CALL["torch"] < 8
+    monkeypatch.setattr(synthesis, "CPU_SLICES_PER_CALL", {})
+    counting.calls.clear()
+    assert np.array_equal(split, synthesizer.synthesize(volume).array) and max(counting.calls) == 8
+
+
+def test_integer_nifti_keeps_its_type_for_synthesis_only_when_unscaled(tmp_path):
+    import nibabel as nib
+
+    from MRISynthesisLib.io import load_volume
+    from MRISynthesisLib.pipeline import volume_sha256
+
+    stored = np.round(head_phantom((12, 10, 8), seed=6)).astype(np.int16)
+    nib.save(nib.Nifti1Image(stored, np.eye(4)), str(tmp_path / "plain.nii.gz"))
+    scaled = nib.Nifti1Image(stored, np.eye(4))
+    scaled.header.set_slope_inter(0.5, 3.0)
+    nib.save(scaled, str(tmp_path / "scaled.nii.gz"))
+    kept, converted = load_volume(tmp_path / "plain.nii.gz", keep_integers=True), load_volume(tmp_path / "plain.nii.gz")
+    assert kept.array.dtype == np.int16 and converted.array.dtype == np.float32
+    assert np.array_equal(kept.array, converted.array) and volume_sha256(kept) == volume_sha256(converted)
+    rescaled = load_volume(tmp_path / "scaled.nii.gz", keep_integers=True)
+    assert rescaled.array.dtype == np.float32 and np.allclose(rescaled.array, stored * 0.5 + 3.0)
+
+
 def test_brain_mask_subsample_matches_a_full_copy(monkeypatch):
     """The Otsu threshold's regular subsample, gathered slab by slab, equals values[::step]."""
     from MRISynthesisLib import preprocessing
