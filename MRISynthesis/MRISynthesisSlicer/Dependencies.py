@@ -22,7 +22,7 @@ NOT_INSTALLED_BY_PIP = {"torch": "installed by the PyTorch extension (the build 
                         "tqdm": "command line only (progress bars)",
                         "pynrrd": "command line only (Slicer reads and writes NRRD itself)"}
 #: Import names that differ from the distribution name.
-IMPORT_NAMES = {"scikit-image": "skimage"}
+IMPORT_NAMES = {"scikit-image": "skimage", "connected-components-3d": "cc3d"}
 
 
 def pyprojectPath():

@@ -91,3 +91,27 @@ def test_slice_geometry_round_trip_keeps_shape_and_fits_the_grid(rows, cols, spa
     assert back.shape == x.shape
     smooth = torch.linspace(0, 1, cols).repeat(2, 1, rows, 1)
     assert torch.allclose(geometry.from_model(geometry.to_model(smooth)), smooth, atol=0.05)
+
+
+def test_fill_slice_holes_fills_what_binary_fill_holes_fills_up_to_the_area():
+    """The holes are exactly scipy's ``binary_fill_holes`` regions of each slice, those up to the
+    area limit filled (random masks: holes of every size, touching and not touching the border)."""
+    from scipy import ndimage
+
+    from MRISynthesisLib.preprocessing import fill_slice_holes
+
+    rng = np.random.default_rng(0)
+    for fraction in (0.3, 0.6, 0.9):
+        masks = rng.random((6, 37, 29)) < fraction
+        masks[0] = True
+        masks[1, 5:30, 5:25] = True
+        masks[1, 10:14, 10:13] = False
+        for spacing, area in (((1.0, 1.0), 100.0), ((0.5, 2.0), 3.0), ((1.0, 1.0), 1e9)):
+            expected = masks.copy()
+            for index, mask in enumerate(masks):
+                labels, count = ndimage.label(ndimage.binary_fill_holes(mask) & ~mask)
+                sizes = np.bincount(labels.ravel(), minlength=count + 1)
+                small = sizes <= area / (spacing[0] * spacing[1])
+                small[0] = False
+                expected[index] |= small[labels]
+            assert np.array_equal(fill_slice_holes(masks, spacing, area), expected)
