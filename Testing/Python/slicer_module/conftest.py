@@ -133,7 +133,8 @@ else:
         if request.node.get_closest_marker("realBrainDecision") is None:
             from MRISynthesisLib import brain_extraction
 
-            monkeypatch.setattr(brain_extraction, "coarse_brain_share", lambda volume, foreground, device="cpu": 1.0)
+            monkeypatch.setattr(brain_extraction, "coarse_brain_share",
+                                lambda volume, foreground, device="cpu", engine="torch": 1.0)
 
     @pytest.fixture
     def slicerModule(app):

@@ -51,11 +51,11 @@ def test_python_requirements_are_read_from_pyproject():
     """pyproject.toml is the one requirements list: the module pip-installs every core dependency
     except torch (PyTorch extension), numpy (Slicer has it), tqdm and pynrrd (command line only),
     with pyproject's exact specifiers; the ONNX Runtime engine (and onnx, which exports its graph)
-    included."""
+    and cc3d (deepbet's connected-components library, also used directly) included."""
     assert Dependencies.pipRequirements() == {"nibabel": "nibabel>=5.0", "skimage": "scikit-image>=0.22",
                                               "scipy": "scipy>=1.9", "safetensors": "safetensors>=0.4",
                                               "deepbet": "deepbet==1.0.2", "onnxruntime": "onnxruntime>=1.17",
-                                              "onnx": "onnx>=1.16"}
+                                              "onnx": "onnx>=1.16", "cc3d": "connected-components-3d"}
 
 
 def test_requirements_follow_an_edited_pyproject(tmp_path):
@@ -98,7 +98,8 @@ def versions(table):
 
 
 SATISFIED = {"torch": "2.4.0", "numpy": "2.0.2", "nibabel": "5.2.1", "scikit-image": "0.24.0", "scipy": "1.14.1",
-             "safetensors": "0.4.5", "deepbet": "1.0.2", "onnxruntime": "1.20.1", "onnx": "1.17.0"}
+             "safetensors": "0.4.5", "deepbet": "1.0.2", "connected-components-3d": "3.26.1", "onnxruntime": "1.20.1",
+             "onnx": "1.17.0"}
 
 
 def test_self_test_skip_reason(monkeypatch):
@@ -106,8 +107,8 @@ def test_self_test_skip_reason(monkeypatch):
     nothing = lambda name: None  # noqa: E731 - an empty Python, as on the extension build machines
     reason = Dependencies.inferenceUnavailableReason(findSpec=nothing, distributionVersion=versions({}))
     assert reason == ("PyTorch is not installed; missing Python packages (or other versions installed): nibabel>=5.0, "
-                      "scikit-image>=0.22, scipy>=1.9, safetensors>=0.4, deepbet==1.0.2, onnxruntime>=1.17, "
-                      "onnx>=1.16")
+                      "scikit-image>=0.22, scipy>=1.9, safetensors>=0.4, deepbet==1.0.2, connected-components-3d, "
+                      "onnxruntime>=1.17, onnx>=1.16")
     everything = lambda name: object()  # noqa: E731
     assert Dependencies.inferenceUnavailableReason(findSpec=everything, distributionVersion=versions(SATISFIED)) is None
     assert "PyTorch 1.12.0 is installed" in Dependencies.inferenceUnavailableReason(
