@@ -43,10 +43,8 @@ docs/architecture.md, "Brain extraction".
 from __future__ import annotations
 
 import functools
-import hashlib
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 from nibabel import orientations
@@ -547,19 +545,14 @@ def _round(value, digits: int = 1):
 def _deepbet(device_type: str):
     """deepbet's ``BrainExtraction`` on ``device_type``, its weights verified, loaded once."""
     try:
-        from deepbet import utils as deepbet_utils
         from deepbet.bet import BrainExtraction
     except ImportError as error:
         raise InputError(f"automatic brain extraction needs the 'deepbet' package ({error}); install it with "
                          "'pip install deepbet==1.0.2', or give a brain mask, or choose no extraction") from None
-    models = Path(deepbet_utils.DATA_PATH) / "models"
+    from .extractor_graphs import checked_weights
+
     for name, expected in DEEPBET_WEIGHTS.items():
-        path = models / name
-        if not path.is_file():
-            raise InputError(f"deepbet's weight file {path} is missing; reinstall deepbet==1.0.2")
-        if _sha256(path) != expected:
-            raise InputError(f"deepbet's weight file {path} is not the validated version (SHA-256 differs); "
-                             "install deepbet==1.0.2")
+        checked_weights(name, expected)
     import torch
 
     with warnings.catch_warnings():  # torch.jit.load's deprecation notice is deepbet's business
@@ -575,11 +568,3 @@ def release_extractor() -> None:
     """Free the extractor's networks and what their runs keep (about 150 MB; loaded again in about
     0.4 s when needed): synthesis does not need them once the brain mask is chosen (issue 26)."""
     _deepbet.cache_clear()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .checkpoint import file_sha256
 from .engines import (ONNX_OPSET, EngineUnavailable, cache_folder, onnxruntime_session, read_cache_entry, torch_version,
                       write_cached_graph)
 from .errors import InputError, first_line
@@ -51,11 +52,11 @@ def weights_folder() -> Path:
 
 def checked_weights(name: str, expected: str) -> Path:
     """The path of deepbet's weight file ``name``; :class:`InputError` when it is missing or its
-    SHA-256 is not ``expected`` (the messages of :func:`MRISynthesisLib.brain_extraction._deepbet`)."""
+    SHA-256 is not ``expected`` (also the check of :func:`MRISynthesisLib.brain_extraction._deepbet`)."""
     path = weights_folder() / name
     if not path.is_file():
         raise InputError(f"deepbet's weight file {path} is missing; reinstall deepbet==1.0.2")
-    if _sha256(path) != expected:
+    if file_sha256(path) != expected:
         raise InputError(f"deepbet's weight file {path} is not the validated version (SHA-256 differs); "
                          "install deepbet==1.0.2")
     return path
@@ -175,11 +176,3 @@ def _float64_instance_norm(graph: bytes) -> bytes:
     model.graph.node.extend(nodes)
     onnx.checker.check_model(model)
     return model.SerializeToString()
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
