@@ -81,6 +81,27 @@ def test_queue_file_and_training_command(tmp_path):
         cv.read_queue(tmp_path)
 
 
+@pytest.mark.parametrize("recipe", sorted(cv.RECIPES))
+def test_every_recipe_trains_on_its_input_and_synthesises_whole_slices(recipe):
+    """Each recipe's configuration loads with its overrides, and its generator takes what training
+    feeds it (crops or whole slices, with the 2.5D neighbours) and a whole 256 px slice, as the
+    Synthesizer gives it."""
+    import torch
+
+    from MRISynthesisLib.models import build_model
+    from Training.config import load_config
+
+    config_file, extra, _ = cv.RECIPES[recipe]
+    config = load_config(str(cv.REPO / config_file), [f"{k}={json.dumps(v)}" for k, v in extra.items()])
+    channels = 1 + 2 * config.data.context_slices
+    generator = build_model(config.model.generator, in_channels=channels,
+                            **config.model.generator_options).eval()
+    train_size = config.data.crop_size or config.data.slice_size
+    with torch.no_grad():
+        for size in (train_size, 256):
+            assert generator(torch.zeros(1, channels, size, size)).shape == (1, 1, size, size)
+
+
 def test_table_from_scores(tmp_path):
     folds = cv.make_folds(TODAY, 5, seed=0)
     source = dict(TODAY)
