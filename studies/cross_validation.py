@@ -14,7 +14,8 @@ Study folder layout (``--out``, outside the repository, e.g. ``/work/runs/cv``):
     folds.json                   the fold of each subject (with source and patient), seed, k
     fold<i>/split.json           train = the other folds, val = [], test = fold i
     cache/fold<i>-<direction>-ctx<c>/   slice caches (one per fold, direction and 2.5D context)
-    runs/<direction>/<recipe>/fold<i>/  training run (resumable); scores.json when scored
+    runs/<direction>/<recipe>/fold<i>/  training run (resumable); scores.json when scored,
+                                 scores-external.json when scored on subjects outside the plan
     queue.txt                    the runs of ``queue``, one ``direction recipe fold minutes`` a line
 
 Commands (run from the repository root)::
@@ -22,6 +23,7 @@ Commands (run from the repository root)::
     python -m studies.cross_validation plan --out /work/runs/cv --data ../shared/data/paired --folds 5
     python -m studies.cross_validation queue --out /work/runs/cv        # train + score every queued run
     python -m studies.cross_validation table --out /work/runs/cv        # markdown tables
+    python -m studies.cross_validation external --out /work/runs/cv --data PREPARED_PAIRS  # held out of every fold
 
 ``queue`` re-reads ``queue.txt`` after every run (edit it while the queue runs), skips scored runs
 and resumes an interrupted run from its last saved state; each training and scoring is its own
@@ -194,31 +196,77 @@ def training_command(out: Path, direction: str, recipe: str, fold: int, minutes:
 
 def score_run(out: Path, direction: str, recipe: str, fold: int) -> dict:
     """Score a finished run's last checkpoint on its fold's test subjects; writes ``scores.json``."""
-    import torch
-
     from Training.data import read_split
-    from studies import subject_scoring as evaluate, comparison_protocol as protocol
 
-    torch.set_num_threads(1)
     folder = run_dir(out, direction, recipe, fold)
-    checkpoint = folder / "checkpoints" / f"last-{direction}.safetensors"
-    if not checkpoint.exists():
-        raise InputError(f"{checkpoint} does not exist: train the run first")
     by_id = {s.id: s for s in _manifest_subjects(out)}
-    method = protocol.Method("checkpoint", "a trained checkpoint", "trained")
-    rows = []
-    for subject_id in read_split(out / f"fold{fold}" / "split.json")["test"]:
-        case = evaluate.TestCase(by_id[subject_id], direction)
-        synthetic, seconds = evaluate.predict(method, case, checkpoint)
-        row = evaluate.score(case, synthetic, seconds)
-        rows.append({k: row[k] for k in ("subject", "source", "mask", "slices", "seconds", "slices_per_second")})
-        print(f"  {recipe} {direction} fold{fold} {subject_id}: PSNR {row['mask']['psnr']:.2f} "
-              f"SSIM {row['mask']['ssim']:.4f} MAE {row['mask']['mae']:.4f}", flush=True)
+    test = [by_id[i] for i in read_split(out / f"fold{fold}" / "split.json")["test"]]
+    rows = _score_subjects(_checkpoint(folder, direction), test, direction, f"{recipe} {direction} fold{fold}")
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
-    result = {"direction": direction, "recipe": recipe, "fold": fold, "checkpoint": str(checkpoint),
+    result = {"direction": direction, "recipe": recipe, "fold": fold, "checkpoint": str(_checkpoint(folder, direction)),
               "steps": _steps(folder), "train_cpu_minutes": _train_minutes(folder), "rows": rows, **summary}
     _write_json(folder / "scores.json", result)
     return result
+
+
+def external_subjects(out: Path, roots) -> list:
+    """The paired subjects of ``roots``, refused when any is in the plan (it would be a training
+    subject of every other fold): these are held out of every fold."""
+    subjects = _discover(roots)
+    planned = {s.id for s in _manifest_subjects(out)}
+    planned_files = {str(Path(s.t1).resolve()) for s in _manifest_subjects(out)}
+    for s in subjects:
+        if s.id in planned or str(Path(s.t1).resolve()) in planned_files:
+            raise InputError(f"{s.id} is in the plan's subjects ({out / 'all.csv'}): external subjects must be "
+                             "held out of every fold")
+    return subjects
+
+
+def score_external(out: Path, roots) -> list[Path]:
+    """Score every scored run's last checkpoint on the paired subjects of ``roots`` (subjects outside
+    the plan, e.g. pairs prepared after it, so held out of every fold); writes
+    ``scores-external.json`` beside ``scores.json``. Resumable: runs scored on the same subjects are skipped."""
+    subjects = external_subjects(out, roots)
+    ids = sorted(s.id for s in subjects)
+    written = []
+    for path in sorted((out / "runs").glob("*/*/fold*/scores.json")):
+        run = json.loads(path.read_text())
+        target = path.parent / "scores-external.json"
+        if target.exists() and sorted(r["subject"] for r in json.loads(target.read_text())["rows"]) == ids:
+            continue
+        direction, recipe, fold = run["direction"], run["recipe"], run["fold"]
+        rows = _score_subjects(_checkpoint(path.parent, direction), subjects, direction,
+                               f"{recipe} {direction} fold{fold} (external)")
+        _write_json(target, {"direction": direction, "recipe": recipe, "fold": fold,
+                             "data": [str(r) for r in roots], "rows": rows})
+        written.append(target)
+    return written
+
+
+def _checkpoint(folder: Path, direction: str) -> Path:
+    checkpoint = folder / "checkpoints" / f"last-{direction}.safetensors"
+    if not checkpoint.exists():
+        raise InputError(f"{checkpoint} does not exist: train the run first")
+    return checkpoint
+
+
+def _score_subjects(checkpoint: Path, subjects, direction: str, label: str) -> list[dict]:
+    """One row per subject: the checkpoint through the Synthesizer, scored inside the brain."""
+    import torch
+
+    from studies import subject_scoring as evaluate, comparison_protocol as protocol
+
+    torch.set_num_threads(1)
+    method = protocol.Method("checkpoint", "a trained checkpoint", "trained")
+    rows = []
+    for subject in subjects:
+        case = evaluate.TestCase(subject, direction)
+        synthetic, seconds = evaluate.predict(method, case, checkpoint)
+        row = evaluate.score(case, synthetic, seconds)
+        rows.append({k: row[k] for k in ("subject", "source", "mask", "slices", "seconds", "slices_per_second")})
+        print(f"  {label} {subject.id}: PSNR {row['mask']['psnr']:.2f} "
+              f"SSIM {row['mask']['ssim']:.4f} MAE {row['mask']['mae']:.4f}", flush=True)
+    return rows
 
 
 def _manifest_subjects(out: Path):
@@ -354,7 +402,46 @@ def table(out: Path) -> str:
                 lines.append(f"| {r} | {run['fold']} | {run['steps']} | {run['train_cpu_minutes']:.1f} | "
                              f"{_fmt(speed, 1)} |")
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + external_table(out))
+
+
+def external_table(out: Path) -> list[str]:
+    """Markdown lines for the runs' ``scores-external.json``: per external subject, each recipe's
+    mean over its fold models (every fold's model is an independent model that never saw the
+    subject), and the paired difference to the default recipe over the folds both scored."""
+    found: dict = {}
+    for path in sorted((out / "runs").glob("*/*/fold*/scores-external.json")):
+        data = json.loads(path.read_text())
+        for row in data["rows"]:
+            found.setdefault(data["direction"], {}).setdefault(data["recipe"], {}).setdefault(
+                row["subject"], {})[data["fold"]] = row["mask"]
+    lines = []
+    for direction, recipes in sorted(found.items()):
+        names = sorted((r for r in RECIPES if r in recipes), key=lambda r: r != DEFAULT_RECIPE[direction])
+        subjects = sorted(set().union(*[set(v) for v in recipes.values()]))
+        lines += [f"### {direction}: subjects held out of every fold (PSNR dB / SSIM inside the brain, "
+                  "mean over the fold models; n = models)", "",
+                  "| subject | " + " | ".join(names) + " |", "|---|" + "---|" * len(names)]
+        for i in subjects:
+            cells = []
+            for r in names:
+                scores = list(recipes[r].get(i, {}).values())
+                cells.append(f"{_fmt([m['psnr'] for m in scores], 2)} / {_fmt([m['ssim'] for m in scores], 3)} "
+                             f"(n={len(scores)})" if scores else "–")
+            lines.append(f"| {i} | " + " | ".join(cells) + " |")
+        base = names[0]
+        for r in names[1:]:
+            dp, ds = [], []
+            for i in subjects:  # per subject: the mean over the folds both recipes scored
+                both = sorted(set(recipes[r].get(i, {})) & set(recipes[base].get(i, {})))
+                if both:
+                    dp.append(np.mean([recipes[r][i][f]["psnr"] - recipes[base][i][f]["psnr"] for f in both]))
+                    ds.append(np.mean([recipes[r][i][f]["ssim"] - recipes[base][i][f]["ssim"] for f in both]))
+            if dp:
+                lines += ["", f"{r} − {base} over {len(dp)} subjects (each the mean over the folds both scored): "
+                              f"ΔPSNR {_fmt(dp, 2)} dB, ΔSSIM {_fmt(ds, 3)}"]
+        lines.append("")
+    return lines
 
 
 def main(argv=None) -> int:
@@ -367,6 +454,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     for name in ("queue", "table"):
         sub.add_parser(name).add_argument("--out", required=True)
+    p = sub.add_parser("external", help="score every scored run on paired subjects outside the plan")
+    p.add_argument("--out", required=True)
+    p.add_argument("--data", nargs="+", required=True, help="folders of paired subject folders, none in the plan")
     for name in ("train", "score"):
         p = sub.add_parser(name)
         p.add_argument("--out", required=True)
@@ -384,6 +474,9 @@ def main(argv=None) -> int:
                 print(f"fold {f}: " + ", ".join(f"{s['id']} [{s['source']}]" for s in fold))
         elif args.command == "queue":
             run_queue(out)
+        elif args.command == "external":
+            for path in score_external(out, [Path(d) for d in args.data]):
+                print(f"wrote {path}")
         elif args.command == "table":
             print(table(out))
         elif args.command == "train":

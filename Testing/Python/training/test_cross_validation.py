@@ -118,3 +118,40 @@ def test_table_from_scores(tmp_path):
     text = cv.table(tmp_path)
     assert "| v5c − v4 | 6 | 1.00 ± 0.00 | 0.000 ± 0.000 |" in text
     assert "(n=6)" in text
+
+
+def test_external_table_pairs_the_folds_both_recipes_scored(tmp_path):
+    for recipe, fold, psnr in (("v4", 0, 20.0), ("v4", 1, 22.0), ("v5c", 0, 21.5)):
+        rows = [{"subject": i, "source": "MSLUB", "mask": {"psnr": psnr + k, "ssim": 0.7, "mae": 0.05}}
+                for k, i in enumerate(("patient01-study1", "patient04-study1"))]
+        path = cv.run_dir(tmp_path, "t1-to-t2", recipe, fold) / "scores-external.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"direction": "t1-to-t2", "recipe": recipe, "fold": fold, "rows": rows}))
+    text = "\n".join(cv.external_table(tmp_path))
+    assert "| patient01-study1 | 21.00 ± 1.41 / 0.700 ± 0.000 (n=2) | 21.50 / 0.700 (n=1) |" in text
+    # fold 1 has no v5c model: the difference is taken on fold 0 only (+1.5 dB), not on v4's mean (+0.5)
+    assert "v5c − v4 over 2 subjects (each the mean over the folds both scored): ΔPSNR 1.50 ± 0.00 dB" in text
+
+
+def test_external_subjects_must_be_outside_the_plan(tmp_path):
+    import nibabel as nib
+    import numpy as np
+
+    def subject(root, name):
+        folder = root / name
+        folder.mkdir(parents=True)
+        for contrast in ("t1", "t2"):
+            nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), folder / f"{contrast}.nii.gz")
+        return folder
+
+    planned, extra = tmp_path / "paired", tmp_path / "prepared"
+    kept = subject(planned, "MSLUB-patient07")
+    subject(extra, "patient01-study1")
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "all.csv").write_text(
+        f"subject,t1,t2,mask,lesion_mask,source\nMSLUB-patient07,{kept / 't1.nii.gz'},{kept / 't2.nii.gz'},,,MSLUB\n")
+    assert [s.id for s in cv.external_subjects(tmp_path / "out", [extra])] == ["patient01-study1"]
+    with pytest.raises(InputError, match="MSLUB-patient07 is in the plan"):
+        cv.external_subjects(tmp_path / "out", [planned])
+    with pytest.raises(InputError, match="no T1/T2 pairs found"):
+        cv.external_subjects(tmp_path / "out", [tmp_path / "out"])
