@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from MRISynthesisLib.atomic import atomic_path
+from MRISynthesisLib.checkpoint import file_sha256
 from MRISynthesisLib.errors import InputError, MRISynthesisError
 
 DIRECTIONS = ("t1-to-t2", "t2-to-t1")
@@ -225,20 +226,24 @@ def external_subjects(out: Path, roots) -> list:
 def score_external(out: Path, roots) -> list[Path]:
     """Score every scored run's last checkpoint on the paired subjects of ``roots`` (subjects outside
     the plan, e.g. pairs prepared after it, so held out of every fold); writes
-    ``scores-external.json`` beside ``scores.json``. Resumable: runs scored on the same subjects are skipped."""
+    ``scores-external.json`` beside ``scores.json``. Resumable: a run whose checkpoint (by hash) was
+    scored on the same subjects is skipped; one trained further since is scored again."""
     subjects = external_subjects(out, roots)
     ids = sorted(s.id for s in subjects)
     written = []
     for path in sorted((out / "runs").glob("*/*/fold*/scores.json")):
         run = json.loads(path.read_text())
         target = path.parent / "scores-external.json"
-        if target.exists() and sorted(r["subject"] for r in json.loads(target.read_text())["rows"]) == ids:
-            continue
         direction, recipe, fold = run["direction"], run["recipe"], run["fold"]
-        rows = _score_subjects(_checkpoint(path.parent, direction), subjects, direction,
-                               f"{recipe} {direction} fold{fold} (external)")
-        _write_json(target, {"direction": direction, "recipe": recipe, "fold": fold,
-                             "data": [str(r) for r in roots], "rows": rows})
+        checkpoint = _checkpoint(path.parent, direction)
+        sha256 = file_sha256(checkpoint)
+        if target.exists():
+            done = json.loads(target.read_text())
+            if done.get("sha256") == sha256 and sorted(r["subject"] for r in done["rows"]) == ids:
+                continue
+        rows = _score_subjects(checkpoint, subjects, direction, f"{recipe} {direction} fold{fold} (external)")
+        _write_json(target, {"direction": direction, "recipe": recipe, "fold": fold, "sha256": sha256,
+                             "steps": run.get("steps"), "data": [str(r) for r in roots], "rows": rows})
         written.append(target)
     return written
 

@@ -155,3 +155,21 @@ def test_external_subjects_must_be_outside_the_plan(tmp_path):
         cv.external_subjects(tmp_path / "out", [planned])
     with pytest.raises(InputError, match="no T1/T2 pairs found"):
         cv.external_subjects(tmp_path / "out", [tmp_path / "out"])
+
+
+def test_external_scoring_skips_scored_checkpoints_and_rescores_retrained_ones(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    folder = cv.run_dir(tmp_path, "t2-to-t1", "v2", 0)
+    (folder / "checkpoints").mkdir(parents=True)
+    checkpoint = folder / "checkpoints" / "last-t2-to-t1.safetensors"
+    checkpoint.write_bytes(b"20 CPU minutes")
+    (folder / "scores.json").write_text(json.dumps({"direction": "t2-to-t1", "recipe": "v2", "fold": 0, "rows": []}))
+    calls = []
+    monkeypatch.setattr(cv, "external_subjects", lambda out, roots: [SimpleNamespace(id="patient01-study1")])
+    monkeypatch.setattr(cv, "_score_subjects", lambda path, subjects, direction, label: calls.append(path) or [
+        {"subject": "patient01-study1", "mask": {"psnr": 15.0, "ssim": 0.6, "mae": 0.1}}])
+    assert cv.score_external(tmp_path, [tmp_path]) == [folder / "scores-external.json"]
+    assert cv.score_external(tmp_path, [tmp_path]) == [] and len(calls) == 1  # same checkpoint: skipped
+    checkpoint.write_bytes(b"30 CPU minutes")  # trained further: its old external scores are stale
+    assert cv.score_external(tmp_path, [tmp_path]) == [folder / "scores-external.json"] and len(calls) == 2
