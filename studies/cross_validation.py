@@ -296,10 +296,11 @@ def _train_minutes(folder: Path) -> float:
     return float(_state(folder).get("train_cpu_seconds", 0.0)) / 60.0
 
 
-def read_queue(out: Path) -> list[tuple[str, str, int, float]]:
-    """``queue.txt``: ``direction recipe fold minutes`` per line; '#' starts a comment."""
+def read_queue(out: Path, name: str = "queue.txt") -> list[tuple[str, str, int, float]]:
+    """``queue.txt`` (or another file of the study folder): ``direction recipe fold minutes`` per
+    line; '#' starts a comment."""
     entries = []
-    path = out / "queue.txt"
+    path = out / name
     for number, line in enumerate(path.read_text().splitlines(), 1):
         line = line.split("#", 1)[0].split()
         if not line:
@@ -310,12 +311,13 @@ def read_queue(out: Path) -> list[tuple[str, str, int, float]]:
     return entries
 
 
-def run_queue(out: Path) -> None:
-    """Train and score every queued run in order (re-reading the queue after each); resumable."""
+def run_queue(out: Path, name: str = "queue.txt") -> None:
+    """Train and score every queued run in order (re-reading the queue after each); resumable.
+    Two queues of one study folder (``--queue``) run side by side, one thread each, when no run is in both."""
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     done: set = set()
     while True:
-        pending = [e for e in read_queue(out) if e[:3] not in done
+        pending = [e for e in read_queue(out, name) if e[:3] not in done
                    and not (run_dir(out, *e[:3]) / "scores.json").exists()]
         if not pending:
             print("queue empty", flush=True)
@@ -459,6 +461,8 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     for name in ("queue", "table"):
         sub.add_parser(name).add_argument("--out", required=True)
+    sub.choices["queue"].add_argument("--queue", default="queue.txt",
+                                      help="the queue file in the study folder (a second driver: its own file)")
     p = sub.add_parser("external", help="score every scored run on paired subjects outside the plan")
     p.add_argument("--out", required=True)
     p.add_argument("--data", nargs="+", required=True, help="folders of paired subject folders, none in the plan")
@@ -478,7 +482,7 @@ def main(argv=None) -> int:
             for f, fold in enumerate(data["folds"]):
                 print(f"fold {f}: " + ", ".join(f"{s['id']} [{s['source']}]" for s in fold))
         elif args.command == "queue":
-            run_queue(out)
+            run_queue(out, args.queue)
         elif args.command == "external":
             for path in score_external(out, [Path(d) for d in args.data]):
                 print(f"wrote {path}")

@@ -76,6 +76,8 @@ def test_queue_file_and_training_command(tmp_path):
     assert overrides["train.threads"] == 1
     assert overrides["data.split_file"].endswith("fold0/split.json")
     assert overrides["data.cache_dir"].endswith("fold0-t1-to-t2-ctx1")  # 2.5D candidate: its own cache
+    (tmp_path / "queue-b.txt").write_text("t2-to-t1 v5d 1 30\n")  # a second driver's queue
+    assert cv.read_queue(tmp_path, "queue-b.txt") == [("t2-to-t1", "v5d", 1, 30.0)]
     (tmp_path / "queue.txt").write_text("t1-to-t2 v9 0 4\n")
     with pytest.raises(InputError, match="queue.txt:1"):
         cv.read_queue(tmp_path)
