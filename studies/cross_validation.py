@@ -57,7 +57,7 @@ RECIPES = {
     "v5c": ("configs/supervised-v5-candidate.yaml", {},
             "v5 candidate: unet_256 ngf 32, whole slices, 2.5D +-1, L1 + SSIM in the brain, site aug, EMA"),
     "v5d": ("configs/supervised-v5-candidate-crops.yaml", {},
-            "v5 candidate 2: unet_128 ngf 32 on 128 px crops, 2.5D +-1, L1 + SSIM in the brain, site aug, EMA"),
+            "v5 candidate 2: unet_128 ngf 16 (5.2 MB fp16) on 128 px crops, 2.5D +-1, L1 + SSIM in the brain, site aug, EMA"),
     "v4": ("configs/supervised-v4.yaml", {},
            "v4 (T1->T2 default): resunet ngf 16 on 128 px crops, L1 + SSIM, site aug without gamma, EMA"),
     "v2": ("configs/supervised-v2.yaml", {},
