@@ -66,6 +66,9 @@ RECIPES = {
            "v1: unet_256 ngf 24, whole slices, L1 in the brain, basic aug"),
 }
 
+#: external scores of a shipped model are reported under this prefix and its catalog id
+SHIPPED_PREFIX = "shipped:"
+
 #: a subject id ending in a session/study/timepoint number belongs to the patient before it
 _SESSION = re.compile(r"^(?P<patient>.+?)[-_](?:study|ses|session|tp|timepoint|visit)[-_]?\d+$", re.IGNORECASE)
 
@@ -223,27 +226,38 @@ def external_subjects(out: Path, roots) -> list:
     return subjects
 
 
-def score_external(out: Path, roots) -> list[Path]:
+def score_external(out: Path, roots, shipped: bool = False) -> list[Path]:
     """Score every scored run's last checkpoint on the paired subjects of ``roots`` (subjects outside
     the plan, e.g. pairs prepared after it, so held out of every fold); writes
-    ``scores-external.json`` beside ``scores.json``. Resumable: a run whose checkpoint (by hash) was
-    scored on the same subjects is skipped; one trained further since is scored again."""
+    ``scores-external.json`` beside ``scores.json``. With ``shipped``, also every shipped model of
+    the catalog (trained on subjects of the plan's data, never on these), into
+    ``shipped/<model id>/scores-external.json``. Resumable: a checkpoint (by hash) already scored on
+    the same subjects is skipped; a run trained further since is scored again."""
+    from MRISynthesisLib.catalog import list_models
+
     subjects = external_subjects(out, roots)
-    ids = sorted(s.id for s in subjects)
-    written = []
+    jobs = []  # (target, direction, recipe, fold, checkpoint, steps)
     for path in sorted((out / "runs").glob("*/*/fold*/scores.json")):
         run = json.loads(path.read_text())
-        target = path.parent / "scores-external.json"
-        direction, recipe, fold = run["direction"], run["recipe"], run["fold"]
-        checkpoint = _checkpoint(path.parent, direction)
+        jobs.append((path.parent / "scores-external.json", run["direction"], run["recipe"], run["fold"],
+                     _checkpoint(path.parent, run["direction"]), run.get("steps")))
+    if shipped:
+        for model in list_models():
+            if not model.is_users:
+                jobs.append((out / "shipped" / model.id / "scores-external.json", model.direction,
+                             SHIPPED_PREFIX + model.id, None, model.path(), None))
+    ids = sorted(s.id for s in subjects)
+    written = []
+    for target, direction, recipe, fold, checkpoint, steps in jobs:
         sha256 = file_sha256(checkpoint)
         if target.exists():
             done = json.loads(target.read_text())
             if done.get("sha256") == sha256 and sorted(r["subject"] for r in done["rows"]) == ids:
                 continue
-        rows = _score_subjects(checkpoint, subjects, direction, f"{recipe} {direction} fold{fold} (external)")
+        where = f"fold{fold}" if fold is not None else "(trained on the plan's data)"
+        rows = _score_subjects(checkpoint, subjects, direction, f"{recipe} {direction} {where} (external)")
         _write_json(target, {"direction": direction, "recipe": recipe, "fold": fold, "sha256": sha256,
-                             "steps": run.get("steps"), "data": [str(r) for r in roots], "rows": rows})
+                             "steps": steps, "data": [str(r) for r in roots], "rows": rows})
         written.append(target)
     return written
 
@@ -417,7 +431,9 @@ def external_table(out: Path) -> list[str]:
     mean over its fold models (every fold's model is an independent model that never saw the
     subject), and the paired difference to the default recipe over the folds both scored."""
     found: dict = {}
-    for path in sorted((out / "runs").glob("*/*/fold*/scores-external.json")):
+    paths = sorted((out / "runs").glob("*/*/fold*/scores-external.json")) + sorted(
+        (out / "shipped").glob("*/scores-external.json"))
+    for path in paths:
         data = json.loads(path.read_text())
         for row in data["rows"]:
             found.setdefault(data["direction"], {}).setdefault(data["recipe"], {}).setdefault(
@@ -425,6 +441,9 @@ def external_table(out: Path) -> list[str]:
     lines = []
     for direction, recipes in sorted(found.items()):
         names = sorted((r for r in RECIPES if r in recipes), key=lambda r: r != DEFAULT_RECIPE[direction])
+        names += sorted(r for r in recipes if r.startswith(SHIPPED_PREFIX))  # one model each, no fold pairs
+        if not names:
+            continue
         subjects = sorted(set().union(*[set(v) for v in recipes.values()]))
         lines += [f"### {direction}: subjects held out of every fold (PSNR dB / SSIM inside the brain, "
                   "mean over the fold models; n = models)", "",
@@ -438,6 +457,8 @@ def external_table(out: Path) -> list[str]:
             lines.append(f"| {i} | " + " | ".join(cells) + " |")
         base = names[0]
         for r in names[1:]:
+            if r.startswith(SHIPPED_PREFIX) or base.startswith(SHIPPED_PREFIX):
+                continue
             dp, ds = [], []
             for i in subjects:  # per subject: the mean over the folds both recipes scored
                 both = sorted(set(recipes[r].get(i, {})) & set(recipes[base].get(i, {})))
@@ -466,6 +487,7 @@ def main(argv=None) -> int:
     p = sub.add_parser("external", help="score every scored run on paired subjects outside the plan")
     p.add_argument("--out", required=True)
     p.add_argument("--data", nargs="+", required=True, help="folders of paired subject folders, none in the plan")
+    p.add_argument("--shipped", action="store_true", help="also score every shipped model on them")
     for name in ("train", "score"):
         p = sub.add_parser(name)
         p.add_argument("--out", required=True)
@@ -484,7 +506,7 @@ def main(argv=None) -> int:
         elif args.command == "queue":
             run_queue(out, args.queue)
         elif args.command == "external":
-            for path in score_external(out, [Path(d) for d in args.data]):
+            for path in score_external(out, [Path(d) for d in args.data], args.shipped):
                 print(f"wrote {path}")
         elif args.command == "table":
             print(table(out))

@@ -129,8 +129,15 @@ def test_external_table_pairs_the_folds_both_recipes_scored(tmp_path):
         path = cv.run_dir(tmp_path, "t1-to-t2", recipe, fold) / "scores-external.json"
         path.parent.mkdir(parents=True)
         path.write_text(json.dumps({"direction": "t1-to-t2", "recipe": recipe, "fold": fold, "rows": rows}))
+    shipped = tmp_path / "shipped" / "t1-to-t2-resunet-v4" / "scores-external.json"
+    shipped.parent.mkdir(parents=True)
+    shipped.write_text(json.dumps({"direction": "t1-to-t2", "recipe": "shipped:t1-to-t2-resunet-v4", "fold": None,
+                                   "rows": [{"subject": "patient01-study1", "mask": {"psnr": 19.0, "ssim": 0.75}}]}))
     text = "\n".join(cv.external_table(tmp_path))
-    assert "| patient01-study1 | 21.00 ± 1.41 / 0.700 ± 0.000 (n=2) | 21.50 / 0.700 (n=1) |" in text
+    assert "| subject | v4 | v5c | shipped:t1-to-t2-resunet-v4 |" in text
+    assert ("| patient01-study1 | 21.00 ± 1.41 / 0.700 ± 0.000 (n=2) | 21.50 / 0.700 (n=1) | 19.00 / 0.750 (n=1) |"
+            in text)
+    assert "| patient04-study1 | 22.00 ± 1.41 / 0.700 ± 0.000 (n=2) | 22.50 / 0.700 (n=1) | – |" in text
     # fold 1 has no v5c model: the difference is taken on fold 0 only (+1.5 dB), not on v4's mean (+0.5)
     assert "v5c − v4 over 2 subjects (each the mean over the folds both scored): ΔPSNR 1.50 ± 0.00 dB" in text
 
@@ -175,3 +182,24 @@ def test_external_scoring_skips_scored_checkpoints_and_rescores_retrained_ones(t
     assert cv.score_external(tmp_path, [tmp_path]) == [] and len(calls) == 1  # same checkpoint: skipped
     checkpoint.write_bytes(b"30 CPU minutes")  # trained further: its old external scores are stale
     assert cv.score_external(tmp_path, [tmp_path]) == [folder / "scores-external.json"] and len(calls) == 2
+
+
+def test_external_scoring_of_the_shipped_models(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from MRISynthesisLib import catalog
+
+    weights = tmp_path / "model.safetensors"
+    weights.write_bytes(b"shipped")
+    models = [SimpleNamespace(id="t2-to-t1-unet-l1-v1", direction="t2-to-t1", is_users=False, path=lambda: weights),
+              SimpleNamespace(id="mine", direction="t2-to-t1", is_users=True, path=lambda: weights)]
+    monkeypatch.setattr(catalog, "list_models", lambda direction=None: models)
+    monkeypatch.setattr(cv, "external_subjects", lambda out, roots: [SimpleNamespace(id="patient01-study1")])
+    scored = []
+    monkeypatch.setattr(cv, "_score_subjects", lambda path, subjects, direction, label: scored.append(
+        (path, direction)) or [{"subject": "patient01-study1", "mask": {"psnr": 15.0, "ssim": 0.6, "mae": 0.1}}])
+    target = tmp_path / "shipped" / "t2-to-t1-unet-l1-v1" / "scores-external.json"
+    assert cv.score_external(tmp_path, [tmp_path]) == []  # not asked for
+    assert cv.score_external(tmp_path, [tmp_path], shipped=True) == [target]  # the user's own model is not scored
+    assert scored == [(weights, "t2-to-t1")]
+    assert json.loads(target.read_text())["recipe"] == "shipped:t2-to-t1-unet-l1-v1"
