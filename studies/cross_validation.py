@@ -339,7 +339,8 @@ def run_queue(out: Path, name: str = "queue.txt") -> None:
         direction, recipe, fold, minutes = pending[0]
         folder = run_dir(out, direction, recipe, fold)
         print(f"== {direction} {recipe} fold{fold} ({minutes:g} CPU min)", flush=True)
-        if not (folder / "report.md").exists():
+        # a finished run (report.md) is trained again when the queue gives it more CPU minutes
+        if not (folder / "report.md").exists() or _train_minutes(folder) < minutes - 0.05:
             code = subprocess.run(training_command(out, direction, recipe, fold, minutes), cwd=REPO, env=env).returncode
             if code != 0:
                 print(f"training failed ({code}); skipping {direction} {recipe} fold{fold}", flush=True)

@@ -203,3 +203,18 @@ def test_external_scoring_of_the_shipped_models(tmp_path, monkeypatch):
     assert cv.score_external(tmp_path, [tmp_path], shipped=True) == [target]  # the user's own model is not scored
     assert scored == [(weights, "t2-to-t1")]
     assert json.loads(target.read_text())["recipe"] == "shipped:t2-to-t1-unet-l1-v1"
+
+
+@pytest.mark.parametrize("trained, retrained", [(30.0, True), (60.0, False)])
+def test_queue_trains_a_finished_run_further_when_given_more_minutes(tmp_path, monkeypatch, trained, retrained):
+    folder = cv.run_dir(tmp_path, "t1-to-t2", "v4", 0)
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("finished at 30 CPU minutes\n")
+    (tmp_path / "queue.txt").write_text("t1-to-t2 v4 0 60\n")
+    commands = []
+    monkeypatch.setattr(cv, "_train_minutes", lambda path: trained)
+    monkeypatch.setattr(cv, "training_command", lambda *args: ["train", *map(str, args[1:])])
+    monkeypatch.setattr(cv.subprocess, "run", lambda command, **kw: commands.append(command[0]) or
+                        __import__("types").SimpleNamespace(returncode=0))
+    cv.run_queue(tmp_path)
+    assert commands == (["train"] if retrained else []) + [cv.sys.executable]  # then scored
