@@ -148,23 +148,47 @@ def _discover(roots):
     return subjects
 
 
-def plan(out: Path, roots, k: int, seed: int) -> dict:
-    """Write ``all.csv``, ``folds.json`` and ``fold<i>/split.json``; refuses to change an existing plan."""
+#: ``plan --precision``: the training precision of every run of a study
+PLAN_PRECISIONS = ("auto", "fp32", "bf16")
+
+
+def resolve_precision(precision: str) -> str:
+    """``auto``: bf16 autocast (with channels-last) where the CPU has native bf16 (avx512_bf16 /
+    amx_bf16), else fp32 (PyTorch emulates bf16 about 10x slower on other CPUs)."""
+    if precision not in PLAN_PRECISIONS:
+        raise InputError(f"precision {precision!r} is not one of {', '.join(PLAN_PRECISIONS)}")
+    if precision != "auto":
+        return precision
+    from MRISynthesisLib.device import cpu_has_native_bf16
+
+    return "bf16" if cpu_has_native_bf16() else "fp32"
+
+
+def plan_precision(out: Path) -> str:
+    """The study's training precision (plans written before it existed trained in fp32)."""
+    return json.loads((out / "folds.json").read_text()).get("precision", "fp32")
+
+
+def plan(out: Path, roots, k: int, seed: int, precision: str = "fp32") -> dict:
+    """Write ``all.csv``, ``folds.json`` and ``fold<i>/split.json``; refuses to change an existing
+    plan (its subjects, folds or training precision)."""
     from Training.data import check_pair, write_split
     from studies import comparison_protocol as protocol
 
+    precision = resolve_precision(precision)
     subjects = _discover(roots)
     for subject in subjects:
         check_pair(subject)
     folds = make_folds(subjects, k, seed)
     source = {s.id: s.source for s in subjects}
-    data = {"k": k, "seed": seed, "data": [str(r) for r in roots],
+    data = {"k": k, "seed": seed, "data": [str(r) for r in roots], "precision": precision,
             "folds": [[{"id": i, "source": source[i], "patient": patient_of(i)} for i in fold] for fold in folds]}
     path = out / "folds.json"
     if path.exists():
         saved = json.loads(path.read_text())
-        if saved["folds"] != data["folds"]:
-            raise InputError(f"{path} holds other folds (different subjects or settings); use a new --out folder")
+        if saved["folds"] != data["folds"] or saved.get("precision", "fp32") != precision:
+            raise InputError(f"{path} holds other folds or another training precision "
+                             f"({saved.get('precision', 'fp32')}); use a new --out folder")
     out.mkdir(parents=True, exist_ok=True)
     protocol.write_manifest(subjects, out / "all.csv")
     for f, split in enumerate(fold_splits(folds)):
@@ -193,9 +217,17 @@ def training_command(out: Path, direction: str, recipe: str, fold: int, minutes:
               "data.direction": direction, "data.cache_dir": str(out / "cache" / f"fold{fold}-{direction}-ctx{context}"),
               "optim.lr_policy": "constant", "train.epochs": 100000, "train.steps_per_epoch": 25,
               "train.checkpoint_every": 0, "train.threads": 1, "train.max_cpu_minutes": minutes,
-              "train.precision": "fp32", **extra}
+              **precision_overrides(plan_precision(out)), **extra}
     return [sys.executable, "-m", "Training", "--config", str(REPO / config_file),
             *[f"{key}={json.dumps(value)}" for key, value in values.items()]]
+
+
+def precision_overrides(precision: str) -> dict:
+    """Training settings of a study precision: bf16 autocast always with channels-last (the fast
+    path of CPUs with native bf16); fp32 keeps each recipe's own memory format."""
+    if precision == "bf16":
+        return {"train.precision": "bf16", "train.channels_last": True}
+    return {"train.precision": "fp32"}
 
 
 def score_run(out: Path, direction: str, recipe: str, fold: int) -> dict:
@@ -208,7 +240,8 @@ def score_run(out: Path, direction: str, recipe: str, fold: int) -> dict:
     rows = _score_subjects(_checkpoint(folder, direction), test, direction, f"{recipe} {direction} fold{fold}")
     summary = json.loads((folder / "summary.json").read_text()) if (folder / "summary.json").exists() else {}
     result = {"direction": direction, "recipe": recipe, "fold": fold, "checkpoint": str(_checkpoint(folder, direction)),
-              "steps": _steps(folder), "train_cpu_minutes": _train_minutes(folder), "rows": rows, **summary}
+              "steps": _steps(folder), "train_cpu_minutes": _train_minutes(folder),
+              "precision": plan_precision(out), "rows": rows, **summary}
     _write_json(folder / "scores.json", result)
     return result
 
@@ -481,6 +514,9 @@ def main(argv=None) -> int:
     p.add_argument("--data", nargs="+", default=["../shared/data/paired"], help="folders of paired subject folders")
     p.add_argument("--folds", type=int, default=5)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--precision", choices=PLAN_PRECISIONS, default="auto",
+                   help="training precision of every run: auto = bf16 + channels-last where the CPU has "
+                        "native bf16, else fp32")
     for name in ("queue", "table"):
         sub.add_parser(name).add_argument("--out", required=True)
     sub.choices["queue"].add_argument("--queue", default="queue.txt",
@@ -501,7 +537,8 @@ def main(argv=None) -> int:
     out = Path(args.out)
     try:
         if args.command == "plan":
-            data = plan(out, [Path(d) for d in args.data], args.folds, args.seed)
+            data = plan(out, [Path(d) for d in args.data], args.folds, args.seed, args.precision)
+            print(f"training precision: {data['precision']}")
             for f, fold in enumerate(data["folds"]):
                 print(f"fold {f}: " + ", ".join(f"{s['id']} [{s['source']}]" for s in fold))
         elif args.command == "queue":

@@ -68,6 +68,7 @@ def test_bad_fold_counts_are_refused():
 
 
 def test_queue_file_and_training_command(tmp_path):
+    (tmp_path / "folds.json").write_text(json.dumps({"folds": []}))  # a plan written before plans had a precision
     (tmp_path / "queue.txt").write_text("# comment\nt1-to-t2 v5c 0 4  # first\n\nt2-to-t1 v2 3 2.5\n")
     assert cv.read_queue(tmp_path) == [("t1-to-t2", "v5c", 0, 4.0), ("t2-to-t1", "v2", 3, 2.5)]
     command = cv.training_command(tmp_path, "t1-to-t2", "v5c", 0, 4.0)
@@ -76,6 +77,11 @@ def test_queue_file_and_training_command(tmp_path):
     assert overrides["train.threads"] == 1
     assert overrides["data.split_file"].endswith("fold0/split.json")
     assert overrides["data.cache_dir"].endswith("fold0-t1-to-t2-ctx1")  # 2.5D candidate: its own cache
+    assert overrides["train.precision"] == "fp32" and "train.channels_last" not in overrides
+    (tmp_path / "folds.json").write_text(json.dumps({"folds": [], "precision": "bf16"}))
+    overrides = {k: json.loads(v) for k, v in (arg.split("=", 1) for arg in
+                                               cv.training_command(tmp_path, "t2-to-t1", "v2", 1, 4.0) if "=" in arg)}
+    assert overrides["train.precision"] == "bf16" and overrides["train.channels_last"] is True
     (tmp_path / "queue-b.txt").write_text("t2-to-t1 v5d 1 30\n")  # a second driver's queue
     assert cv.read_queue(tmp_path, "queue-b.txt") == [("t2-to-t1", "v5d", 1, 30.0)]
     (tmp_path / "queue.txt").write_text("t1-to-t2 v9 0 4\n")
@@ -140,6 +146,37 @@ def test_external_table_pairs_the_folds_both_recipes_scored(tmp_path):
     assert "| patient04-study1 | 22.00 ± 1.41 / 0.700 ± 0.000 (n=2) | 22.50 / 0.700 (n=1) | – |" in text
     # fold 1 has no v5c model: the difference is taken on fold 0 only (+1.5 dB), not on v4's mean (+0.5)
     assert "v5c − v4 over 2 subjects (each the mean over the folds both scored): ΔPSNR 1.50 ± 0.00 dB" in text
+
+
+def _tiny_subject(root, name):
+    import nibabel as nib
+    import numpy as np
+
+    folder = root / name
+    folder.mkdir(parents=True)
+    for value, contrast in enumerate(("t1", "t2")):
+        nib.save(nib.Nifti1Image(np.full((4, 4, 4), value, np.float32), np.eye(4)), folder / f"{contrast}.nii.gz")
+    return folder
+
+
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_plan_records_the_training_precision_and_refuses_to_change_it(tmp_path, monkeypatch, native_bf16):
+    import MRISynthesisLib.device as device
+
+    monkeypatch.setattr(device, "cpu_has_native_bf16", lambda: native_bf16)
+    for name in ("BraTS-a", "BraTS-b"):
+        _tiny_subject(tmp_path / "paired", name)
+    out = tmp_path / "cv"
+    data = cv.plan(out, [tmp_path / "paired"], 2, 0, "auto")
+    expected = "bf16" if native_bf16 else "fp32"
+    assert data["precision"] == expected == cv.plan_precision(out)
+    assert cv.plan(out, [tmp_path / "paired"], 2, 0, expected)["folds"] == data["folds"]  # same plan again: fine
+    other = "fp32" if native_bf16 else "bf16"
+    with pytest.raises(InputError, match="another training precision"):
+        cv.plan(out, [tmp_path / "paired"], 2, 0, other)
+    assert cv.plan_precision(out) == expected  # the refused plan changed nothing
+    with pytest.raises(InputError, match="precision 'fp16'"):
+        cv.resolve_precision("fp16")
 
 
 def test_external_subjects_must_be_outside_the_plan(tmp_path):
