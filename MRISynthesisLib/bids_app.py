@@ -448,7 +448,7 @@ def main(args) -> int:
     from .device import resolve_precision, select_device
 
     device = select_device(args.device)  # an unavailable device is a usage error, not one failure per item
-    precision = resolve_precision(args.precision, device)
+    precision = resolve_precision(args.precision, device, args.engine)
     _create_output(output_dir)
     options = AppOptions(bids_dir, output_dir, args.direction, model_path, metadata.model_id,
                          file_sha256(model_path), args.device, args.batch_size,

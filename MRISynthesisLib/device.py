@@ -149,13 +149,23 @@ def _cpuinfo_flags() -> set:
     return set()
 
 
-def resolve_precision(requested: str, device) -> Precision:
+def auto_precision_follows_engine(engine, device_type: str) -> bool:
+    """True where an explicitly requested ``engine`` decides 'auto' precision: ONNX Runtime runs
+    float32 on the CPU only, so ``--engine onnxruntime`` with ``--precision auto`` on a CPU is a
+    float32 run on that engine (on a CPU with native bfloat16, 'auto' would otherwise pick bf16,
+    which ONNX Runtime cannot run, and the engine asked for would be replaced by PyTorch)."""
+    return str(engine or "auto").lower() == "onnxruntime" and device_type == "cpu"
+
+
+def resolve_precision(requested: str, device, engine: str = "auto") -> Precision:
     """The :class:`Precision` for ``requested`` ('auto', 'fp32', 'bf16' or 'fp16') on ``device``.
 
     'auto': on CUDA bfloat16 autocast where the GPU supports it, else float16; on a CPU with
     native bfloat16 (:func:`cpu_has_native_bf16`) bfloat16 autocast + channels_last, else float32;
-    float32 on Apple MPS. An explicit choice is honoured on any device (bf16 on a CPU without
-    native support runs, emulated and slower); bf16 on a GPU without bf16 support is refused.
+    float32 on Apple MPS; float32 on a CPU when ``engine`` is 'onnxruntime'
+    (:func:`auto_precision_follows_engine`). An explicit choice is honoured on any device (bf16 on
+    a CPU without native support runs, emulated and slower); bf16 on a GPU without bf16 support is
+    refused.
     """
     import torch
 
@@ -163,6 +173,8 @@ def resolve_precision(requested: str, device) -> Precision:
     if name not in PRECISION_CHOICES:
         raise InputError(f"unknown precision '{requested}'; expected one of {', '.join(PRECISION_CHOICES)}")
     kind = device.type
+    if name == "auto" and auto_precision_follows_engine(engine, kind):
+        name = "fp32"
     if name == "auto":
         if kind == "cuda":
             name = "bf16" if torch.cuda.is_bf16_supported() else "fp16"

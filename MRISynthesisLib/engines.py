@@ -269,6 +269,8 @@ def torch_free_engine(checkpoint, requested, device, precision, batch_size) -> T
     if requested not in ("auto", "onnxruntime") or not surely_cpu(device):
         return None
     name = str(precision or "auto").lower()
+    if name == "auto" and requested == "onnxruntime":  # the engine asked for decides (float32 on the CPU)
+        name = "fp32"
     native_bf16 = native_bf16_without_torch()
     if native_bf16 is None and (name == "auto" or requested == "auto"):
         return None

@@ -93,7 +93,7 @@ class Synthesizer:
             self.engine, self._can_sample = found.engine, found.supports_uncertainty
         else:
             self.device = select_device(device)
-            self.precision = resolve_precision(precision if mixed_precision else "fp32", self.device)
+            self.precision = resolve_precision(precision if mixed_precision else "fp32", self.device, engine)
         if checkpoint is not None and found is None:
             # The network's intermediate results for one batch, sized on the meta device first.
             check_batch_memory(read_metadata(checkpoint), int(batch_size))

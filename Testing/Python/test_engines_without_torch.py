@@ -115,6 +115,35 @@ def test_altered_weights_are_never_run_from_the_cached_graph(resunet_checkpoint,
         Synthesizer(altered, device="cpu", precision="fp32", engine="onnxruntime")
 
 
+@pytest.mark.parametrize("native_bf16", [True, False])
+def test_onnxruntime_asked_for_with_auto_precision_runs_float32_on_it_on_every_cpu_kind(
+        resunet_checkpoint, tmp_path, monkeypatch, native_bf16):
+    """On a CPU with native bf16, 'auto' precision alone means bf16, which ONNX Runtime cannot run;
+    an explicit --engine onnxruntime decides it (float32), so the engine asked for runs (cached graph
+    and first build alike) instead of PyTorch taking its place. Both CPU kinds are simulated, so the
+    test means the same on AVX2 and AVX-512 BF16 machines."""
+    pytest.importorskip("onnxruntime")
+    import torch
+
+    from MRISynthesisLib import device as device_module
+    from MRISynthesisLib.synthesis import Synthesizer
+
+    monkeypatch.setenv(engines.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setattr(device_module, "cpu_has_native_bf16", lambda: native_bf16)
+    monkeypatch.setattr(device_module, "native_bf16_without_torch", lambda: native_bf16)
+    built = Synthesizer(resunet_checkpoint, device="cpu", engine="onnxruntime")  # exports and caches the graph
+    assert (built.engine.name, built.precision.name, built.engine.notes) == ("onnxruntime", "fp32", [])
+    found = engines.torch_free_engine(resunet_checkpoint, "onnxruntime", "cpu", "auto", 8)
+    assert found is not None and found.precision.name == "fp32"
+    # without an explicit engine, 'auto' precision still follows the CPU: bf16 on PyTorch where it is native
+    plain = Synthesizer(resunet_checkpoint, device="cpu", engine="auto")
+    assert plain.precision.name == ("bf16" if native_bf16 else "fp32")
+    if native_bf16:
+        assert plain.engine.name == "torch"
+    assert device_module.resolve_precision("auto", torch.device("cpu"), "onnxruntime").name == "fp32"
+    assert device_module.resolve_precision("bf16", torch.device("cpu"), "onnxruntime").name == "bf16"  # explicit wins
+
+
 def test_torch_engine_and_gpus_never_take_the_torch_free_path(resunet_checkpoint):
     assert engines.torch_free_engine(resunet_checkpoint, "torch", "cpu", "fp32", 8) is None
     assert engines.torch_free_engine(resunet_checkpoint, "torch-channels-last", "cpu", "fp32", 8) is None
