@@ -449,12 +449,14 @@ def table(out: Path) -> str:
                 worst = min(per_source, key=lambda s: np.mean(per_source[s]))
                 lines.append(f"| {r} − {base} | {len(common)} | {_fmt(dp, 2)} | {_fmt(ds, 3)} | "
                              f"{worst} {np.mean(per_source[worst]):+.2f} |")
-        lines += ["", f"{direction}: runs (training CPU minutes, optimisation steps, scoring slices per CPU-s)", "",
-                  "| recipe | fold | steps | train CPU min | slices / CPU-s |", "|---|---|---|---|---|"]
+        lines += ["", f"{direction}: runs (training precision, optimisation steps, training CPU minutes, "
+                      "scoring slices per CPU-s)", "",
+                  "| recipe | fold | precision | steps | train CPU min | slices / CPU-s |", "|---|---|---|---|---|---|"]
         for r in names:
             for run in sorted(recipes[r], key=lambda x: x["fold"]):
                 speed = [row["slices_per_second"] for row in run["rows"] if row.get("slices_per_second")]
-                lines.append(f"| {r} | {run['fold']} | {run['steps']} | {run['train_cpu_minutes']:.1f} | "
+                lines.append(f"| {r} | {run['fold']} | {run.get('precision', 'fp32')} | {run['steps']} | "
+                             f"{run['train_cpu_minutes']:.1f} | "
                              f"{_fmt(speed, 1)} |")
         lines.append("")
     return "\n".join(lines + external_table(out))

@@ -122,9 +122,12 @@ def test_table_from_scores(tmp_path):
             path = cv.run_dir(tmp_path, "t1-to-t2", recipe, f) / "scores.json"
             path.parent.mkdir(parents=True)
             path.write_text(json.dumps({"direction": "t1-to-t2", "recipe": recipe, "fold": f, "steps": 10,
-                                        "train_cpu_minutes": 4.0, "rows": rows}))
+                                        "train_cpu_minutes": 4.0, "rows": rows,
+                                        **({"precision": "bf16"} if recipe == "v5c" else {})}))
     text = cv.table(tmp_path)
     assert "| v5c − v4 | 6 | 1.00 ± 0.00 | 0.000 ± 0.000 |" in text
+    assert "| v4 | 0 | fp32 | 10 | 4.0 | 4.0 ± 0.0 |" in text  # scores from before the precision was kept: fp32
+    assert "| v5c | 1 | bf16 | 10 | 4.0 | 4.0 ± 0.0 |" in text
     assert "(n=6)" in text
 
 
