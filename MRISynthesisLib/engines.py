@@ -263,13 +263,13 @@ def torch_free_engine(checkpoint, requested, device, precision, batch_size) -> T
     :func:`MRISynthesisLib.checkpoint.load_checkpoint` then). Raises ``CheckpointError`` for bad
     metadata and for a batch whose intermediate results would not fit (as loading does)."""
     from .checkpoint import check_batch_bytes, read_metadata, weights_match_content_hash
-    from .device import CpuDevice, Precision, native_bf16_without_torch, surely_cpu
+    from .device import CpuDevice, Precision, auto_precision_follows_engine, native_bf16_without_torch, surely_cpu
 
     requested = str(requested or "auto").lower()
     if requested not in ("auto", "onnxruntime") or not surely_cpu(device):
         return None
     name = str(precision or "auto").lower()
-    if name == "auto" and requested == "onnxruntime":  # the engine asked for decides (float32 on the CPU)
+    if name == "auto" and auto_precision_follows_engine(requested, "cpu"):  # surely the CPU here
         name = "fp32"
     native_bf16 = native_bf16_without_torch()
     if native_bf16 is None and (name == "auto" or requested == "auto"):
