@@ -10,8 +10,7 @@ from .errors import InputError
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
 __all__ = [
     "DEVICE_CHOICES", "PRECISION_CHOICES", "CpuDevice", "Precision", "auto_precision_follows_engine", "autocast_dtype",
-    "cpu_has_native_bf16",
-    "native_bf16_without_torch", "resolve_precision", "select_device", "surely_cpu"]
+    "cpu_has_native_bf16", "native_bf16_without_torch", "resolve_precision", "select_device", "surely_cpu"]
 
 DEVICE_CHOICES = ("auto", "cpu", "cuda", "mps")
 

@@ -157,11 +157,9 @@ def resolve_precision(precision: str) -> str:
     amx_bf16), else fp32 (PyTorch emulates bf16 about 10x slower on other CPUs)."""
     if precision not in PLAN_PRECISIONS:
         raise InputError(f"precision {precision!r} is not one of {', '.join(PLAN_PRECISIONS)}")
-    if precision != "auto":
-        return precision
-    from MRISynthesisLib.device import cpu_has_native_bf16
+    from MRISynthesisLib.device import CpuDevice, resolve_precision as inference_precision
 
-    return "bf16" if cpu_has_native_bf16() else "fp32"
+    return inference_precision(precision, CpuDevice()).name  # the project's one rule for 'auto' on a CPU
 
 
 def plan_precision(out: Path) -> str:

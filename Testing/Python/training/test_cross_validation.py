@@ -183,19 +183,9 @@ def test_plan_records_the_training_precision_and_refuses_to_change_it(tmp_path, 
 
 
 def test_external_subjects_must_be_outside_the_plan(tmp_path):
-    import nibabel as nib
-    import numpy as np
-
-    def subject(root, name):
-        folder = root / name
-        folder.mkdir(parents=True)
-        for contrast in ("t1", "t2"):
-            nib.save(nib.Nifti1Image(np.zeros((4, 4, 4), np.float32), np.eye(4)), folder / f"{contrast}.nii.gz")
-        return folder
-
     planned, extra = tmp_path / "paired", tmp_path / "prepared"
-    kept = subject(planned, "MSLUB-patient07")
-    subject(extra, "patient01-study1")
+    kept = _tiny_subject(planned, "MSLUB-patient07")
+    _tiny_subject(extra, "patient01-study1")
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "all.csv").write_text(
         f"subject,t1,t2,mask,lesion_mask,source\nMSLUB-patient07,{kept / 't1.nii.gz'},{kept / 't2.nii.gz'},,,MSLUB\n")
