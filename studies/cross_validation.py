@@ -18,6 +18,12 @@ Study folder layout (``--out``, outside the repository, e.g. ``/work/runs/cv``):
                                  scores-external.json when scored on subjects outside the plan
     queue.txt                    the runs of ``queue``, one ``direction recipe fold minutes`` a line
 
+A recipe name alone (``v4``) is a run for a CPU-minute budget at a constant learning rate (the
+short ranking runs: equal CPU time for every recipe). ``v4@4000`` is the same recipe trained as
+it ships: its own learning-rate policy over 4000 optimisation steps, the decay stretched with the
+run (v4's 16 of 40 epochs become the last 40 % of the steps), resumable state every 250 steps;
+its ``minutes`` is then a CPU-minute cap (0 = none). Its runs are ``runs/<direction>/v4@4000/``.
+
 Commands (run from the repository root)::
 
     python -m studies.cross_validation plan --out /work/runs/cv --data ../shared/data/paired --folds 5
@@ -49,6 +55,10 @@ from MRISynthesisLib.errors import InputError, MRISynthesisError
 DIRECTIONS = ("t1-to-t2", "t2-to-t1")
 #: the recipe of today's default model of each direction: every other recipe is compared with it
 DEFAULT_RECIPE = {"t1-to-t2": "v4", "t2-to-t1": "v2"}
+#: optimisation steps of one epoch in a scheduled run (``recipe@steps``)
+SCHEDULED_EPOCH_STEPS = 100
+#: a scheduled run saves its resumable state this often (steps)
+SCHEDULED_SAVE_EVERY = 250
 REPO = Path(__file__).resolve().parent.parent
 
 #: recipe name -> (config file, overrides, title). The CV overrides (split, budget, constant
@@ -196,25 +206,52 @@ def plan(out: Path, roots, k: int, seed: int, precision: str = "fp32") -> dict:
     return data
 
 
+def parse_recipe(name: str) -> tuple[str, int | None]:
+    """``'v4'`` -> ``('v4', None)`` (a CPU-minute budget, constant learning rate); ``'v4@4000'`` ->
+    ``('v4', 4000)`` (the recipe's own schedule over 4000 steps). Refuses unknown recipes."""
+    recipe, at, steps = name.partition("@")
+    if recipe not in RECIPES:
+        raise InputError(f"unknown recipe {recipe!r}; one of {', '.join(RECIPES)} (optionally @STEPS)")
+    if not at:
+        return recipe, None
+    if not steps.isdigit() or int(steps) <= 0 or int(steps) % SCHEDULED_EPOCH_STEPS:
+        raise InputError(f"{name!r}: the steps after '@' must be a positive multiple of {SCHEDULED_EPOCH_STEPS}")
+    return recipe, int(steps)
+
+
+def schedule_overrides(config, steps: int) -> dict:
+    """Overrides that train ``config``'s recipe for ``steps`` steps with its own learning-rate
+    policy, the decay (``optim.decay_epochs`` of ``train.epochs``) stretched to the same fraction."""
+    epochs = steps // SCHEDULED_EPOCH_STEPS
+    decay = max(1, round(config.optim.decay_epochs * epochs / max(1, config.train.epochs)))
+    return {"train.epochs": epochs, "train.steps_per_epoch": SCHEDULED_EPOCH_STEPS,
+            "optim.decay_epochs": min(decay, epochs), "train.checkpoint_every": SCHEDULED_SAVE_EVERY}
+
+
 def run_dir(out: Path, direction: str, recipe: str, fold: int) -> Path:
     return out / "runs" / direction / recipe / f"fold{fold}"
 
 
 def training_command(out: Path, direction: str, recipe: str, fold: int, minutes: float) -> list[str]:
-    """``python -m Training`` for a run: resume when a state exists, else start with the recipe."""
+    """``python -m Training`` for a run: resume when a state exists, else start with the recipe.
+    ``recipe@steps`` (:func:`parse_recipe`) keeps the recipe's schedule; ``minutes`` then caps it."""
     from Training.config import load_config
     from Training.run_folder import RunFolder
 
     folder = run_dir(out, direction, recipe, fold)
     if RunFolder(folder).state.exists():  # the queue's budget wins over the one the run started with
         return [sys.executable, "-m", "Training", "--resume", str(folder), f"train.max_cpu_minutes={minutes}"]
-    config_file, extra, _ = RECIPES[recipe]
-    context = load_config(str(REPO / config_file), []).data.context_slices
+    base, steps = parse_recipe(recipe)
+    config_file, extra, _ = RECIPES[base]
+    config = load_config(str(REPO / config_file), [])
+    context = config.data.context_slices
+    budget = (schedule_overrides(config, steps) if steps else
+              {"optim.lr_policy": "constant", "train.epochs": 100000, "train.steps_per_epoch": 25,
+               "train.checkpoint_every": 0})
     values = {"name": folder.name, "output_dir": str(folder.parent), "device": "cpu", "seed": 0,
               "data.manifest": str(out / "all.csv"), "data.split_file": str(out / f"fold{fold}" / "split.json"),
               "data.direction": direction, "data.cache_dir": str(out / "cache" / f"fold{fold}-{direction}-ctx{context}"),
-              "optim.lr_policy": "constant", "train.epochs": 100000, "train.steps_per_epoch": 25,
-              "train.checkpoint_every": 0, "train.threads": 1, "train.max_cpu_minutes": minutes,
+              **budget, "train.threads": 1, "train.max_cpu_minutes": minutes,
               **precision_overrides(plan_precision(out)), **extra}
     return [sys.executable, "-m", "Training", "--config", str(REPO / config_file),
             *[f"{key}={json.dumps(value)}" for key, value in values.items()]]
@@ -350,8 +387,12 @@ def read_queue(out: Path, name: str = "queue.txt") -> list[tuple[str, str, int, 
         line = line.split("#", 1)[0].split()
         if not line:
             continue
-        if len(line) != 4 or line[0] not in DIRECTIONS or line[1] not in RECIPES:
+        if len(line) != 4 or line[0] not in DIRECTIONS:
             raise InputError(f"{path}:{number}: expected 'direction recipe fold minutes', got {' '.join(line)!r}")
+        try:
+            parse_recipe(line[1])
+        except InputError as error:
+            raise InputError(f"{path}:{number}: {error}") from None
         entries.append((line[0], line[1], int(line[2]), float(line[3])))
     return entries
 
@@ -370,8 +411,7 @@ def run_queue(out: Path, name: str = "queue.txt") -> None:
         direction, recipe, fold, minutes = pending[0]
         folder = run_dir(out, direction, recipe, fold)
         print(f"== {direction} {recipe} fold{fold} ({minutes:g} CPU min)", flush=True)
-        # a finished run (report.md) is trained again when the queue gives it more CPU minutes
-        if not (folder / "report.md").exists() or _train_minutes(folder) < minutes - 0.05:
+        if _needs_training(folder, recipe, minutes):
             code = subprocess.run(training_command(out, direction, recipe, fold, minutes), cwd=REPO, env=env).returncode
             if code != 0:
                 print(f"training failed ({code}); skipping {direction} {recipe} fold{fold}", flush=True)
@@ -383,6 +423,18 @@ def run_queue(out: Path, name: str = "queue.txt") -> None:
         if code != 0:
             print(f"scoring failed ({code})", flush=True)
         done.add((direction, recipe, fold))
+
+
+def _needs_training(folder: Path, recipe: str, minutes: float) -> bool:
+    """An unfinished run (no report.md) trains on; a finished one trains further when the queue gives
+    it more CPU minutes (a minute budget, or a scheduled run stopped by its cap before its steps)."""
+    if not (folder / "report.md").exists():
+        return True
+    more_minutes = _train_minutes(folder) < minutes - 0.05
+    steps = parse_recipe(recipe)[1]
+    if steps is None:
+        return more_minutes
+    return _steps(folder) < steps and (minutes == 0 or more_minutes)
 
 
 # -- tables -------------------------------------------------------------------------------------
@@ -411,7 +463,7 @@ def table(out: Path) -> str:
     folds = json.loads((out / "folds.json").read_text())
     lines = []
     for direction, recipes in sorted(collect(out).items()):
-        names = sorted((r for r in RECIPES if r in recipes), key=lambda r: r != DEFAULT_RECIPE[direction])
+        names = _ordered(recipes, direction)
         rows = {r: {row["subject"]: row for run in recipes[r] for row in run["rows"]} for r in names}
         fold_of = {s["id"]: f for f, fold in enumerate(folds["folds"]) for s in fold}
         source = {s["id"]: s["source"] for fold in folds["folds"] for s in fold}
@@ -431,11 +483,12 @@ def table(out: Path) -> str:
                 cells.append(" / ".join(_fmt([m["mask"][k] for m in members], d) for k, d in
                                         (("psnr", 2), ("ssim", 3), ("mae", 4))) + f" (n={len(members)})")
             lines.append(f"| {group} | " + " | ".join(cells) + " |")
-        if len(names) > 1:
-            base = names[0]
-            lines += ["", f"{direction}: paired difference to {base} on the subjects both scored (mean ± SD)", "",
+        pairs = [(r, base) for r in names for base in [_baseline(r, names, direction)] if base and base != r]
+        if pairs:
+            lines += ["", f"{direction}: paired difference to the default's recipe (a scheduled run to the "
+                          "default's longest scheduled run) on the subjects both scored (mean ± SD)", "",
                       "| recipe | n | ΔPSNR dB | ΔSSIM | worst source ΔPSNR |", "|---|---|---|---|---|"]
-            for r in names[1:]:
+            for r, base in pairs:
                 common = sorted(set(rows[r]) & set(rows[base]))
                 if not common:
                     continue
@@ -460,6 +513,31 @@ def table(out: Path) -> str:
     return "\n".join(lines + external_table(out))
 
 
+def _ordered(recipes, direction: str) -> list[str]:
+    """The run names of ``recipes`` in table order: by recipe as in RECIPES, the default's first;
+    each recipe's minute-budget runs before its scheduled runs (by steps)."""
+    order = list(RECIPES)
+    def key(name):
+        base, steps = parse_recipe(name)
+        return (base != DEFAULT_RECIPE[direction], order.index(base), steps or 0)
+    def known(name):
+        try:
+            return not name.startswith(SHIPPED_PREFIX) and bool(parse_recipe(name))
+        except InputError:  # a recipe no longer in RECIPES
+            return False
+    return sorted(filter(known, recipes), key=key)
+
+
+def _baseline(name: str, names, direction: str) -> str | None:
+    """What a run is compared with: the default's minute-budget recipe for a minute-budget run, the
+    default's longest scheduled run for a scheduled one (None when that is not in ``names``)."""
+    default = DEFAULT_RECIPE[direction]
+    if parse_recipe(name)[1] is None:
+        return default if default in names else None
+    scheduled = [r for r in names if parse_recipe(r)[0] == default and parse_recipe(r)[1]]
+    return max(scheduled, key=lambda r: parse_recipe(r)[1]) if scheduled else None
+
+
 def external_table(out: Path) -> list[str]:
     """Markdown lines for the runs' ``scores-external.json``: per external subject, each recipe's
     mean over its fold models (every fold's model is an independent model that never saw the
@@ -474,7 +552,7 @@ def external_table(out: Path) -> list[str]:
                 row["subject"], {})[data["fold"]] = row["mask"]
     lines = []
     for direction, recipes in sorted(found.items()):
-        names = sorted((r for r in RECIPES if r in recipes), key=lambda r: r != DEFAULT_RECIPE[direction])
+        names = _ordered(recipes, direction)
         names += sorted(r for r in recipes if r.startswith(SHIPPED_PREFIX))  # one model each, no fold pairs
         if not names:
             continue
@@ -489,9 +567,9 @@ def external_table(out: Path) -> list[str]:
                 cells.append(f"{_fmt([m['psnr'] for m in scores], 2)} / {_fmt([m['ssim'] for m in scores], 3)} "
                              f"(n={len(scores)})" if scores else "–")
             lines.append(f"| {i} | " + " | ".join(cells) + " |")
-        base = names[0]
-        for r in names[1:]:
-            if r.startswith(SHIPPED_PREFIX) or base.startswith(SHIPPED_PREFIX):
+        for r in names:
+            base = None if r.startswith(SHIPPED_PREFIX) else _baseline(r, names, direction)
+            if base is None or base == r:
                 continue
             dp, ds = [], []
             for i in subjects:  # per subject: the mean over the folds both recipes scored
@@ -529,10 +607,12 @@ def main(argv=None) -> int:
         p = sub.add_parser(name)
         p.add_argument("--out", required=True)
         p.add_argument("--direction", choices=DIRECTIONS, required=True)
-        p.add_argument("--recipe", choices=list(RECIPES), required=True)
+        p.add_argument("--recipe", required=True,
+                       help=f"one of {', '.join(RECIPES)}; RECIPE@STEPS: its own learning-rate schedule over STEPS steps")
         p.add_argument("--fold", type=int, required=True)
         if name == "train":
-            p.add_argument("--minutes", type=float, default=4.0, help="CPU minutes of training steps")
+            p.add_argument("--minutes", type=float, default=4.0,
+                           help="CPU minutes of training steps (a cap for RECIPE@STEPS; 0 = none)")
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:

@@ -248,3 +248,72 @@ def test_queue_trains_a_finished_run_further_when_given_more_minutes(tmp_path, m
                         __import__("types").SimpleNamespace(returncode=0))
     cv.run_queue(tmp_path)
     assert commands == (["train"] if retrained else []) + [cv.sys.executable]  # then scored
+
+
+def _overrides(command):
+    return {k: json.loads(v) for k, v in (arg.split("=", 1) for arg in command if "=" in arg)}
+
+
+def test_a_scheduled_run_keeps_the_recipe_learning_rate_policy_over_its_steps(tmp_path):
+    """``v4@4000``: v4's own linear decay (its last 16 of 40 epochs) over 4000 steps, not the
+    ranking runs' constant learning rate; its own run folder; the minutes only cap it."""
+    (tmp_path / "folds.json").write_text(json.dumps({"folds": [], "precision": "bf16"}))
+    assert cv.parse_recipe("v4") == ("v4", None)
+    assert cv.parse_recipe("v5d@16000") == ("v5d", 16000)
+    command = cv.training_command(tmp_path, "t1-to-t2", "v4@4000", 2, 0)
+    overrides = _overrides(command)
+    assert "optim.lr_policy" not in overrides  # the recipe's own (linear) policy
+    assert (overrides["train.epochs"], overrides["train.steps_per_epoch"], overrides["optim.decay_epochs"]) == (40, 100, 16)
+    assert overrides["train.checkpoint_every"] == cv.SCHEDULED_SAVE_EVERY  # resumable mid-run
+    assert overrides["train.max_cpu_minutes"] == 0
+    assert overrides["output_dir"].endswith("runs/t1-to-t2/v4@4000") and overrides["name"] == "fold2"
+    # v2 (10 epochs, 4 decaying) over 2200 steps: the decay keeps its 40 %
+    overrides = _overrides(cv.training_command(tmp_path, "t2-to-t1", "v2@2200", 0, 30))
+    assert (overrides["train.epochs"], overrides["optim.decay_epochs"], overrides["train.max_cpu_minutes"]) == (22, 9, 30)
+    # the ranking runs are unchanged: constant learning rate for a CPU-minute budget
+    assert _overrides(cv.training_command(tmp_path, "t1-to-t2", "v4", 2, 8))["optim.lr_policy"] == "constant"
+
+
+@pytest.mark.parametrize("name, message", [("v4@150", "multiple of 100"), ("v4@", "multiple of 100"),
+                                           ("v4@-100", "multiple of 100"), ("v9@4000", "unknown recipe")])
+def test_bad_scheduled_recipes_are_refused_with_the_queue_line(tmp_path, name, message):
+    (tmp_path / "queue.txt").write_text(f"t1-to-t2 v4@4000 0 0\nt1-to-t2 {name} 0 0\n")
+    with pytest.raises(InputError, match=f"queue.txt:2: .*{message}"):
+        cv.read_queue(tmp_path)
+    (tmp_path / "queue.txt").write_text("t1-to-t2 v4@4000 0 0\n")
+    assert cv.read_queue(tmp_path) == [("t1-to-t2", "v4@4000", 0, 0.0)]
+
+
+@pytest.mark.parametrize("steps, minutes, cap, trains", [
+    (4000, 18.0, 0, False),   # finished its steps
+    (2500, 30.0, 30, False),  # stopped by its cap, and the queue gives no more minutes
+    (2500, 30.0, 60, True),   # stopped by its cap, the queue gives more: trains on
+    (2500, 30.0, 0, True),    # stopped by a cap the queue has since lifted
+])
+def test_queue_trains_a_scheduled_run_until_its_steps(tmp_path, monkeypatch, steps, minutes, cap, trains):
+    folder = cv.run_dir(tmp_path, "t1-to-t2", "v4@4000", 0)
+    folder.mkdir(parents=True)
+    (folder / "report.md").write_text("finished\n")
+    monkeypatch.setattr(cv, "_steps", lambda path: steps)
+    monkeypatch.setattr(cv, "_train_minutes", lambda path: minutes)
+    assert cv._needs_training(folder, "v4@4000", cap) is trains
+
+
+def test_table_compares_scheduled_runs_with_the_default_scheduled_run(tmp_path):
+    folds = cv.make_folds(TODAY, 5, seed=0)
+    source = dict(TODAY)
+    (tmp_path / "folds.json").write_text(json.dumps(
+        {"folds": [[{"id": i, "source": source[i]} for i in fold] for fold in folds]}))
+    for recipe, psnr in (("v4", 20.0), ("v5d", 20.5), ("v4@4000", 21.0), ("v5d@16000", 22.5)):
+        rows = [{"subject": i, "source": source[i], "slices_per_second": 4.0,
+                 "mask": {"psnr": psnr, "ssim": 0.8, "mae": 0.05}} for i in folds[0]]
+        path = cv.run_dir(tmp_path, "t1-to-t2", recipe, 0) / "scores.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"direction": "t1-to-t2", "recipe": recipe, "fold": 0, "steps": 10,
+                                    "train_cpu_minutes": 4.0, "rows": rows, "precision": "bf16"}))
+    text = cv.table(tmp_path)
+    n = len(folds[0])
+    assert f"| v5d − v4 | {n} | 0.50 |" in text or f"| v5d − v4 | {n} | 0.50 ± 0.00 |" in text
+    assert f"| v5d@16000 − v4@4000 | {n} | 1.50" in text
+    assert "v4@4000 − v4" not in text  # a schedule is not compared with a minute budget
+    assert "| subject | source | fold | v4 | v4@4000 | v5d | v5d@16000 |" in text
