@@ -16,6 +16,8 @@ Study folder layout (``--out``, outside the repository, e.g. ``/work/runs/cv``):
     cache/fold<i>-<direction>-ctx<c>/   slice caches (one per fold, direction and 2.5D context)
     runs/<direction>/<recipe>/fold<i>/  training run (resumable); scores.json when scored,
                                  scores-external.json when scored on subjects outside the plan
+    shipped/<model id>/scores-unseen.json  a shipped model on the plan subjects it neither trained
+                                 nor was validated on (``unseen``)
     queue.txt                    the runs of ``queue``, one ``direction recipe fold minutes`` a line
 
 A recipe name alone (``v4``) is a run for a CPU-minute budget at a constant learning rate (the
@@ -30,6 +32,7 @@ Commands (run from the repository root)::
     python -m studies.cross_validation queue --out /work/runs/cv        # train + score every queued run
     python -m studies.cross_validation table --out /work/runs/cv        # markdown tables
     python -m studies.cross_validation external --out /work/runs/cv --data PREPARED_PAIRS  # held out of every fold
+    python -m studies.cross_validation unseen --out /work/runs/cv   # shipped models on plan subjects they never saw
 
 ``queue`` re-reads ``queue.txt`` after every run (edit it while the queue runs), skips scored runs
 and resumes an interrupted run from its last saved state; each training and scoring is its own
@@ -330,6 +333,44 @@ def score_external(out: Path, roots, shipped: bool = False) -> list[Path]:
     return written
 
 
+def unseen_subjects(out: Path, metadata) -> list:
+    """The plan's subjects a shipped model neither trained nor was validated on (the subject ids its
+    checkpoint lists in ``training_data``); refused when it lists none (nothing to trust)."""
+    data = metadata.training_data or {}
+    seen = set(data.get("train_subject_ids") or []) | set(data.get("val_subject_ids") or [])
+    if not data.get("train_subject_ids"):
+        raise InputError(f"{metadata.model_id or 'the model'} lists no training subjects: its unseen subjects are unknown")
+    return [s for s in _manifest_subjects(out) if s.id not in seen]
+
+
+def score_unseen(out: Path, models=None) -> list[Path]:
+    """Score each shipped model of the catalog (or ``models``: ``(id, direction, path)``) on the plan's
+    subjects it never saw (:func:`unseen_subjects`), into ``shipped/<model id>/scores-unseen.json``:
+    today's models compared, subject by subject, with the recipes' fold models, which never saw those
+    subjects either. Resumable: a model already scored (same file hash, same subjects) is skipped."""
+    from MRISynthesisLib.catalog import list_models
+    from MRISynthesisLib.checkpoint import read_metadata
+
+    if models is None:
+        models = [(m.id, m.direction, m.path()) for m in list_models() if not m.is_users]
+    written = []
+    for model_id, direction, path in models:
+        metadata = read_metadata(path)
+        subjects = unseen_subjects(out, metadata)
+        target = out / "shipped" / model_id / "scores-unseen.json"
+        sha256 = file_sha256(path)
+        ids = sorted(s.id for s in subjects)
+        if target.exists():
+            done = json.loads(target.read_text())
+            if done.get("sha256") == sha256 and sorted(r["subject"] for r in done["rows"]) == ids:
+                continue
+        rows = _score_subjects(path, subjects, direction, f"{model_id} (shipped; never saw these)")
+        _write_json(target, {"direction": direction, "recipe": SHIPPED_PREFIX + model_id, "sha256": sha256,
+                             "rows": rows})
+        written.append(target)
+    return written
+
+
 def _checkpoint(folder: Path, direction: str) -> Path:
     checkpoint = folder / "checkpoints" / f"last-{direction}.safetensors"
     if not checkpoint.exists():
@@ -510,7 +551,7 @@ def table(out: Path) -> str:
                              f"{run['train_cpu_minutes']:.1f} | "
                              f"{_fmt(speed, 1)} |")
         lines.append("")
-    return "\n".join(lines + external_table(out))
+    return "\n".join(lines + external_table(out) + unseen_table(out))
 
 
 def _ordered(recipes, direction: str) -> list[str]:
@@ -584,6 +625,39 @@ def external_table(out: Path) -> list[str]:
     return lines
 
 
+def unseen_table(out: Path) -> list[str]:
+    """Markdown lines: each shipped model (``scores-unseen.json``) against every recipe's fold models on
+    the plan subjects the shipped model never saw; the paired difference recipe − shipped model."""
+    runs = collect(out)
+    lines = []
+    for path in sorted((out / "shipped").glob("*/scores-unseen.json")):
+        shipped = json.loads(path.read_text())
+        direction, name = shipped["direction"], shipped["recipe"]
+        theirs = {row["subject"]: row["mask"] for row in shipped["rows"]}
+        recipes = runs.get(direction, {})
+        lines += [f"### {direction}: {name.removeprefix(SHIPPED_PREFIX)} (shipped) against the recipes on the "
+                  f"{len(theirs)} plan subjects it never saw", "",
+                  "| recipe | n | recipe PSNR dB / SSIM | shipped PSNR dB / SSIM | Δ PSNR dB | Δ SSIM | worst source Δ PSNR |",
+                  "|---|---|---|---|---|---|---|"]
+        for recipe in _ordered(recipes, direction):
+            ours = {row["subject"]: (row["mask"], row["source"]) for run in recipes[recipe] for row in run["rows"]}
+            common = sorted(set(ours) & set(theirs))
+            if not common:
+                continue
+            dp = [ours[i][0]["psnr"] - theirs[i]["psnr"] for i in common]
+            ds = [ours[i][0]["ssim"] - theirs[i]["ssim"] for i in common]
+            per_source: dict = {}
+            for i, d in zip(common, dp):
+                per_source.setdefault(ours[i][1], []).append(d)
+            worst = min(per_source, key=lambda k: np.mean(per_source[k]))
+            lines.append(f"| {recipe} | {len(common)} | {_fmt([ours[i][0]['psnr'] for i in common], 2)} / "
+                         f"{_fmt([ours[i][0]['ssim'] for i in common], 3)} | {_fmt([theirs[i]['psnr'] for i in common], 2)} / "
+                         f"{_fmt([theirs[i]['ssim'] for i in common], 3)} | {_fmt(dp, 2)} | {_fmt(ds, 3)} | "
+                         f"{worst} {np.mean(per_source[worst]):+.2f} |")
+        lines.append("")
+    return lines
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m studies.cross_validation", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -603,6 +677,8 @@ def main(argv=None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--data", nargs="+", required=True, help="folders of paired subject folders, none in the plan")
     p.add_argument("--shipped", action="store_true", help="also score every shipped model on them")
+    sub.add_parser("unseen", help="score every shipped model on the plan subjects it never trained or "
+                                  "was validated on").add_argument("--out", required=True)
     for name in ("train", "score"):
         p = sub.add_parser(name)
         p.add_argument("--out", required=True)
@@ -625,6 +701,9 @@ def main(argv=None) -> int:
             run_queue(out, args.queue)
         elif args.command == "external":
             for path in score_external(out, [Path(d) for d in args.data], args.shipped):
+                print(f"wrote {path}")
+        elif args.command == "unseen":
+            for path in score_unseen(out):
                 print(f"wrote {path}")
         elif args.command == "table":
             print(table(out))

@@ -317,3 +317,49 @@ def test_table_compares_scheduled_runs_with_the_default_scheduled_run(tmp_path):
     assert f"| v5d@16000 − v4@4000 | {n} | 1.50" in text
     assert "v4@4000 − v4" not in text  # a schedule is not compared with a minute budget
     assert "| subject | source | fold | v4 | v4@4000 | v5d | v5d@16000 |" in text
+
+
+def test_unseen_subjects_leave_out_what_a_shipped_model_trained_and_was_validated_on(monkeypatch):
+    from types import SimpleNamespace
+
+    plan = [SimpleNamespace(id=i) for i in ("CBICA-1", "CBICA-2", "TCGA-a", "patient01-study1")]
+    monkeypatch.setattr(cv, "_manifest_subjects", lambda out: plan)
+    metadata = SimpleNamespace(model_id="m", training_data={"train_subject_ids": ["CBICA-1"], "val_subject_ids": ["TCGA-a"]})
+    assert [s.id for s in cv.unseen_subjects("out", metadata)] == ["CBICA-2", "patient01-study1"]
+    with pytest.raises(InputError, match="lists no training subjects"):
+        cv.unseen_subjects("out", SimpleNamespace(model_id="m", training_data={}))
+
+
+def test_shipped_models_are_scored_on_their_unseen_subjects_and_compared_with_the_recipes(tmp_path, monkeypatch):
+    """A real shipped checkpoint (its metadata lists the 9 subjects it trained on and the 2 it was
+    validated on): scored on the other plan subjects only, once per file; the table pairs each
+    recipe's fold models with it on those subjects."""
+    from types import SimpleNamespace
+
+    from MRISynthesisLib.catalog import list_models
+    from MRISynthesisLib.checkpoint import read_metadata
+
+    model = next(m for m in list_models() if m.id == "t1-to-t2-resunet-v4")
+    seen = read_metadata(model.path()).training_data["train_subject_ids"]
+    plan = [SimpleNamespace(id=seen[0], source="CBICA"), SimpleNamespace(id="patient01-study1", source="other"),
+            SimpleNamespace(id="TCGA-DU-7294", source="TCGA")]
+    monkeypatch.setattr(cv, "_manifest_subjects", lambda out: plan)
+    scored = []
+    monkeypatch.setattr(cv, "_score_subjects", lambda path, subjects, direction, label: scored.append(
+        [s.id for s in subjects]) or [{"subject": s.id, "source": s.source,
+                                       "mask": {"psnr": 17.0, "ssim": 0.65, "mae": 0.1}} for s in subjects])
+    models = [(model.id, model.direction, model.path())]
+    target = tmp_path / "shipped" / model.id / "scores-unseen.json"
+    assert cv.score_unseen(tmp_path, models) == [target]
+    assert scored == [["patient01-study1", "TCGA-DU-7294"]]  # not the subject it trained on
+    assert cv.score_unseen(tmp_path, models) == [] and len(scored) == 1  # same file, same subjects: skipped
+    for f, (subject, source, psnr) in enumerate([("patient01-study1", "other", 18.0), ("TCGA-DU-7294", "TCGA", 16.5),
+                                                  (seen[0], "CBICA", 30.0)]):
+        path = cv.run_dir(tmp_path, "t1-to-t2", "v4@4000", f) / "scores.json"
+        path.parent.mkdir(parents=True)
+        path.write_text(json.dumps({"direction": "t1-to-t2", "recipe": "v4@4000", "fold": f, "steps": 4000,
+                                    "train_cpu_minutes": 17.0, "rows": [{"subject": subject, "source": source,
+                                    "mask": {"psnr": psnr, "ssim": 0.65, "mae": 0.1}}]}))
+    text = "\n".join(cv.unseen_table(tmp_path))
+    assert "t1-to-t2-resunet-v4 (shipped) against the recipes on the 2 plan subjects it never saw" in text
+    assert "| v4@4000 | 2 | 17.25 ± 1.06 / 0.650 ± 0.000 | 17.00 ± 0.00 / 0.650 ± 0.000 | 0.25 ± 1.06 | 0.000 ± 0.000 | TCGA -0.50 |" in text
