@@ -64,8 +64,8 @@ SCHEDULED_EPOCH_STEPS = 100
 SCHEDULED_SAVE_EVERY = 250
 REPO = Path(__file__).resolve().parent.parent
 
-#: recipe name -> (config file, overrides, title). The CV overrides (split, budget, constant
-#: learning rate, one thread) are applied on top of every recipe.
+#: recipe name -> (config file, overrides, title). The CV overrides (split, budget, one thread; a
+#: constant learning rate unless the run is scheduled, ``recipe@steps``) are applied on top of every recipe.
 RECIPES = {
     "v5c": ("configs/supervised-v5-candidate.yaml", {},
             "v5 candidate: unet_256 ngf 32, whole slices, 2.5D +-1, L1 + SSIM in the brain, site aug, EMA"),
