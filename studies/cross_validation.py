@@ -321,10 +321,8 @@ def score_external(out: Path, roots, shipped: bool = False) -> list[Path]:
     written = []
     for target, direction, recipe, fold, checkpoint, steps in jobs:
         sha256 = file_sha256(checkpoint)
-        if target.exists():
-            done = json.loads(target.read_text())
-            if done.get("sha256") == sha256 and sorted(r["subject"] for r in done["rows"]) == ids:
-                continue
+        if _scored_already(target, sha256, ids):
+            continue
         where = f"fold{fold}" if fold is not None else "(trained on the plan's data)"
         rows = _score_subjects(checkpoint, subjects, direction, f"{recipe} {direction} {where} (external)")
         _write_json(target, {"direction": direction, "recipe": recipe, "fold": fold, "sha256": sha256,
@@ -359,16 +357,21 @@ def score_unseen(out: Path, models=None) -> list[Path]:
         subjects = unseen_subjects(out, metadata)
         target = out / "shipped" / model_id / "scores-unseen.json"
         sha256 = file_sha256(path)
-        ids = sorted(s.id for s in subjects)
-        if target.exists():
-            done = json.loads(target.read_text())
-            if done.get("sha256") == sha256 and sorted(r["subject"] for r in done["rows"]) == ids:
-                continue
+        if _scored_already(target, sha256, sorted(s.id for s in subjects)):
+            continue
         rows = _score_subjects(path, subjects, direction, f"{model_id} (shipped; never saw these)")
         _write_json(target, {"direction": direction, "recipe": SHIPPED_PREFIX + model_id, "sha256": sha256,
                              "rows": rows})
         written.append(target)
     return written
+
+
+def _scored_already(target: Path, sha256: str, ids: list[str]) -> bool:
+    """Whether ``target`` holds the scores of the file with ``sha256`` on exactly the subjects ``ids`` (sorted)."""
+    if not target.exists():
+        return False
+    done = json.loads(target.read_text())
+    return done.get("sha256") == sha256 and sorted(r["subject"] for r in done["rows"]) == ids
 
 
 def _checkpoint(folder: Path, direction: str) -> Path:
@@ -535,12 +538,8 @@ def table(out: Path) -> str:
                     continue
                 dp = [rows[r][i]["mask"]["psnr"] - rows[base][i]["mask"]["psnr"] for i in common]
                 ds = [rows[r][i]["mask"]["ssim"] - rows[base][i]["mask"]["ssim"] for i in common]
-                per_source = {}
-                for i, d in zip(common, dp):
-                    per_source.setdefault(source[i], []).append(d)
-                worst = min(per_source, key=lambda s: np.mean(per_source[s]))
                 lines.append(f"| {r} − {base} | {len(common)} | {_fmt(dp, 2)} | {_fmt(ds, 3)} | "
-                             f"{worst} {np.mean(per_source[worst]):+.2f} |")
+                             f"{_worst_source(dp, [source[i] for i in common])} |")
         lines += ["", f"{direction}: runs (training precision, optimisation steps, training CPU minutes, "
                       "scoring slices per CPU-s)", "",
                   "| recipe | fold | precision | steps | train CPU min | slices / CPU-s |", "|---|---|---|---|---|---|"]
@@ -552,6 +551,15 @@ def table(out: Path) -> str:
                              f"{_fmt(speed, 1)} |")
         lines.append("")
     return "\n".join(lines + external_table(out) + unseen_table(out))
+
+
+def _worst_source(differences, sources) -> str:
+    """'SOURCE +x.xx': the source with the lowest mean of ``differences`` (one per subject, with its source)."""
+    per_source: dict = {}
+    for source, d in zip(sources, differences):
+        per_source.setdefault(source, []).append(d)
+    worst = min(per_source, key=lambda k: np.mean(per_source[k]))
+    return f"{worst} {np.mean(per_source[worst]):+.2f}"
 
 
 def _ordered(recipes, direction: str) -> list[str]:
@@ -646,14 +654,10 @@ def unseen_table(out: Path) -> list[str]:
                 continue
             dp = [ours[i][0]["psnr"] - theirs[i]["psnr"] for i in common]
             ds = [ours[i][0]["ssim"] - theirs[i]["ssim"] for i in common]
-            per_source: dict = {}
-            for i, d in zip(common, dp):
-                per_source.setdefault(ours[i][1], []).append(d)
-            worst = min(per_source, key=lambda k: np.mean(per_source[k]))
             lines.append(f"| {recipe} | {len(common)} | {_fmt([ours[i][0]['psnr'] for i in common], 2)} / "
                          f"{_fmt([ours[i][0]['ssim'] for i in common], 3)} | {_fmt([theirs[i]['psnr'] for i in common], 2)} / "
                          f"{_fmt([theirs[i]['ssim'] for i in common], 3)} | {_fmt(dp, 2)} | {_fmt(ds, 3)} | "
-                         f"{worst} {np.mean(per_source[worst]):+.2f} |")
+                         f"{_worst_source(dp, [ours[i][1] for i in common])} |")
         lines.append("")
     return lines
 
@@ -692,6 +696,8 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     out = Path(args.out)
     try:
+        if args.command in ("train", "score"):
+            parse_recipe(args.recipe)  # refuses an unknown recipe or step count before anything runs
         if args.command == "plan":
             data = plan(out, [Path(d) for d in args.data], args.folds, args.seed, args.precision)
             print(f"training precision: {data['precision']}")

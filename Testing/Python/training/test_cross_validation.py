@@ -363,3 +363,11 @@ def test_shipped_models_are_scored_on_their_unseen_subjects_and_compared_with_th
     text = "\n".join(cv.unseen_table(tmp_path))
     assert "t1-to-t2-resunet-v4 (shipped) against the recipes on the 2 plan subjects it never saw" in text
     assert "| v4@4000 | 2 | 17.25 ± 1.06 / 0.650 ± 0.000 | 17.00 ± 0.00 / 0.650 ± 0.000 | 0.25 ± 1.06 | 0.000 ± 0.000 | TCGA -0.50 |" in text
+
+
+@pytest.mark.parametrize("command", ["train", "score"])
+def test_the_command_line_refuses_an_unknown_recipe_before_anything_runs(tmp_path, capsys, command):
+    assert cv.main([command, "--out", str(tmp_path), "--direction", "t1-to-t2", "--recipe", "v9@4000",
+                    "--fold", "0"]) == 2
+    assert "unknown recipe 'v9'" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []  # nothing written
