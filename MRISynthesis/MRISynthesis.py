@@ -331,7 +331,24 @@ class MRISynthesisWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._listedDirection = direction
         catalogIds = [entry.id for entry in entries]
         if self._parameterNode.model not in catalogIds and not os.path.isfile(self._parameterNode.model):
+            self._warnIfRetired(self._parameterNode.model)
             self._parameterNode.model = catalogIds[0] if catalogIds else ""
+
+    @staticmethod
+    def _warnIfRetired(model: str) -> None:
+        """A scene saved with a model that was since retired: say which one replaces it (the
+        module then selects the direction's first listed model, the default)."""
+        from MRISynthesisLib import catalog
+
+        try:
+            retired = catalog.retired_model(model) if model else None
+        except Exception:  # a broken catalog is reported where the list is read
+            retired = None
+        if retired is not None:
+            logging.warning(f"MRISynthesis: {retired.message()}")
+            slicer.util.showStatusMessage(
+                _("Model {model} was retired; using {replacement}.").format(model=model, replacement=retired.replaced_by),
+                5000)
 
     def _selectModelItem(self) -> None:
         combo = self.ui.modelComboBox

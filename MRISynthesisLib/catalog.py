@@ -7,6 +7,11 @@ the model used when none is named; a default in the user's catalog wins over the
 Resources folder is found next to the ``MRISynthesisLib`` package (source checkout or Slicer
 extension), or where the environment variable ``MRISYNTHESIS_RESOURCES`` points. The user's folder
 is :func:`user_models_dir`. An id of the shipped catalog cannot be reused in the user's.
+
+The shipped ``Models.json`` may also list ``retired`` models: ``id``, ``replaced_by`` (a shipped id),
+``retired`` (date), ``reason`` and ``commit`` (the last commit whose tree has the file). Their files
+are gone; naming one gives a clear message with the replacement and how to get the file back
+(:func:`retired_model`), instead of "unknown model".
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ from .errors import CheckpointError, InputError, first_line
 
 #: What other packages may import from this module (see MRISynthesisLib.PUBLIC_MODULES).
 __all__ = [
-    "CATALOG_NAME", "USER_MODELS_ENV", "CatalogEntry", "default_model", "list_models", "read_catalog_file",
-    "resolve_model", "resources_dir", "user_models_dir"]
+    "CATALOG_NAME", "USER_MODELS_ENV", "CatalogEntry", "RetiredModel", "default_model", "list_models",
+    "read_catalog_file", "resolve_model", "resources_dir", "retired_model", "retired_models", "user_models_dir"]
 
 CATALOG_NAME = "Models.json"
 USER_MODELS_ENV = "MRISYNTHESIS_USER_MODELS"
@@ -51,6 +56,23 @@ class CatalogEntry:
     def is_users(self) -> bool:
         """True for a model of the user's own catalog (not one that ships)."""
         return bool(self.folder) and Path(self.folder) == user_models_dir()
+
+
+@dataclass(frozen=True)
+class RetiredModel:
+    """A model that shipped once and was taken out of the catalog (its file with it)."""
+    id: str
+    replaced_by: str
+    retired: str
+    reason: str
+    commit: str
+
+    def message(self) -> str:
+        """One line for a user who named it: what to use instead, why, and how to get it back."""
+        path = f"Resources/Models/{self.id}.safetensors"
+        return (f"model '{self.id}' was retired on {self.retired} ({self.reason}); use '{self.replaced_by}', "
+                f"or restore the file from the project's history (git show {self.commit}:{path} > "
+                f"{self.id}.safetensors) and pass its path")
 
 
 def resources_dir() -> Path:
@@ -142,6 +164,29 @@ def _entry(item, index: int, path: Path) -> CatalogEntry:
     return CatalogEntry(**values, folder=str(path.parent))
 
 
+_RETIRED_FIELDS = ("id", "replaced_by", "retired", "reason", "commit")
+
+
+def retired_models(resources: Path | None = None) -> list[RetiredModel]:
+    """The ``retired`` list of the shipped ``Models.json`` (empty when it has none)."""
+    path = Path(resources or resources_dir()) / CATALOG_NAME
+    items = read_catalog_file(path).get("retired", [])
+    if not isinstance(items, list):
+        raise CheckpointError(f"model catalog {path} is malformed: 'retired' is not a list")
+    retired = []
+    for index, item in enumerate(items):
+        if not isinstance(item, dict) or any(not isinstance(item.get(name), str) for name in _RETIRED_FIELDS):
+            raise CheckpointError(f"model catalog {path} is malformed: retired entry {index + 1} needs the text "
+                                  f"fields {', '.join(_RETIRED_FIELDS)}")
+        retired.append(RetiredModel(**{name: item[name] for name in _RETIRED_FIELDS}))
+    return retired
+
+
+def retired_model(model: str, resources: Path | None = None) -> RetiredModel | None:
+    """The retired entry of ``model`` (a catalog id), or None when it was never retired."""
+    return next((entry for entry in retired_models(resources) if entry.id == model), None)
+
+
 def default_model(direction: str, resources: Path | None = None) -> CatalogEntry:
     entries = list_models(direction, resources)
     defaults = [entry for entry in entries if entry.default]
@@ -171,6 +216,9 @@ def resolve_model(model: str | None, direction: str | None = None, resources: Pa
         entries = list_models(None, resources)
         matches = [e for e in entries if e.id == model]
         if not matches:
+            retired = retired_model(model, resources)
+            if retired is not None:
+                raise InputError(retired.message())
             known = ", ".join(e.id for e in entries) or "none installed"
             raise InputError(f"unknown model '{model}'; catalog ids: {known}; or give a .safetensors file")
         entry = matches[0]

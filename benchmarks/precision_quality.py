@@ -1,6 +1,6 @@
 """How much bf16 (or fp16) inference changes a model's output on the study's test subjects.
 
-    python benchmarks/precision_quality.py --model t1-to-t2-unet-l1-v1 [--precision bf16]
+    python benchmarks/precision_quality.py --model t2-to-t1-unet-l1-v1 [--precision bf16]
         [--data ../shared/data/paired] [--split-seed 42] [--n-val 2] [--device cpu] [--json out.json]
 
 The test subjects are the study's (``studies.comparison_protocol.study_split``: one per source with at

@@ -28,9 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 # (input contrast file prefix, model id)
 RUNS = [
     ("T1", "t1-to-t2-resunet-v4"),
-    ("T1", "t1-to-t2-resunet-v2"),
     ("T2", "t2-to-t1-resunet-v2"),
-    ("T1", "t1-to-t2-unet-l1-v1"),
+    ("T2", "t2-to-t1-unet-l1-v1"),
 ]
 
 

@@ -1,9 +1,9 @@
 """Score shipped checkpoints side by side on the study's subjects: tables, texture, baselines, a figure.
 
-    python -m studies.final_scoring --study runs/study --direction t1-to-t2 \\
-        --model v1=Resources/Models/t1-to-t2-unet-l1-v1.safetensors \\
-        --model v2=Resources/Models/t1-to-t2-resunet-v2.safetensors \\
-        [--split test|val] [--tta v2] [--figure docs/figures/v1-v2-t1-to-t2.png] [--out runs/final]
+    python -m studies.final_scoring --study runs/study --direction t2-to-t1 \\
+        --model v1=Resources/Models/t2-to-t1-unet-l1-v1.safetensors \\
+        --model v2=Resources/Models/t2-to-t1-resunet-v2.safetensors \\
+        [--split test|val] [--tta v2] [--figure docs/figures/v1-v2-t2-to-t1.png] [--out runs/final]
 
 Every model synthesises each subject's whole volume through the Synthesizer (fp32 on the CPU, no
 mask given, as a user would run it) and is scored by :func:`studies.subject_scoring.score`: brain

@@ -70,6 +70,10 @@ def test_evaluate_prints_table_and_json(tmp_path, capsys):
 
 def test_models_lists_catalog(capsys):
     assert main(["models"]) == 0
+    text = capsys.readouterr().out
+    assert "t1-to-t2-resunet-v4" in text and "retired (naming one says what replaces it): t1-to-t2-resunet-v3" in text
+    assert main(["models", "--direction", "t2-to-t1"]) == 0
+    assert "retired" not in capsys.readouterr().out  # none of that direction was retired
     assert main(["models", "--json"]) == 0
 
 
@@ -162,6 +166,40 @@ def test_wrong_direction_and_unknown_model_are_refused(tmp_path, t1, tiny_checkp
                     "--direction", "t2-to-t1"], "but t2-to-t1 was requested", tmp_path)
     _fails(capsys, ["synthesize", str(t1), "-o", str(tmp_path / "o.nii"), "--model", "no-such-model"],
            "unknown model", tmp_path)
+
+
+def test_a_retired_model_is_refused_with_its_replacement_and_how_to_restore_it(tmp_path, t1, capsys):
+    """The T1 -> T2 models retired on 2026-12-04: one line naming the replacement, the reason and the
+    commit that still holds the file; nothing written. The shipped catalog's retired list is valid."""
+    from MRISynthesisLib import catalog
+
+    retired = catalog.retired_models()
+    shipped = {entry.id: entry for entry in catalog.list_models()}
+    assert {entry.id for entry in retired} == {"t1-to-t2-resunet-v3", "t1-to-t2-resunet-v2", "t1-to-t2-unet-l1-v1"}
+    for entry in retired:
+        assert entry.id not in shipped and entry.id.startswith(shipped[entry.replaced_by].direction)
+        assert not (catalog.resources_dir() / "Models" / f"{entry.id}.safetensors").exists()
+        assert len(entry.commit) >= 7 and entry.reason
+    _fails(capsys, ["synthesize", str(t1), "-o", str(tmp_path / "o.nii"), "--model", "t1-to-t2-resunet-v3"],
+           "model 't1-to-t2-resunet-v3' was retired on 2026-12-04", tmp_path)
+    from MRISynthesisLib.errors import InputError
+
+    with pytest.raises(InputError, match=r"use 't1-to-t2-resunet-v4'.*git show [0-9a-f]+:Resources/Models/"
+                                         r"t1-to-t2-unet-l1-v1\.safetensors"):
+        catalog.resolve_model("t1-to-t2-unet-l1-v1")
+
+
+@pytest.mark.parametrize("retired,pattern", [
+    ('{"a": 1}', "'retired' is not a list"),
+    ('[{"id": "x"}]', "retired entry 1 needs the text fields"),
+])
+def test_a_malformed_retired_list_is_one_clear_error(tmp_path, monkeypatch, retired, pattern):
+    from MRISynthesisLib import catalog
+    from MRISynthesisLib.errors import CheckpointError
+
+    (tmp_path / "Models.json").write_text('{"models": [], "retired": %s}' % retired)
+    with pytest.raises(CheckpointError, match=pattern):
+        catalog.resolve_model("x", resources=tmp_path)
 
 
 def test_corrupt_checkpoint_is_refused(tmp_path, t1, capsys):

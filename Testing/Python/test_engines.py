@@ -224,7 +224,7 @@ def test_network_family_tells_batch_norm_apart():
     families = {entry.id: engines.network_family(read_metadata(entry.path())) for entry in catalog.list_models()}
     assert families["t1-to-t2-resunet-v4"] == "resunet"
     assert families["t2-to-t1-resunet-v2"] == "resunet+batchnorm"
-    assert families["t1-to-t2-unet-l1-v1"] == "unet_256+batchnorm"
+    assert families["t2-to-t1-unet-l1-v1"] == "unet_256+batchnorm"
 
 
 def test_explicit_engine_that_cannot_run_here_says_why():

@@ -477,3 +477,18 @@ def test_stand_in_widgets_are_what_the_ui_file_declares(slicerModule):
     assert type(widget.ui.inputSelector) is slicer.qMRMLNodeComboBox
     assert type(widget.ui.directionComboBox) is qt_standins.QComboBox
     assert widget.ui.inputSelector.property("SlicerParameterName") == "inputVolume"
+
+
+def test_a_scene_saved_with_a_retired_model_opens_with_its_replacement(slicerModule, volumes, caplog):
+    """A parameter node from before 2026-12-04 may name a T1 -> T2 model that was since retired:
+    the panel selects the direction's default and the log says which model replaced it and why."""
+    from MRISynthesisLib import catalog
+
+    retired = catalog.retired_models()[0]
+    slicerModule.MRISynthesisLogic().getParameterNode().model = retired.id
+    with caplog.at_level("WARNING"):
+        widget = openPanel(slicerModule)
+
+    assert widget._parameterNode.model == retired.replaced_by == catalog.default_model("t1-to-t2").id
+    assert widget.ui.modelComboBox.itemData(widget.ui.modelComboBox.currentIndex) == retired.replaced_by
+    assert any(f"model '{retired.id}' was retired" in record.getMessage() for record in caplog.records)
