@@ -71,6 +71,9 @@ RECIPES = {
             "v5 candidate: unet_256 ngf 32, whole slices, 2.5D +-1, L1 + SSIM in the brain, site aug, EMA"),
     "v5d": ("configs/supervised-v5-candidate-crops.yaml", {},
             "v5 candidate 2: unet_128 ngf 16 (5.2 MB fp16) on 128 px crops, 2.5D +-1, L1 + SSIM in the brain, site aug, EMA"),
+    "v5e": ("configs/supervised-v5-candidate.yaml", {"model.generator_options": {"ngf": 16, "dropout": False}},
+            "v5 candidate 3: unet_256 ngf 16 (6.8 MB fp16) on whole slices (the whole slice's lesion in view), "
+            "2.5D +-1, L1 + SSIM in the brain, site aug, EMA"),
     "v4": ("configs/supervised-v4.yaml", {},
            "v4 (T1->T2 default): resunet ngf 16 on 128 px crops, L1 + SSIM, site aug without gamma, EMA"),
     "v2": ("configs/supervised-v2.yaml", {},
