@@ -145,7 +145,13 @@ class Trainer:
         return ema
 
     def update_ema(self) -> None:
-        """ema <- d * ema + (1 - d) * weights, with d ramped up over the first steps; buffers copied."""
+        """ema <- d * ema + (1 - d) * weights, with d ramped up over the first steps.
+
+        Floating-point buffers (batch normalisation's running mean and variance) are averaged the
+        same way; integer ones (its batch counter) are copied. Copying the running statistics, as
+        before 2026-12-04, paired the averaged weights with the statistics of the current ones: at a
+        constant learning rate that shifted a batch-normalised network's whole output (a unet_256
+        at 1,400 steps wrote the brain 0.15 darker than its current weights did, -4 dB)."""
         if not self.ema:
             return
         decay = min(self.config.train.ema_decay, (1.0 + self.global_step) / (10.0 + self.global_step))
@@ -155,7 +161,10 @@ class Trainer:
                 for averaged, current in zip(ema.parameters(), network.parameters()):
                     averaged.lerp_(current.detach(), 1.0 - decay)
                 for averaged, current in zip(ema.buffers(), network.buffers()):
-                    averaged.copy_(current)
+                    if averaged.is_floating_point():
+                        averaged.lerp_(current.to(averaged.dtype), 1.0 - decay)
+                    else:
+                        averaged.copy_(current)
 
     def exported(self, generator):
         """The weights exported for ``generator``: its moving average when EMA is on, else itself."""

@@ -312,3 +312,33 @@ def test_augmentation_ablation_rows_switch_off_one_part_each_and_are_valid_confi
         config = load_config(None, [f"{key}={json.dumps(value)}" for key, value in extra.items()])
         assert config.data.augment_off == [part] and config.data.augment_preset == "strong"
     assert rows["strong_seed1"]["seed"] == 1
+
+
+def test_the_weight_average_averages_batch_norm_statistics_with_the_weights():
+    """Batch norm's running mean and variance are averaged like the weights (not copied from the
+    current network, which paired the averaged weights with other statistics and shifted a
+    unet_256's output); its integer batch counter is copied."""
+    from types import SimpleNamespace
+
+    from Training.trainers.base import Trainer
+
+    def network():
+        return torch.nn.Sequential(torch.nn.Conv2d(1, 2, 3), torch.nn.BatchNorm2d(2))
+
+    live, average = network(), network()
+    with torch.no_grad():
+        live[1].running_mean.fill_(1.0)
+        live[1].running_var.fill_(3.0)
+        live[1].num_batches_tracked.fill_(7)
+        live[0].weight.fill_(2.0)
+        average[0].weight.fill_(0.0)
+    fake = SimpleNamespace(ema={"g": average}, networks={"g": live}, global_step=10**6,
+                           config=SimpleNamespace(train=SimpleNamespace(ema_decay=0.9)))
+    Trainer.update_ema(fake)
+    assert torch.allclose(average[0].weight, torch.full_like(average[0].weight, 0.2))
+    assert torch.allclose(average[1].running_mean, torch.full((2,), 0.1))  # 0.9 * 0 + 0.1 * 1
+    assert torch.allclose(average[1].running_var, torch.full((2,), 1.2))  # 0.9 * 1 + 0.1 * 3
+    assert int(average[1].num_batches_tracked) == 7
+    for _ in range(200):
+        Trainer.update_ema(fake)
+    assert torch.allclose(average[1].running_var, live[1].running_var, atol=1e-6)
