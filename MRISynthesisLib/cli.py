@@ -371,8 +371,8 @@ def _models(args) -> int:
     print(f"{'id':32} {'direction':10} {'default':7} title")
     for e in entries:
         print(f"{e.id:32} {e.direction:10} {'yes' if e.default else '':7} {e.title}{' (yours)' if e.is_users else ''}")
-    directions = {e.id: e.direction for e in entries}
-    retired = [r.id for r in catalog.retired_models() if r.replaced_by in directions]
+    listed = {e.id for e in entries}
+    retired = [r.id for r in catalog.retired_models() if r.replaced_by in listed]
     if retired:
         print(f"retired (naming one says what replaces it): {', '.join(retired)}")
     print(folders)
